@@ -1,0 +1,38 @@
+"""The `hf-hem` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _add_demo_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="Train a small MLP on scikit-learn's digits with CE and HEM (plain PyTorch)."
+    )
+    parser.add_argument("--losses", default="ce,hem", help="Comma-separated registry names (default: ce,hem).")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(handler=_run_demo)
+
+
+def _run_demo(args) -> int:
+    from .demo import format_results, run_demo
+
+    print(format_results(run_demo(tuple(args.losses.split(",")), seed=args.seed)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-hem", description="HEM loss for the Hugging Face ecosystem.")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _add_demo_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

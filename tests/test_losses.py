@@ -1,0 +1,295 @@
+"""The loss library against the method page's test vectors, properties and bad inputs."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import hf_hem
+from hf_hem import get_loss, hem_loss, margins_from_counts, mm_loss, mm_maz_loss, mm_thres_loss
+from hf_hem.losses import LOSS_NAMES
+
+
+# ---------------------------------------------------------------- test vectors of the method page
+
+
+def test_single_sample_vector():
+    logits = torch.tensor([[2.0, 1.9, 2.3, 0.0]], requires_grad=True)
+    loss = hem_loss(logits, torch.tensor([0]), margin=0.2)
+    loss.backward()
+    torch.testing.assert_close(loss, torch.tensor(0.5), atol=1e-6, rtol=0)
+    torch.testing.assert_close(logits.grad, torch.tensor([[-1.0, 0.0, 1.0, 0.0]]), atol=1e-6, rtol=0)
+
+
+def test_batch_vector():
+    logits = torch.tensor([[2.0, 1.9, 2.3, 0.0], [3, 0, 0, 0], [1.0, 1.1, 0.5, 0.8]], requires_grad=True)
+    labels = torch.tensor([0, 0, 1])
+    per_sample = hem_loss(logits, labels, margin=0.2, reduction="none")
+    torch.testing.assert_close(per_sample, torch.tensor([0.5, 0.0, 0.1]), atol=1e-6, rtol=0)
+    loss = hem_loss(logits, labels, margin=0.2)
+    loss.backward()
+    torch.testing.assert_close(loss, torch.tensor(0.3), atol=1e-6, rtol=0)
+    expected = torch.tensor([[-0.5, 0, 0.5, 0], [0, 0, 0, 0], [0.5, -0.5, 0, 0]])
+    torch.testing.assert_close(logits.grad, expected, atol=1e-6, rtol=0)
+
+
+def _logits_for_errors(errors, margin=0.2):
+    """Logits of a sample with target 0 whose margin errors are `errors` (entry 0 is the target's 0)."""
+    errors = torch.tensor(errors, dtype=torch.float64)
+    return (errors - margin).unsqueeze(0), torch.tensor([0])
+
+
+@pytest.mark.parametrize(
+    "errors, expected",
+    [
+        ([0, 0, 0.5, 0.3], {"mm": 0.2, "hem": 0.4}),
+        ([0, 0.1, 0.5, 0.3], {"mm": 0.225, "hem": 0.4, "mm+maz": 0.3, "mm+thres": 0.2}),
+    ],
+)
+def test_error_level_vectors(errors, expected):
+    logits, labels = _logits_for_errors(errors)
+    # Errors of exactly 0 sit on the hinge; nudge them below so that they are clearly satisfied.
+    logits = torch.where(torch.tensor(errors) == 0, logits - 1e-3, logits)
+    logits[0, 0] = 0.0
+    functions = {"mm": mm_loss, "hem": hem_loss, "mm+maz": mm_maz_loss, "mm+thres": mm_thres_loss}
+    for name, value in expected.items():
+        assert functions[name](logits, labels, margin=0.2).item() == pytest.approx(value, abs=1e-9), name
+
+
+def test_batch_of_errors_vector():
+    # Three samples whose single error is 0.2, 0.3 and 0.25 → HEM is their mean, 0.25.
+    logits = torch.tensor([[0.0, 0.0], [0.0, 0.1], [0.0, 0.05]], dtype=torch.float64)
+    assert hem_loss(logits, torch.tensor([0, 0, 0]), margin=0.2).item() == pytest.approx(0.25, abs=1e-12)
+
+
+# ---------------------------------------------------------------- gradients
+
+
+@pytest.mark.parametrize("function", [hem_loss, mm_loss, mm_maz_loss, mm_thres_loss])
+@pytest.mark.parametrize("per_class", [False, True])
+def test_gradcheck_margin_family(function, per_class):
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 5, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 5, (6, 3), generator=generator)
+    labels[0, 0] = -100
+    margin = torch.linspace(0.1, 0.9, 5, dtype=torch.float64) if per_class else 0.5
+    assert torch.autograd.gradcheck(lambda x: function(x, labels, margin), (logits,), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["ce", "logitnorm", "la", "focal", "dice"])
+def test_gradcheck_baselines(name):
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(4, 3, 2, 2, generator=generator, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 3, (4, 2, 2), generator=generator)
+    labels[1, 0, 0] = -100
+    criterion = get_loss(name, class_counts=[5, 3, 2]) if name == "la" else get_loss(name)
+    assert torch.autograd.gradcheck(lambda x: criterion(x, labels), (logits,), eps=1e-6, atol=1e-5)
+
+
+def test_violating_sample_gradient_is_minus_one_over_n():
+    # However small the errors, the target gets -1/N and each kept class +1/(kN).
+    logits = torch.tensor([[1.0, 0.99, 0.99, -5.0], [0.0, 1.0, 5.0, 5.0]], requires_grad=True)
+    hem_loss(logits, torch.tensor([0, 1]), margin=0.02).backward()
+    assert logits.grad[0, 0].item() == pytest.approx(-0.5)
+    assert logits.grad[0, 1].item() == pytest.approx(0.25) and logits.grad[0, 2].item() == pytest.approx(0.25)
+    assert logits.grad[1, 1].item() == pytest.approx(-0.5)
+
+
+# ---------------------------------------------------------------- properties
+
+
+logit_batches = st.integers(min_value=0, max_value=2**31 - 1).map(
+    lambda seed: torch.randn(7, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 2
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(logits=logit_batches, seed=st.integers(0, 1000))
+def test_hem_plus_with_uniform_counts_equals_hem(logits, seed):
+    labels = torch.randint(0, 4, (7,), generator=torch.Generator().manual_seed(seed))
+    margins = margins_from_counts([250, 250, 250, 250], scale=2000.0)
+    expected_margin = math.sqrt(2000.0 / 1000)
+    torch.testing.assert_close(margins, torch.full((4,), expected_margin, dtype=torch.float32))
+    torch.testing.assert_close(
+        hem_loss(logits, labels, margins.double()), hem_loss(logits, labels, expected_margin), atol=1e-6, rtol=1e-6
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(logits=logit_batches, seed=st.integers(0, 1000))
+def test_ignored_positions_do_not_change_the_loss(logits, seed):
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 4, (7,), generator=generator)
+    extra = torch.randn(3, 4, generator=generator, dtype=torch.float64) * 5
+    full_logits = torch.cat([logits, extra])
+    full_labels = torch.cat([labels, torch.full((3,), -100)])
+    for function in (hem_loss, mm_loss, mm_maz_loss, mm_thres_loss):
+        torch.testing.assert_close(function(full_logits, full_labels, 0.3), function(logits, labels, 0.3))
+
+
+@settings(max_examples=40, deadline=None)
+@given(logits=logit_batches, seed=st.integers(0, 1000), shift=st.floats(-50, 50))
+def test_shifting_all_logits_of_a_sample_changes_nothing(logits, seed, shift):
+    labels = torch.randint(0, 4, (7,), generator=torch.Generator().manual_seed(seed))
+    shifted = logits.clone()
+    shifted[seed % 7] += shift
+    torch.testing.assert_close(hem_loss(shifted, labels, 0.3), hem_loss(logits, labels, 0.3), atol=1e-9, rtol=1e-9)
+
+
+@settings(max_examples=40, deadline=None)
+@given(logits=logit_batches, seed=st.integers(0, 1000))
+def test_permuting_the_batch_changes_nothing(logits, seed):
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 4, (7,), generator=generator)
+    permutation = torch.randperm(7, generator=generator)
+    for name in ("hem", "mm", "ce", "focal", "dice", "logitnorm"):
+        criterion = get_loss(name)
+        torch.testing.assert_close(criterion(logits[permutation], labels[permutation]), criterion(logits, labels))
+
+
+@settings(max_examples=40, deadline=None)
+@given(logits=logit_batches, seed=st.integers(0, 1000), margin=st.floats(0.0, 3.0))
+def test_mm_equals_multi_margin_loss(logits, seed, margin):
+    labels = torch.randint(0, 4, (7,), generator=torch.Generator().manual_seed(seed))
+    expected = F.multi_margin_loss(logits, labels, p=1, margin=margin)
+    torch.testing.assert_close(mm_loss(logits, labels, margin), expected, atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize("function", [hem_loss, mm_loss, mm_maz_loss, mm_thres_loss])
+def test_fully_separated_batch_gives_zero_loss_and_gradient(function):
+    labels = torch.tensor([0, 1, 2, 1])
+    logits = (F.one_hot(labels, 3).double() * 5.0).requires_grad_()
+    loss = function(logits, labels, 0.5)
+    loss.backward()
+    assert loss.item() == 0.0
+    assert torch.count_nonzero(logits.grad) == 0
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_all_ignored_batch_is_zero_not_nan(name):
+    kwargs = {"class_counts": [3, 2, 1]} if name in ("hem+", "la") else {}
+    criterion = get_loss(name, **kwargs)
+    logits = torch.randn(2, 3, 4, 4, requires_grad=True)
+    loss = criterion(logits, torch.full((2, 4, 4), -100))
+    loss.backward()
+    assert loss.item() == 0.0
+    assert torch.count_nonzero(logits.grad) == 0
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_spatial_logits_equal_flattened_rows(name):
+    kwargs = {"class_counts": [3, 2, 1]} if name in ("hem+", "la") else {}
+    criterion = get_loss(name, **kwargs)
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 3, 4, 5, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, 3, (2, 4, 5), generator=generator)
+    labels[0, :2] = -100
+    rows = logits.movedim(1, -1).reshape(-1, 3)
+    torch.testing.assert_close(criterion(logits, labels), criterion(rows, labels.reshape(-1)))
+
+
+def test_reduction_none_has_label_shape_and_zero_at_ignored():
+    logits = torch.randn(2, 3, 4, 5)
+    labels = torch.randint(0, 3, (2, 4, 5))
+    labels[1, 2, 3] = 255
+    per_sample = hem_loss(logits, labels, 1.0, ignore_index=255, reduction="none")
+    assert per_sample.shape == labels.shape
+    assert per_sample[1, 2, 3] == 0
+    assert hem_loss(logits, labels, 1.0, ignore_index=255, reduction="sum") == pytest.approx(per_sample.sum().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_is_computed_in_float32(dtype):
+    generator = torch.Generator().manual_seed(4)
+    logits32 = torch.randn(16, 10, generator=generator)
+    labels = torch.randint(0, 10, (16,), generator=generator)
+    half = logits32.to(dtype).requires_grad_()
+    loss = hem_loss(half, labels, 0.3)
+    loss.backward()
+    assert loss.dtype == torch.float32 and half.grad.dtype == dtype
+    torch.testing.assert_close(loss, hem_loss(half.detach().float(), labels, 0.3))
+
+
+def test_module_keeps_margins_as_buffer():
+    criterion = hf_hem.HEMLoss.from_label_counts([100, 10, 1], scale=2000.0)
+    assert "margin" in dict(criterion.named_buffers())
+    torch.testing.assert_close(criterion.margin, margins_from_counts([100, 10, 1]))
+    assert "margin" in criterion.state_dict()
+
+
+# ---------------------------------------------------------------- margins
+
+
+def test_margins_match_the_paper():
+    assert margins_from_counts([5000] * 10, per_class=False)[0].item() == pytest.approx(0.2)
+    hem_plus = margins_from_counts([1000, 10])
+    assert hem_plus.tolist() == pytest.approx([math.sqrt(2000 / (2 * 1000)), math.sqrt(2000 / (2 * 10))])
+    # Segmentation: S is the number of images, HEM+ uses pixel frequencies.
+    seg = margins_from_counts([300, 100], num_samples=20)
+    assert seg.tolist() == pytest.approx([math.sqrt(2000 / (2 * 20 * 0.75)), math.sqrt(2000 / (2 * 20 * 0.25))])
+
+
+def test_zero_count_class_warns_and_gets_largest_finite_margin():
+    with pytest.warns(UserWarning, match=r"classes \[1\]"):
+        margins = margins_from_counts([100, 0, 10])
+    assert torch.isfinite(margins).all()
+    assert margins[1] == margins.max() == margins[2]
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_label_out_of_range_names_the_values():
+    with pytest.raises(ValueError, match=r"\[3, 7\].*\[0, 3\)"):
+        hem_loss(torch.randn(4, 3), torch.tensor([0, 3, 7, -100]))
+
+
+def test_negative_label_that_is_not_ignore_index():
+    with pytest.raises(ValueError, match=r"\[-1\]"):
+        hem_loss(torch.randn(2, 3), torch.tensor([0, -1]))
+
+
+def test_shape_mismatch_shows_both_shapes():
+    with pytest.raises(ValueError, match=r"labels shape \(5, 4\).*logits shape \(4, 3, 5\)"):
+        hem_loss(torch.randn(4, 3, 5), torch.zeros(5, 4, dtype=torch.long))
+
+
+def test_shape_mismatch_simple():
+    with pytest.raises(ValueError, match=r"labels shape \(3,\).*logits shape \(4, 3\)"):
+        hem_loss(torch.randn(4, 3), torch.zeros(3, dtype=torch.long))
+
+
+def test_margin_tensor_of_wrong_length():
+    with pytest.raises(ValueError, match="2 entries but the logits have 3 classes"):
+        hem_loss(torch.randn(4, 3), torch.zeros(4, dtype=torch.long), torch.tensor([0.1, 0.2]))
+
+
+@pytest.mark.parametrize("margin", [-0.1, float("nan"), float("inf"), torch.tensor([0.1, -1.0, 0.2])])
+def test_negative_or_non_finite_margin(margin):
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        hem_loss(torch.randn(4, 3), torch.zeros(4, dtype=torch.long), margin)
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        hf_hem.HEMLoss(margin)
+
+
+def test_counts_of_wrong_length():
+    with pytest.raises(ValueError, match="3 entries but num_classes=4"):
+        margins_from_counts([1, 2, 3], num_classes=4)
+
+
+def test_unknown_loss_name_lists_valid_names():
+    with pytest.raises(ValueError, match="valid names are: ce, hem, hem\\+, mm"):
+        get_loss("hinge")
+
+
+def test_bad_reduction():
+    with pytest.raises(ValueError, match="reduction='avg'"):
+        hem_loss(torch.randn(2, 3), torch.tensor([0, 1]), reduction="avg")
+
+
+def test_float_labels_are_rejected():
+    with pytest.raises(ValueError, match="integer tensor"):
+        hem_loss(torch.randn(2, 3), torch.tensor([0.0, 1.0]))
