@@ -7,4 +7,26 @@ from .margins import margins_from_counts
 
 __version__ = "0.1.0"
 
-__all__ = [*_losses_all, "margins_from_counts"]
+# The trainer pulls in transformers (seconds to import): load it on first use so `import hf_hem` stays light.
+_LAZY = {
+    "HEMConfig": "trainer",
+    "HEMTrainer": "trainer",
+    "HEMLossFunction": "trainer",
+    "hem_loss_func": "trainer",
+    "count_labels": "counting",
+    "pixel_histogram": "counting",
+    "generate_model_card": "cards",
+    "write_model_card": "cards",
+}
+
+__all__ = [*_losses_all, "margins_from_counts", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'hf_hem' has no attribute {name!r}")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .compare import add_compare_parser
+from .evaluation.cli import add_benchmark_parser
+
 
 def _add_demo_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -26,11 +29,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-hem", description="HEM loss for the Hugging Face ecosystem.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_demo_parser(subparsers)
+    add_compare_parser(subparsers)
+    add_benchmark_parser(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # `compare` passes every flag it does not know itself on to the image classification script's parser.
+    args, extra_args = parser.parse_known_args(argv)
+    if extra_args and not getattr(args, "accepts_extra_args", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra_args)}")
+    args.extra_args = extra_args
     return args.handler(args)
 
 

@@ -1,0 +1,178 @@
+"""`HEMConfig`: `TrainingArguments` plus the loss settings of [`HEMTrainer`]."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from ..losses.registry import LOSS_NAMES, MARGIN_LOSS_NAMES
+
+
+@dataclass
+class HEMConfig(TrainingArguments):
+    r"""
+    Configuration class for [`HEMTrainer`].
+
+    This class includes only the parameters that are specific to HEM training. For a full list of training
+    arguments, please refer to the [`~transformers.TrainingArguments`] documentation. Using
+    [`~transformers.HfArgumentParser`] we can turn this class into
+    [argparse](https://docs.python.org/3/library/argparse#module-argparse) arguments that can be specified on the
+    command line.
+
+    Parameters:
+        > Parameters that control the loss
+
+        loss_name (`str`, *optional*, defaults to `"hem"`):
+            Loss to train with, one of `ce`, `hem`, `hem+`, `mm`, `mm+maz`, `mm+thres`, `logitnorm`, `la`, `focal`,
+            `dice` (see [`get_loss`]). `hem+` is HEM with one margin per target class, for imbalanced data.
+
+        > Parameters that control the margins
+
+        margin (`float` or `None`, *optional*, defaults to `None`):
+            One fixed margin `mu` for the margin losses (`hem`, `mm`, `mm+maz`, `mm+thres`). `None` derives it from
+            the training set: `mu = sqrt(margin_scale / S)`. Not allowed with `hem+`, whose margins always come from
+            class counts.
+        margin_scale (`float`, *optional*, defaults to `2000.0`):
+            The paper's `M` in `mu = sqrt(M / S)` and `mu_c = sqrt(M / (n * S * p_c))`.
+        per_class_margins (`bool` or `None`, *optional*, defaults to `None`):
+            One margin per target class from the class frequencies (HEM+ margins). `None` means `True` for `hem+`
+            and `False` otherwise; `False` with `hem+` is an error.
+        class_counts (`list[int]` or `None`, *optional*, defaults to `None`):
+            Training samples (segmentation: labelled pixels) per class. `None` counts them from `train_dataset` at
+            start-up: from the Arrow label column for classification, with a streamed pixel histogram for
+            segmentation.
+        num_margin_samples (`int` or `None`, *optional*, defaults to `None`):
+            `S`, the number of training samples in the margin formula. `None` uses the number of labelled samples for
+            classification and the number of training **images** for segmentation.
+
+        > Parameters that control the labels
+
+        loss_ignore_index (`int` or `None`, *optional*, defaults to `None`):
+            Label value that takes no part in the loss. `None` uses the model config's `semantic_loss_ignore_index`
+            when it has one (segmentation, e.g. 255) and `-100` otherwise.
+        label_column_name (`str` or `None`, *optional*, defaults to `None`):
+            Column of `train_dataset` holding the labels, counted for the margins. `None` picks `"labels"` or
+            `"label"`, whichever is present.
+
+        > Parameters of the baseline losses
+
+        logitnorm_temperature (`float`, *optional*, defaults to `0.04`):
+            `tau` of LogitNorm (`logitnorm`).
+        la_tau (`float`, *optional*, defaults to `1.0`):
+            `tau` of logit-adjusted cross-entropy (`la`); the priors come from the class counts.
+        focal_gamma (`float`, *optional*, defaults to `2.0`):
+            `gamma` of the focal loss (`focal`).
+        dice_smooth (`float`, *optional*, defaults to `0.0`):
+            Smoothing constant of the soft Dice loss (`dice`).
+
+    > [!NOTE]
+    > `HEMConfig` keeps every default of [`~transformers.TrainingArguments`]. `label_smoothing_factor` must stay 0:
+    > [`HEMTrainer`] computes its own loss and would silently skip the smoothing.
+    """
+
+    loss_name: str = field(
+        default="hem",
+        metadata={"help": f"Loss to train with, one of: {', '.join(LOSS_NAMES)}.", "choices": list(LOSS_NAMES)},
+    )
+    margin: float | None = field(
+        default=None,
+        metadata={
+            "help": "One fixed margin for the margin losses. Default: derived from the training set, "
+            "sqrt(margin_scale / S). Not allowed with hem+."
+        },
+    )
+    margin_scale: float = field(
+        default=2000.0, metadata={"help": "The paper's M in mu = sqrt(M / S) and mu_c = sqrt(M / (n S p_c))."}
+    )
+    per_class_margins: bool | None = field(
+        default=None,
+        metadata={"help": "One margin per target class (HEM+ margins). Default: true for hem+, false otherwise."},
+    )
+    class_counts: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Training samples (segmentation: labelled pixels) per class. Default: counted from the "
+            "training set at start-up."
+        },
+    )
+    num_margin_samples: int | None = field(
+        default=None,
+        metadata={
+            "help": "S in the margin formula. Default: labelled samples (classification) or training images "
+            "(segmentation)."
+        },
+    )
+    loss_ignore_index: int | None = field(
+        default=None,
+        metadata={
+            "help": "Label value ignored by the loss. Default: the model config's semantic_loss_ignore_index "
+            "(segmentation), else -100."
+        },
+    )
+    label_column_name: str | None = field(
+        default=None,
+        metadata={"help": "Label column of the training set. Default: 'labels' or 'label', whichever is present."},
+    )
+    logitnorm_temperature: float = field(default=0.04, metadata={"help": "Temperature of LogitNorm (logitnorm)."})
+    la_tau: float = field(default=1.0, metadata={"help": "tau of logit-adjusted cross-entropy (la)."})
+    focal_gamma: float = field(default=2.0, metadata={"help": "gamma of the focal loss (focal)."})
+    dice_smooth: float = field(default=0.0, metadata={"help": "Smoothing constant of the soft Dice loss (dice)."})
+
+    def __post_init__(self):
+        self.loss_name = self.loss_name.lower() if isinstance(self.loss_name, str) else self.loss_name
+        if self.loss_name not in LOSS_NAMES:
+            raise ValueError(
+                f"loss_name={self.loss_name!r} is not a known loss; expected one of {', '.join(LOSS_NAMES)}."
+            )
+        if self.per_class_margins is None:
+            self.per_class_margins = self.loss_name == "hem+"
+        elif self.loss_name == "hem+" and not self.per_class_margins:
+            raise ValueError(
+                "per_class_margins=False contradicts loss_name='hem+' (HEM with per-class margins); "
+                "use loss_name='hem' for one margin."
+            )
+        if self.margin is not None:
+            if self.loss_name == "hem+":
+                raise ValueError(
+                    f"margin={self.margin} with loss_name='hem+': HEM+ margins come from class counts "
+                    "(class_counts or the training set); use loss_name='hem' for one fixed margin."
+                )
+            if self.per_class_margins:
+                raise ValueError(
+                    f"margin={self.margin} with per_class_margins=True: per-class margins come from class counts; "
+                    "leave margin unset or set per_class_margins=False."
+                )
+            _check_number("margin", self.margin, minimum=0.0, inclusive=True)
+        _check_number("margin_scale", self.margin_scale, minimum=0.0)
+        _check_number("logitnorm_temperature", self.logitnorm_temperature, minimum=0.0)
+        _check_number("la_tau", self.la_tau)
+        _check_number("focal_gamma", self.focal_gamma, minimum=0.0, inclusive=True)
+        _check_number("dice_smooth", self.dice_smooth, minimum=0.0, inclusive=True)
+        if self.num_margin_samples is not None:
+            _check_number("num_margin_samples", self.num_margin_samples, minimum=0.0)
+        if self.class_counts is not None:
+            counts = list(self.class_counts)
+            if not counts or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in counts):
+                raise ValueError(f"class_counts must be a non-empty list of integers >= 0, got {self.class_counts!r}.")
+            if sum(counts) == 0:
+                raise ValueError("class_counts are all zero; expected the training samples per class.")
+            self.class_counts = counts
+        if self.label_smoothing_factor != 0:
+            kind = "a margin loss" if self.loss_name in MARGIN_LOSS_NAMES else "HEMTrainer's losses"
+            raise ValueError(
+                f"label_smoothing_factor={self.label_smoothing_factor} cannot be combined with loss_name="
+                f"{self.loss_name!r}: label smoothing is not defined for {kind}, and HEMTrainer computes its own loss "
+                "so the Trainer's label smoother would be silently skipped. Set label_smoothing_factor=0."
+            )
+        super().__post_init__()
+
+
+def _check_number(name: str, value, minimum: float | None = None, inclusive: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and minimum is not None:
+        ok = value >= minimum if inclusive else value > minimum
+    if not ok:
+        bound = "" if minimum is None else f" {'>=' if inclusive else '>'} {minimum:g}"
+        raise ValueError(f"{name} must be a finite number{bound}, got {value!r}.")

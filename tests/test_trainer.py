@@ -1,0 +1,657 @@
+"""HEMTrainer / HEMConfig / hem_loss_func and label counting, on tiny models built from configs (offline)."""
+
+import copy
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import datasets  # noqa: E402
+from transformers import (  # noqa: E402
+    BertConfig,
+    BertForSequenceClassification,
+    HfArgumentParser,
+    ResNetConfig,
+    ResNetForImageClassification,
+    SegformerConfig,
+    SegformerForSemanticSegmentation,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    ViTConfig,
+    ViTForImageClassification,
+)
+
+from hf_hem.counting import count_labels, pixel_histogram  # noqa: E402
+from hf_hem.losses import LOSS_NAMES, get_loss, hem_loss  # noqa: E402
+from hf_hem.margins import margins_from_counts  # noqa: E402
+from hf_hem.trainer import HEMConfig, HEMTrainer, hem_loss_func  # noqa: E402
+from hf_hem.trainer.hem_trainer import _NORMALISER, _LossTerms  # noqa: E402
+
+
+NUM_CLASSES = 3
+
+
+@pytest.fixture(autouse=True)
+def single_torch_thread():
+    """Tiny models: one intra-op thread is faster, and far steadier when other jobs share the cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+# ---- tiny models and in-memory data ----
+
+
+def tiny_vit(num_labels=NUM_CLASSES, seed=0):
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        image_size=8,
+        patch_size=4,
+        num_labels=num_labels,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    return ViTForImageClassification(config)
+
+
+def tiny_resnet(num_labels=NUM_CLASSES, seed=0):
+    torch.manual_seed(seed)
+    config = ResNetConfig(
+        num_channels=3,
+        embedding_size=8,
+        hidden_sizes=[8, 16],
+        depths=[1, 1],
+        layer_type="basic",
+        num_labels=num_labels,
+    )
+    return ResNetForImageClassification(config)
+
+
+def tiny_segformer(num_labels=4, seed=0):
+    torch.manual_seed(seed)
+    config = SegformerConfig(
+        num_channels=3,
+        num_encoder_blocks=2,
+        depths=[1, 1],
+        sr_ratios=[2, 1],
+        hidden_sizes=[8, 16],
+        patch_sizes=[3, 3],
+        strides=[2, 2],
+        num_attention_heads=[1, 2],
+        mlp_ratios=[2, 2],
+        decoder_hidden_size=16,
+        num_labels=num_labels,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        classifier_dropout_prob=0.0,
+        drop_path_rate=0.0,
+    )
+    return SegformerForSemanticSegmentation(config)
+
+
+def image_dataset(num_samples=32, size=8, seed=0, num_classes=NUM_CLASSES, class_label=True):
+    """Images whose class is a brightness offset on one channel: learnable in a few steps."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(num_samples) % num_classes
+    rng.shuffle(labels)
+    pixels = rng.normal(scale=0.5, size=(num_samples, 3, size, size)).astype(np.float32)
+    pixels[np.arange(num_samples), labels % 3] += 1.5
+    features = datasets.Features(
+        {
+            "pixel_values": datasets.Array3D((3, size, size), "float32"),
+            "label": datasets.ClassLabel(num_classes=num_classes) if class_label else datasets.Value("int64"),
+        }
+    )
+    return datasets.Dataset.from_dict({"pixel_values": pixels, "label": labels}, features=features)
+
+
+def make_args(tmp_path, **overrides):
+    defaults = {
+        "output_dir": str(tmp_path / "out"),
+        "use_cpu": True,
+        "report_to": "none",
+        "disable_tqdm": True,
+        "save_strategy": "no",
+        "per_device_train_batch_size": 8,
+        "per_device_eval_batch_size": 32,
+        "max_steps": 4,
+        "logging_steps": 1,
+        "learning_rate": 1e-2,
+        "margin_scale": 8.0,  # with 32 training samples: mu = sqrt(8 / 32) = 0.5
+        "seed": 0,
+    }
+    defaults.update(overrides)
+    return HEMConfig(**defaults)
+
+
+def exact_step_args(tmp_path, **overrides):
+    """One plain SGD step without clipping, so gradients and weight updates can be checked exactly."""
+    settings = {
+        "optim": "sgd",
+        "learning_rate": 0.1,
+        "max_grad_norm": 0.0,
+        "weight_decay": 0.0,
+        "lr_scheduler_type": "constant",
+        "max_steps": 1,
+        "per_device_train_batch_size": 4,
+    }
+    settings.update(overrides)
+    return make_args(tmp_path, **settings)
+
+
+class GradientRecorder(TrainerCallback):
+    """Copies every parameter's gradient just before the optimizer step (after accumulation and any all-reduce)."""
+
+    def __init__(self):
+        self.gradients = []
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.gradients.append({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
+
+
+class RecordingHEMTrainer(HEMTrainer):
+    """Keeps a copy of every micro-batch, to rebuild the expected loss by hand."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training:
+            self.seen_batches = getattr(self, "seen_batches", [])
+            self.seen_batches.append({k: v.detach().clone() for k, v in inputs.items()})
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+def changed_parameters(before, model):
+    after = dict(model.named_parameters())
+    return {name: not torch.equal(before[name], after[name].detach()) for name in before}
+
+
+# ---- HEMConfig ----
+
+
+def test_config_help_works_through_hf_argument_parser(capsys):
+    parser = HfArgumentParser(HEMConfig)
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args_into_dataclasses(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--loss_name", "--margin_scale", "--per_class_margins", "--class_counts", "--loss_ignore_index"):
+        assert flag in text
+
+
+def test_config_parses_flags(tmp_path):
+    (args,) = HfArgumentParser(HEMConfig).parse_args_into_dataclasses(
+        ["--output_dir", str(tmp_path), "--loss_name", "hem+", "--class_counts", "50", "5", "--margin_scale", "1000"]
+    )
+    assert args.loss_name == "hem+" and args.class_counts == [50, 5] and args.margin_scale == 1000.0
+    assert args.per_class_margins is True
+    assert HEMConfig(output_dir=str(tmp_path), loss_name="HEM").per_class_margins is False
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"loss_name": "hinge"}, "hem\\+"),
+        ({"label_smoothing_factor": 0.1}, "label_smoothing_factor=0.1"),
+        ({"label_smoothing_factor": 0.1, "loss_name": "ce"}, "label_smoothing_factor"),
+        ({"loss_name": "hem+", "margin": 0.2}, "hem\\+"),
+        ({"loss_name": "hem+", "per_class_margins": False}, "per_class_margins=False"),
+        ({"margin": -1.0}, "margin must be"),
+        ({"margin_scale": 0.0}, "margin_scale"),
+        ({"class_counts": [3, -1]}, "class_counts"),
+        ({"focal_gamma": -2.0}, "focal_gamma"),
+    ],
+)
+def test_config_rejects_bad_values(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        HEMConfig(output_dir=str(tmp_path), **kwargs)
+
+
+# ---- loss composition ----
+
+
+@pytest.mark.parametrize("loss_name", LOSS_NAMES)
+def test_normaliser_matches_loss_mean(loss_name):
+    """local_sum / local_count reproduces each loss's own `reduction="mean"` (one process, one batch)."""
+    torch.manual_seed(1)
+    logits = torch.randn(6, NUM_CLASSES, 3, 3)
+    labels = torch.randint(0, NUM_CLASSES, (6, 3, 3))
+    labels[0, 0] = 255
+    counts = [40, 20, 5]
+    margins = margins_from_counts(counts, scale=20.0, per_class=loss_name == "hem+")
+    terms = _LossTerms(
+        loss_name,
+        margins=margins,
+        per_class_margins=loss_name == "hem+",
+        class_counts=counts,
+        ignore_index=255,
+    )
+    local_sum, local_count = terms.parts(logits, labels)
+    kwargs = {"class_counts": counts} if loss_name == "la" else {}
+    if loss_name in ("hem", "hem+", "mm", "mm+maz", "mm+thres"):
+        kwargs = {"margin": margins if loss_name == "hem+" else float(margins[0])}
+    expected = get_loss(loss_name, ignore_index=255, **kwargs)(logits, labels)
+    torch.testing.assert_close(local_sum / local_count.clamp_min(1).float(), expected, rtol=1e-6, atol=1e-7)
+    assert _NORMALISER[loss_name] in ("violating", "labelled", "set")
+
+
+def test_violating_stat_is_nonzero_hem_loss():
+    torch.manual_seed(2)
+    logits = torch.randn(64, NUM_CLASSES)
+    labels = torch.randint(0, NUM_CLASSES, (64,))
+    margins = torch.tensor([0.3, 0.6, 1.2])
+    terms = _LossTerms("hem+", margins=margins, per_class_margins=True, class_counts=None, ignore_index=-100)
+    stats = dict(zip(terms.stat_names, terms.stats(logits, labels).tolist()))
+    per_sample = hem_loss(logits, labels, margins, reduction="none")
+    assert stats["violating"] == int((per_sample > 0).sum())
+    assert stats["labelled"] == 64
+    assert stats["correct"] == int((logits.argmax(1) == labels).sum())
+    assert stats["margin_sum"] == pytest.approx(float(margins[labels].sum()), rel=1e-6)
+
+
+# ---- training with every loss ----
+
+
+@pytest.mark.parametrize("loss_name", LOSS_NAMES)
+def test_every_loss_trains_tiny_resnet(tmp_path, loss_name):
+    model = tiny_resnet()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    args = make_args(tmp_path, loss_name=loss_name, max_steps=16, logging_steps=4, learning_rate=2e-2)
+    trainer = HEMTrainer(model=model, args=args, train_dataset=image_dataset(size=16))
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 4 and all(np.isfinite(losses))
+    assert losses[-1] < losses[0], f"{loss_name}: logged losses {losses} did not decrease"
+    unchanged = [name for name, changed in changed_parameters(before, model).items() if not changed]
+    assert not unchanged, f"{loss_name}: parameters not updated: {unchanged}"
+    assert model.config.hem_loss == loss_name
+    assert model.config.hem_class_counts == [11, 11, 10]
+
+
+def test_logged_metrics_and_their_values(tmp_path):
+    model = tiny_vit()
+    dataset = image_dataset()
+    args = make_args(tmp_path, loss_name="hem+", max_steps=2)
+    trainer = HEMTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=dataset)
+    trainer.train()
+    train_log = trainer.state.log_history[0]
+    for key in ("loss", "hem/violating_fraction", "hem/mean_violation", "hem/margin_mean", "hem/accuracy"):
+        assert key in train_log
+    metrics = trainer.evaluate()
+    assert metrics["eval_hem/violating_fraction"] == trainer.state.log_history[-1]["eval_hem/violating_fraction"]
+    # The whole set is one evaluation batch: compare every value with a direct computation.
+    model.eval()
+    with torch.no_grad():
+        logits = model(pixel_values=torch.tensor(np.asarray(dataset["pixel_values"]))).logits
+    labels = torch.tensor(dataset["label"])
+    margins = trainer.margins
+    per_sample = hem_loss(logits, labels, margins, reduction="none")
+    violating = per_sample > 0
+    target = logits.gather(1, labels[:, None]).squeeze(1)
+    worst = logits.scatter(1, labels[:, None], float("-inf")).max(1).values - target + margins[labels]
+    assert metrics["eval_loss"] == pytest.approx(float(hem_loss(logits, labels, margins)), rel=1e-5)
+    assert metrics["eval_hem/violating_fraction"] == pytest.approx(float(violating.float().mean()))
+    assert metrics["eval_hem/mean_violation"] == pytest.approx(float(worst[violating].mean()), rel=1e-5)
+    assert metrics["eval_hem/margin_mean"] == pytest.approx(float(margins[labels].mean()), rel=1e-6)
+    assert metrics["eval_hem/accuracy"] == pytest.approx(float((logits.argmax(1) == labels).float().mean()))
+    # A custom prefix is honoured, and predict() reports the same metrics under its own prefix.
+    assert "val_hem/accuracy" in trainer.evaluate(metric_key_prefix="val")
+    assert "test_hem/violating_fraction" in trainer.predict(dataset).metrics
+
+
+# ---- gradient accumulation ----
+
+
+@pytest.mark.parametrize("loss_name", ["hem", "ce"])
+def test_gradient_accumulation_is_mean_of_micro_batch_losses(tmp_path, loss_name):
+    """GA 2 x batch 4: each micro-batch is its own HEM batch; the step optimises (and logs) their mean."""
+    model = tiny_vit()
+    reference = copy.deepcopy(model)
+    recorder = GradientRecorder()
+    args = exact_step_args(tmp_path, loss_name=loss_name, margin=1.0, gradient_accumulation_steps=2)
+    trainer = RecordingHEMTrainer(
+        model=model, args=args, train_dataset=image_dataset(num_samples=8), callbacks=[recorder]
+    )
+    trainer.train()
+    assert len(trainer.seen_batches) == 2 and all(b["labels"].shape == (4,) for b in trainer.seen_batches)
+
+    reference.train()
+    criterion = get_loss(loss_name, margin=1.0) if loss_name == "hem" else get_loss("ce")
+    micro_losses = [
+        criterion(reference(pixel_values=b["pixel_values"]).logits, b["labels"]) for b in trainer.seen_batches
+    ]
+    expected = sum(micro_losses) / 2
+    expected.backward()
+    expected = expected.detach()
+    for name, parameter in reference.named_parameters():
+        torch.testing.assert_close(recorder.gradients[0][name], parameter.grad, rtol=1e-5, atol=1e-6)
+    # The logged loss is the optimised loss.
+    assert trainer.state.log_history[0]["loss"] == pytest.approx(expected.item(), rel=1e-6)
+
+    if loss_name == "ce":
+        # A per-sample mean over equal micro-batches: GA 2 x 4 equals one batch of 8 (Pitfall B does not apply).
+        single = copy.deepcopy(reference)
+        single.zero_grad()
+        pixels = torch.cat([b["pixel_values"] for b in trainer.seen_batches])
+        labels = torch.cat([b["labels"] for b in trainer.seen_batches])
+        get_loss("ce")(single(pixel_values=pixels).logits, labels).backward()
+        for name, parameter in single.named_parameters():
+            torch.testing.assert_close(recorder.gradients[0][name], parameter.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_hem_loss_func_with_stock_trainer_matches_hem_trainer(tmp_path):
+    dataset = image_dataset(num_samples=8)
+    gradients = {}
+    for kind in ("hem_trainer", "stock"):
+        recorder = GradientRecorder()
+        if kind == "hem_trainer":
+            args = exact_step_args(tmp_path, loss_name="hem", margin=1.0, gradient_accumulation_steps=2)
+            trainer = HEMTrainer(model=tiny_vit(), args=args, train_dataset=dataset, callbacks=[recorder])
+        else:
+            args = TrainingArguments(**{k: v for k, v in _init_kwargs(exact_step_args(tmp_path)).items()})
+            args.gradient_accumulation_steps = 2
+            trainer = Trainer(
+                model=tiny_vit(),
+                args=args,
+                train_dataset=dataset,
+                callbacks=[recorder],
+                compute_loss_func=hem_loss_func("hem", margin=1.0),
+            )
+        trainer.train()
+        gradients[kind] = (recorder.gradients[0], trainer.state.log_history[0]["loss"])
+    for name, gradient in gradients["hem_trainer"][0].items():
+        torch.testing.assert_close(gradients["stock"][0][name], gradient, rtol=1e-5, atol=1e-6)
+    assert gradients["stock"][1] == pytest.approx(gradients["hem_trainer"][1], rel=1e-6)
+
+
+def _init_kwargs(config):
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init and f.name in names}
+
+
+def test_hem_loss_func_validation():
+    with pytest.raises(ValueError, match="margin= or class_counts="):
+        hem_loss_func("hem")
+    with pytest.raises(ValueError, match="not a known loss"):
+        hem_loss_func("hinge", margin=0.2)
+    with pytest.raises(ValueError, match="per-class margins"):
+        hem_loss_func("hem+", margin=0.2)
+    loss_func = hem_loss_func("hem+", class_counts=[30, 10])
+    torch.testing.assert_close(loss_func.margins, margins_from_counts([30, 10], per_class=True))
+    logits, labels = torch.tensor([[2.0, 1.9], [0.0, 3.0]]), torch.tensor([0, 1])
+    torch.testing.assert_close(loss_func({"logits": logits}, labels), hem_loss(logits, labels, loss_func.margins))
+
+
+# ---- checkpoints and resuming ----
+
+
+class StopAfter(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+
+
+def test_kill_and_resume_reuses_margins_and_matches_uninterrupted_run(tmp_path):
+    dataset = image_dataset(num_samples=16)
+    common = {"loss_name": "hem+", "max_steps": 6, "per_device_train_batch_size": 4, "margin_scale": 4.0}
+
+    uninterrupted = tiny_vit()
+    HEMTrainer(model=uninterrupted, args=make_args(tmp_path / "a", **common), train_dataset=dataset).train()
+
+    interrupted_args = make_args(tmp_path / "b", save_strategy="steps", save_steps=3, **common)
+    first = HEMTrainer(model=tiny_vit(), args=interrupted_args, train_dataset=dataset, callbacks=[StopAfter(3)])
+    first.train()
+    checkpoint = tmp_path / "b" / "out" / "checkpoint-3"
+    assert first.state.global_step == 3 and checkpoint.is_dir()
+    config = json.loads((checkpoint / "config.json").read_text())
+    assert config["hem_loss"] == "hem+" and config["hem_class_counts"] == [6, 5, 5]
+    torch.testing.assert_close(torch.tensor(config["hem_margins"]), first.margins)
+
+    # A fresh process: different initial weights and different class counts in its arguments; resuming must
+    # still optimise the stored margins.
+    resumed_model = tiny_vit(seed=123)
+    resumed_args = make_args(tmp_path / "b", class_counts=[100, 1, 1], **common)
+    resumed = HEMTrainer(model=resumed_model, args=resumed_args, train_dataset=dataset)
+    assert not torch.allclose(resumed.margins, first.margins)
+    resumed.train(resume_from_checkpoint=True)
+    torch.testing.assert_close(resumed.margins, first.margins)
+    assert resumed_model.config.hem_margins == config["hem_margins"]
+    final = dict(uninterrupted.named_parameters())
+    for name, parameter in resumed_model.named_parameters():
+        torch.testing.assert_close(parameter, final[name], rtol=0, atol=1e-6)
+
+
+def test_eval_only_uses_margins_stored_in_model_config(tmp_path):
+    model = tiny_vit()
+    dataset = image_dataset()
+    HEMTrainer(model=model, args=make_args(tmp_path, loss_name="hem+", max_steps=1), train_dataset=dataset)
+    model.save_pretrained(tmp_path / "saved")
+    loaded = ViTForImageClassification.from_pretrained(tmp_path / "saved")
+    evaluator = HEMTrainer(model=loaded, args=make_args(tmp_path, loss_name="hem+"), eval_dataset=dataset)
+    torch.testing.assert_close(evaluator.margins, torch.tensor(model.config.hem_margins))
+    assert "eval_hem/violating_fraction" in evaluator.evaluate()
+
+
+# ---- segmentation and text classification ----
+
+
+def segmentation_dataset(num_images=6, size=16, num_classes=4, seed=0, bad_value=None):
+    rng = np.random.default_rng(seed)
+    masks = rng.choice(num_classes, size=(num_images, size, size), p=[0.55, 0.25, 0.15, 0.05]).astype(np.int64)
+    masks[:, :3, :] = 255  # an ignored border
+    if bad_value is not None:
+        masks[1, 5, 5] = bad_value
+    pixels = rng.normal(size=(num_images, 3, size, size)).astype(np.float32)
+    pixels[:, 0] += masks.clip(max=num_classes) * 0.5
+    return datasets.Dataset.from_dict({"pixel_values": pixels, "labels": masks}).with_format("torch"), masks
+
+
+def test_segformer_hem_plus_margins_from_pixel_histogram(tmp_path):
+    dataset, masks = segmentation_dataset()
+    model = tiny_segformer()
+    args = make_args(tmp_path, loss_name="hem+", per_device_train_batch_size=2, max_steps=3, margin_scale=1.0)
+    trainer = HEMTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=dataset)
+    trainer.train()
+    pixels = np.bincount(masks[masks != 255], minlength=4)
+    assert model.config.hem_class_counts == pixels.tolist()
+    assert model.config.hem_num_margin_samples == 6  # S = number of images, not pixels
+    expected = margins_from_counts(pixels, scale=1.0, per_class=True, num_samples=6)
+    torch.testing.assert_close(torch.tensor(model.config.hem_margins), expected)
+    assert all(np.isfinite(e["loss"]) for e in trainer.state.log_history if "loss" in e)
+
+    # The loss is HEM+ on logits upsampled to the label size, with SegFormer's ignore index 255.
+    model.eval()
+    batch = {"pixel_values": dataset[:3]["pixel_values"], "labels": dataset[:3]["labels"]}
+    with torch.no_grad():
+        loss, outputs = trainer.compute_loss(model, dict(batch), return_outputs=True)
+        assert outputs.logits.shape == (3, 4, 8, 8) and outputs.loss is None
+        upsampled = torch.nn.functional.interpolate(
+            outputs.logits, size=(16, 16), mode="bilinear", align_corners=False
+        )
+        torch.testing.assert_close(loss, hem_loss(upsampled, batch["labels"], expected, ignore_index=255))
+    assert "eval_hem/violating_fraction" in trainer.evaluate()
+
+
+def test_segmentation_class_counts_use_the_number_of_images(tmp_path):
+    dataset, _ = segmentation_dataset()
+    pixels = [500, 300, 100, 20]
+    args = make_args(tmp_path, loss_name="hem", class_counts=pixels, margin_scale=6.0)
+    trainer = HEMTrainer(model=tiny_segformer(), args=args, train_dataset=dataset)
+    torch.testing.assert_close(trainer.margins, torch.full((4,), 1.0))  # sqrt(6 / 6 images), not sqrt(6 / 920)
+    with pytest.raises(ValueError, match="num_margin_samples"):
+        HEMTrainer(model=tiny_segformer(), args=args, eval_dataset=dataset)
+
+
+def test_segmentation_pixels_out_of_range_are_named(tmp_path):
+    dataset, _ = segmentation_dataset(bad_value=9)
+    args = make_args(tmp_path, loss_name="hem+", per_device_train_batch_size=2, max_steps=1)
+    trainer = HEMTrainer(model=tiny_segformer(), args=args, train_dataset=dataset)
+    with pytest.raises(ValueError, match=r"\[9\]"):
+        trainer.train()
+
+
+def test_text_classification_with_tiny_bert(tmp_path):
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(
+        BertConfig(
+            vocab_size=50,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=16,
+            num_labels=NUM_CLASSES,
+        )
+    )
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, NUM_CLASSES, 24)
+    input_ids = rng.integers(5, 50, (24, 8))
+    input_ids[:, 1] = labels + 1  # a token that gives the class away
+    dataset = datasets.Dataset.from_dict(
+        {"input_ids": input_ids, "attention_mask": np.ones_like(input_ids), "label": labels}
+    )
+    args = make_args(tmp_path, loss_name="hem", max_steps=6, margin_scale=6.0)
+    trainer = HEMTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=dataset)
+    trainer.train()
+    assert model.config.hem_margins == pytest.approx([0.5] * NUM_CLASSES)
+    assert model.config.hem_class_counts == np.bincount(labels, minlength=NUM_CLASSES).tolist()
+    metrics = trainer.evaluate()
+    assert np.isfinite(metrics["eval_loss"]) and "eval_hem/accuracy" in metrics
+
+
+class TorchImageDataset(torch.utils.data.Dataset):
+    """A plain map-style dataset: no Arrow column, so the labels are counted through the data pipeline."""
+
+    def __init__(self, hf_dataset):
+        self.pixels = torch.tensor(np.asarray(hf_dataset["pixel_values"]))
+        self.labels = torch.tensor(hf_dataset["label"])
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        return {"pixel_values": self.pixels[index], "labels": self.labels[index]}
+
+
+def test_plain_torch_dataset_is_counted_at_train_start(tmp_path):
+    hf_dataset = image_dataset()
+    model = tiny_vit()
+    trainer = HEMTrainer(
+        model=model,
+        args=make_args(tmp_path, loss_name="hem+", max_steps=1),
+        train_dataset=TorchImageDataset(hf_dataset),
+    )
+    assert getattr(model.config, "hem_margins", None) is None  # deferred: counting needs a pass over the data
+    trainer.train()
+    counts = np.bincount(hf_dataset["label"], minlength=NUM_CLASSES)
+    assert model.config.hem_class_counts == counts.tolist() and model.config.hem_num_margin_samples is None
+    torch.testing.assert_close(trainer.margins, margins_from_counts(counts, scale=8.0, per_class=True))
+
+
+# ---- bad input ----
+
+
+def test_num_labels_mismatch_fails_before_training(tmp_path):
+    with pytest.raises(ValueError, match="5 classes but the model has num_labels=3"):
+        HEMTrainer(model=tiny_vit(), args=make_args(tmp_path), train_dataset=image_dataset(num_classes=5))
+
+
+def test_missing_label_column_lists_columns(tmp_path):
+    dataset = image_dataset().rename_column("label", "target")
+    with pytest.raises(ValueError, match=r"columns present: \['pixel_values', 'target'\]"):
+        HEMTrainer(model=tiny_vit(), args=make_args(tmp_path), train_dataset=dataset)
+    with pytest.raises(ValueError, match="label_column_name='fine_label' is not a column"):
+        HEMTrainer(model=tiny_vit(), args=make_args(tmp_path, label_column_name="fine_label"), train_dataset=dataset)
+
+
+def test_labels_out_of_range_are_named(tmp_path):
+    dataset = image_dataset(class_label=False)
+    labels = np.array(dataset["label"])
+    labels[[2, 5]] = [7, -3]
+    dataset = dataset.remove_columns("label").add_column("label", labels.tolist())
+    with pytest.raises(ValueError, match=r"values \[-3, 7\] outside \[0, 3\)"):
+        HEMTrainer(model=tiny_vit(), args=make_args(tmp_path), train_dataset=dataset)
+
+
+def test_plain_training_arguments_are_converted(tmp_path):
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_steps=1)
+    trainer = HEMTrainer(model=tiny_vit(), args=args, train_dataset=image_dataset())
+    assert isinstance(trainer.args, HEMConfig) and trainer.args.loss_name == "hem"
+    assert trainer.args.max_steps == 1
+
+
+def test_regression_models_and_missing_margins_are_rejected(tmp_path):
+    model = tiny_vit()
+    model.config.problem_type = "multi_label_classification"
+    with pytest.raises(ValueError, match="multi_label_classification"):
+        HEMTrainer(model=model, args=make_args(tmp_path), train_dataset=image_dataset())
+    with pytest.raises(ValueError, match="no train_dataset to count"):
+        HEMTrainer(model=tiny_vit(), args=make_args(tmp_path, loss_name="hem+"), eval_dataset=image_dataset())
+
+
+# ---- label counting ----
+
+
+def test_count_labels_reads_the_arrow_column_with_index_mappings():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, 1000)
+    dataset = datasets.Dataset.from_dict({"label": labels, "text": ["x"] * 1000})
+    np.testing.assert_array_equal(count_labels(dataset, 5), np.bincount(labels, minlength=5))
+    subset = dataset.shuffle(seed=0).select(range(100))
+    np.testing.assert_array_equal(count_labels(subset, 5), np.bincount(subset["label"], minlength=5))
+    transformed = dataset.with_transform(lambda batch: {"labels": [0] * len(batch["label"])})
+    np.testing.assert_array_equal(count_labels(transformed, 5), np.bincount(labels, minlength=5))
+    np.testing.assert_array_equal(count_labels(torch.tensor([0, 2, 2, -100]), 3, ignore_index=-100), [1, 0, 2])
+    np.testing.assert_array_equal(count_labels([1, 1], 4), [0, 2, 0, 0])
+
+
+def test_count_labels_errors():
+    dataset = datasets.Dataset.from_dict({"target": [0, 1]})
+    with pytest.raises(ValueError, match=r"columns present: \['target'\]"):
+        count_labels(dataset, 2)
+    with pytest.raises(ValueError, match=r"\[5\] outside \[0, 2\)"):
+        count_labels([0, 5, 1], 2)
+    with pytest.raises(ValueError, match="null"):
+        count_labels(datasets.Dataset.from_dict({"label": [0, None]}), 2)
+    with pytest.raises(ValueError, match="pixel_histogram"):
+        count_labels(np.zeros((2, 2), dtype=int), 2)
+
+
+def test_pixel_histogram_sources():
+    from PIL import Image
+
+    masks = [np.array([[0, 1], [255, 1]], dtype=np.uint8), np.array([[2, 2], [2, 0]], dtype=np.uint8)]
+    expected = [2, 2, 3]
+    np.testing.assert_array_equal(pixel_histogram(masks, 3, progress=False), expected)
+    np.testing.assert_array_equal(pixel_histogram(torch.tensor(np.stack(masks)), 3, progress=False), expected)
+    image_set = datasets.Dataset.from_dict({"image": [None, None], "annotation": [Image.fromarray(m) for m in masks]})
+    np.testing.assert_array_equal(pixel_histogram(image_set, 3, progress=False), expected)
+    # ADE20K-style label reduction: 0 becomes ignored, the rest shift down by one.
+    reduced = pixel_histogram(
+        image_set,
+        2,
+        mask_column="annotation",
+        transform=lambda m: np.where((m == 0) | (m == 255), 255, m - 1),
+        progress=False,
+    )
+    np.testing.assert_array_equal(reduced, [2, 3])
+    items = [{"labels": torch.tensor(m.astype(np.int64))} for m in masks]
+    np.testing.assert_array_equal(pixel_histogram(items, 3, progress=False), expected)
+    with pytest.raises(ValueError, match=r"\[2\] outside \[0, 2\)"):
+        pixel_histogram(masks, 2, progress=False)
+    with pytest.raises(ValueError, match="columns present"):
+        pixel_histogram(image_set, 3, mask_column="mask", progress=False)

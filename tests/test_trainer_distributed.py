@@ -1,0 +1,133 @@
+"""Two CPU processes (DDP over gloo) give the gradients of one process on the concatenated batch.
+
+`accelerate launch --multi_gpu --num_processes 2` starts two real ranks even without GPUs; the launched script
+(`tests/scripts/ddp_grad_check.py`) trains one step per case and saves rank 0's all-reduced gradients.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from transformers import ViTConfig, ViTForImageClassification  # noqa: E402
+
+from hf_hem.losses import cross_entropy_loss, hem_loss  # noqa: E402
+from hf_hem.margins import margins_from_counts  # noqa: E402
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = REPO_ROOT / "tests" / "scripts" / "ddp_grad_check.py"
+MARGIN_SCALE = 4.0  # as in the script
+STOCK_MARGIN = 0.6
+LABELS = [0, 1, 0, 2, 1, 0, 2, 0]
+
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="needs torch.distributed with gloo",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tiny_vit() -> ViTForImageClassification:
+    torch.manual_seed(0)
+    config = ViTConfig(
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        image_size=8,
+        patch_size=4,
+        num_labels=3,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    model = ViTForImageClassification(config)
+    with torch.no_grad():
+        # Class 0 starts far ahead: its samples satisfy the margin, the others violate it, so the count of
+        # violating samples differs between the ranks and the cross-process sum matters.
+        model.classifier.bias.copy_(torch.tensor([3.0, 0.0, 0.0]))
+    return model
+
+
+def reference_gradients(model, pixel_values, labels, loss_name):
+    """Gradients of one process on the whole (concatenated) batch, and its loss."""
+    model.zero_grad()
+    logits = model(pixel_values=pixel_values).logits
+    counts = np.bincount(labels.numpy(), minlength=3)
+    if loss_name == "ce":
+        loss = cross_entropy_loss(logits, labels)
+        margins = None
+    elif loss_name == "stock_hem":
+        loss = hem_loss(logits, labels, STOCK_MARGIN)
+        margins = torch.tensor([STOCK_MARGIN])
+    else:
+        margins = margins_from_counts(counts, scale=MARGIN_SCALE, per_class=loss_name == "hem_plus")
+        loss = hem_loss(logits, labels, margins if loss_name == "hem_plus" else float(margins[0]))
+    loss.backward()
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters()}, float(loss.detach()), margins
+
+
+def test_two_processes_match_one_process_on_the_concatenated_batch(tmp_path):
+    model = tiny_vit()
+    model.config.to_json_file(tmp_path / "config.json")
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    generator = torch.Generator().manual_seed(0)
+    pixel_values = torch.randn(len(LABELS), 3, 8, 8, generator=generator)
+    labels = torch.tensor(LABELS)
+    torch.save({"pixel_values": pixel_values, "labels": labels}, tmp_path / "data.pt")
+
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        str(SCRIPT),
+        str(tmp_path),
+    ]
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"launch failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+
+    model.train()
+    for case in ("hem", "hem_plus", "ce", "stock_hem"):
+        saved = torch.load(tmp_path / f"{case}.pt")
+        assert saved["world_size"] == 2
+        rank_labels = [torch.load(tmp_path / f"{case}_rank{rank}_labels.pt") for rank in (0, 1)]
+        assert all(r.numel() == 4 for r in rank_labels)
+        assert sorted(torch.cat(rank_labels).tolist()) == sorted(LABELS), "the ranks must split the batch"
+        expected, expected_loss, margins = reference_gradients(model, pixel_values, labels, case)
+        if margins is not None:
+            torch.testing.assert_close(saved["margins"], margins)
+        for name, gradient in expected.items():
+            torch.testing.assert_close(saved["gradients"][name], gradient, rtol=0, atol=1e-6, msg=f"{case}: {name}")
+        # The logged loss is the loss of the global batch, not a per-rank or rescaled value.
+        assert saved["logged_loss"] == pytest.approx(expected_loss, rel=1e-6), case
