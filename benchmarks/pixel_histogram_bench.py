@@ -70,7 +70,7 @@ def main():
     parser.add_argument(
         "--compare-counting",
         action="store_true",
-        help="also time hf_hem.counting.pixel_histogram (single-threaded, decodes through datasets) on the same data",
+        help="also time hf_hem.counting.pixel_histogram (the counts-only wrapper, which delegates to the same code) on the same data",
     )
     args = parser.parse_args()
 

@@ -1,21 +1,27 @@
-"""`hf-hem compare`: the same image classifier trained with cross-entropy and with HEM, side by side.
+"""`hf-hem compare`: the same model trained with cross-entropy and with HEM (and other losses), side by side.
 
-Every loss is trained on the same data, with the same model, augmentation and seeds, through
-[`~hf_hem.pipelines.run_image_classification`]. The result is a folder with one sub-folder per run (a plain
-`transformers` checkpoint with its HEM model card) and `report.md`: a markdown table of the metrics side by side and
-PNG plots (score histograms of known vs unknown images, ROC curves of the rejection, a reliability diagram and
-per-class accuracy).
+Every loss is trained on the same data, with the same model, augmentation and seeds, through the pipeline of the task:
+[`~hf_hem.pipelines.run_image_classification`] (`--task classification`, the default) or
+[`~hf_hem.pipelines.semantic_segmentation.run_semantic_segmentation`] (`--task segmentation`). The result is a folder
+with one sub-folder per run (a plain `transformers` checkpoint with its HEM model card) and `report.md`: a markdown
+table of the metrics side by side and PNG plots. For classification: score histograms of known vs unknown images, ROC
+curves of the rejection, a reliability diagram and per-class accuracy. For segmentation: validation images with their
+ground truth and every loss's predicted masks, and per-class IoU.
 
-Without a dataset it runs on the embedded default: scikit-learn's digits, a small ResNet built from its config, and
-the digits 8 and 9 held out as unknown classes, offline, in a few minutes on two CPU cores:
+Without a dataset it runs on the embedded defaults, offline, on two CPU cores: scikit-learn's digits with a small
+ResNet and the digits 8 and 9 held out as unknown classes (a few minutes), or synthetic scenes of those digits with a
+tiny SegFormer (about a minute per loss):
 
 ```bash
 hf-hem compare                                   # CE vs HEM on the embedded digits
 hf-hem compare --losses ce,hem,logitnorm --seeds 0,1,2 --model_type vit
 hf-hem compare --dataset_name cifar10 --image_column_name img --unknown_classes 8 9 --model_type resnet
+hf-hem compare --task segmentation               # CE vs HEM vs Dice on the embedded digit scenes
+hf-hem compare --task segmentation --dataset_name scene_parse_150 --model_name_or_path nvidia/mit-b0
 ```
 
-Any flag of `scripts/run_image_classification.py` is passed on to every run.
+Any flag of `scripts/run_image_classification.py` (or, with `--task segmentation`, of
+`scripts/run_semantic_segmentation.py`) is passed on to every run.
 """
 
 from __future__ import annotations
@@ -36,15 +42,27 @@ import numpy as np
 
 __all__ = [
     "DEFAULT_LOSSES",
+    "DEFAULT_SEGMENTATION_LOSSES",
+    "TASKS",
     "DEFAULT_UNKNOWN_CLASSES",
     "CompareRun",
     "add_compare_parser",
     "run_compare",
     "run_compare_command",
     "write_report",
+    "write_segmentation_report",
 ]
 
 DEFAULT_LOSSES = ("ce", "hem")
+#: Losses compared by `--task segmentation` by default: the paper's segmentation comparison.
+DEFAULT_SEGMENTATION_LOSSES = ("ce", "hem", "dice")
+#: Task names `--task` accepts (and their aliases).
+TASKS = {
+    "classification": "classification",
+    "image-classification": "classification",
+    "segmentation": "segmentation",
+    "semantic-segmentation": "segmentation",
+}
 #: Digits held out as unknown on the embedded default, unless `--unknown_classes` says otherwise.
 DEFAULT_UNKNOWN_CLASSES = ("8", "9")
 # Flags that compare sets for every run itself.
@@ -63,6 +81,11 @@ _METRIC_ROWS = (
     ("eval_ood_auroc_mls", "OOD AUROC, max logit", True),
     ("eval_ood_fpr95_msp", "OOD FPR at 95% TPR, MSP", False),
     ("eval_ood_fpr95_mls", "OOD FPR at 95% TPR, max logit", False),
+)
+_SEGMENTATION_METRIC_ROWS = (
+    ("eval_mean_iou", "Mean IoU", True),
+    ("eval_mean_accuracy", "Mean class accuracy", True),
+    ("eval_overall_accuracy", "Pixel accuracy", True),
 )
 _PALETTE = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C", "#CCB974")
 _KNOWN_COLOR, _UNKNOWN_COLOR, _OOD_COLOR = "#4C72B0", "#DD8452", "#8C8C8C"
@@ -118,7 +141,8 @@ def _progress_callback(description: str, enabled: bool):
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if self.training_bar is not None and logs:
-                shown = {key: logs[key] for key in ("loss", "eval_accuracy") if isinstance(logs.get(key), float)}
+                keys = ("loss", "eval_accuracy", "eval_mean_iou")
+                shown = {key: logs[key] for key in keys if isinstance(logs.get(key), float)}
                 if shown:
                     self.training_bar.set_postfix({key: f"{value:.4g}" for key, value in shown.items()})
 
@@ -142,6 +166,9 @@ def _read_run(output_dir: Path, loss_name: str, seed: int, metrics: dict, wall_t
             predictions = {key: stored[key] for key in stored.files}
     from .losses.registry import MARGIN_LOSS_NAMES
 
+    per_class_file = output_dir / "per_class_iou.json"
+    if per_class_file.is_file():
+        predictions["per_class_iou"] = json.loads(per_class_file.read_text(encoding="utf-8"))
     margins = None
     config_file = output_dir / "config.json"
     if loss_name in MARGIN_LOSS_NAMES and config_file.is_file():
@@ -150,37 +177,50 @@ def _read_run(output_dir: Path, loss_name: str, seed: int, metrics: dict, wall_t
 
 
 def run_compare(
-    losses: Sequence[str] = DEFAULT_LOSSES,
+    losses: Sequence[str] | None = None,
     seeds: Sequence[int] | None = None,
     output_dir: str | os.PathLike = "hem-compare",
     script_args: Sequence[str] = (),
     config_file: str | None = None,
     progress: bool = True,
     num_threads: int | None = None,
+    task: str = "classification",
 ) -> Path:
     """Train one model per loss and seed on the same data, then write `report.md` with its plots.
 
     Args:
-        losses (`Sequence[str]`, *optional*, defaults to `("ce", "hem")`): Registry names (see [`~hf_hem.get_loss`]).
+        losses (`Sequence[str]`, *optional*): Registry names (see [`~hf_hem.get_loss`]). Defaults to `("ce", "hem")`
+            for classification and `("ce", "hem", "dice")` for segmentation.
         seeds (`Sequence[int]`, *optional*): Every loss is trained once per seed (the seed also draws the embedded
             dataset's train/validation split); the table shows mean ± standard deviation over seeds, the plots the
             first seed. Defaults to `(0, 1, 2)` on the embedded digits, whose runs take seconds, else `(0,)`.
         output_dir (`str` or `os.PathLike`, *optional*, defaults to `"hem-compare"`): Receives `report.md`, the
             PNGs, `compare_results.json` and one folder per run (`<loss>` or `<loss>-seed<k>`).
-        script_args (`Sequence[str]`, *optional*): Flags of `scripts/run_image_classification.py` for every run
-            (data, model, training settings). `--loss_name`, `--seed` and `--output_dir` are set by this function.
+        script_args (`Sequence[str]`, *optional*): Flags of the task's script (`scripts/run_image_classification.py`
+            or `scripts/run_semantic_segmentation.py`) for every run (data, model, training settings). `--loss_name`,
+            `--seed` and `--output_dir` are set by this function.
         config_file (`str`, *optional*): A `.yaml`/`.json` config of the script, applied before `script_args`.
         progress (`bool`, *optional*, defaults to `True`): Show progress bars.
         num_threads (`int`, *optional*): PyTorch CPU threads during the runs. Defaults to 1 for the embedded digits
             on a machine without GPU: the model is so small that more threads gain little, and on a busy machine
             threads that wait for each other make training many times slower.
+        task (`str`, *optional*, defaults to `"classification"`): `"classification"` or `"segmentation"` (see
+            [`TASKS`] for aliases).
 
     Returns:
         `Path`: the written `report.md`.
     """
     from .losses.registry import LOSS_NAMES
-    from .pipelines.image_classification import peek_data_arguments
 
+    if task not in TASKS:
+        raise ValueError(f"task={task!r}; expected one of {', '.join(TASKS)}.")
+    task = TASKS[task]
+    if task == "segmentation":
+        from .pipelines.semantic_segmentation import peek_segmentation_data_arguments as peek_data_arguments
+    else:
+        from .pipelines.image_classification import peek_data_arguments
+    if losses is None:
+        losses = DEFAULT_SEGMENTATION_LOSSES if task == "segmentation" else DEFAULT_LOSSES
     losses = [loss.strip().lower() for loss in losses if loss.strip()]
     if not losses:
         raise ValueError("losses is empty; expected registry names such as 'ce,hem'.")
@@ -198,7 +238,8 @@ def run_compare(
     base_args = ([config_file] if config_file else []) + script_args
     data_args = peek_data_arguments(base_args)
     embedded = data_args.uses_embedded_dataset
-    seeds = list(seeds) if seeds is not None else ([0, 1, 2] if embedded else [0])
+    # Segmentation runs take a minute even on the embedded scenes: one seed unless asked.
+    seeds = list(seeds) if seeds is not None else ([0, 1, 2] if embedded and task == "classification" else [0])
     if not seeds or any(isinstance(seed, bool) or not isinstance(seed, int) for seed in seeds):
         raise ValueError(f"seeds must be a non-empty list of integers, got {seeds!r}.")
     if len(set(seeds)) != len(seeds):
@@ -207,10 +248,13 @@ def run_compare(
         isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
     ):
         raise ValueError(f"num_threads must be a positive integer or None, got {num_threads!r}.")
-    if embedded and data_args.unknown_classes is None:
+    if task == "classification" and embedded and data_args.unknown_classes is None:
         script_args += ["--unknown_classes", *DEFAULT_UNKNOWN_CLASSES]
     if not _has_flag(script_args, "--log_level"):
         script_args += ["--log_level", "warning"]  # the progress bars and the report say what matters
+    if task == "segmentation" and not _has_flag(script_args, "--disable_tqdm"):
+        # The pipeline's own bars (pixel histogram, evaluation) would interleave with compare's nested ones.
+        script_args += ["--disable_tqdm", "true"]
 
     import torch
 
@@ -220,17 +264,22 @@ def run_compare(
     if num_threads is not None:
         torch.set_num_threads(num_threads)
     try:
-        return _run_all(losses, seeds, output_dir, script_args, config_file, base_args, progress)
+        return _run_all(losses, seeds, output_dir, script_args, config_file, base_args, progress, task)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _run_all(losses, seeds, output_dir, script_args, config_file, base_args, progress) -> Path:
+def _run_all(losses, seeds, output_dir, script_args, config_file, base_args, progress, task) -> Path:
     import datasets
     import transformers
     from tqdm.auto import tqdm
 
-    from .pipelines.image_classification import parse_image_classification_args, run_image_classification
+    if task == "segmentation":
+        from .pipelines.semantic_segmentation import parse_semantic_segmentation_args as parse_args
+        from .pipelines.semantic_segmentation import run_semantic_segmentation as run_pipeline
+    else:
+        from .pipelines.image_classification import parse_image_classification_args as parse_args
+        from .pipelines.image_classification import run_image_classification as run_pipeline
 
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
@@ -245,15 +294,18 @@ def _run_all(losses, seeds, output_dir, script_args, config_file, base_args, pro
             run_dir = output_dir / name.replace("+", "plus")
             argv = ([config_file] if config_file else []) + script_args
             argv += ["--loss_name", loss, "--seed", str(seed), "--output_dir", str(run_dir)]
-            model_args, run_data_args, training_args = parse_image_classification_args(argv)
+            model_args, run_data_args, training_args = parse_args(argv)
             start = time.perf_counter()
             # The Trainer prints its metric tables to stdout; the report has them, so they are kept off the console.
             with contextlib.redirect_stdout(io.StringIO()):
-                metrics = run_image_classification(
+                metrics = run_pipeline(
                     model_args, run_data_args, training_args, callbacks=[_progress_callback(name, progress)]
                 )
             runs.append(_read_run(run_dir, loss, seed, metrics, time.perf_counter() - start))
         bar.set_postfix_str("writing the report")
+    if task == "segmentation":
+        setup = _describe_segmentation_setup(model_args, run_data_args, training_args, runs, base_args)
+        return write_segmentation_report(runs, output_dir, setup=setup, progress=progress)
     setup = _describe_setup(model_args, run_data_args, training_args, runs, base_args)
     return write_report(runs, output_dir, setup=setup, progress=progress)
 
@@ -296,10 +348,10 @@ def _describe_setup(model_args, data_args, training_args, runs: list[CompareRun]
     }
 
 
-def _command_flags(runs: list[CompareRun], base_args) -> list[str]:
+def _command_flags(runs: list[CompareRun], base_args, task: str = "classification") -> list[str]:
     losses = list(dict.fromkeys(run.loss_name for run in runs))
     seeds = list(dict.fromkeys(run.seed for run in runs))
-    flags = ["--losses", ",".join(losses)]
+    flags = (["--task", task] if task != "classification" else []) + ["--losses", ",".join(losses)]
     if seeds != [0]:
         flags += ["--seeds", ",".join(str(seed) for seed in seeds)]
     return flags + [str(arg) for arg in base_args]
@@ -453,12 +505,12 @@ def _format(mean: float, std: float, multi_seed: bool, digits: int = 4) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if multi_seed else f"{mean:.{digits}f}"
 
 
-def _table(runs: list[CompareRun], losses: list[str]) -> list[str]:
+def _table(runs: list[CompareRun], losses: list[str], rows=_METRIC_ROWS) -> list[str]:
     multi_seed = len({run.seed for run in runs}) > 1
     by_loss = {loss: [run for run in runs if run.loss_name == loss] for loss in losses}
     lines = ["| Metric | better | " + " | ".join(f"`{loss}`" for loss in losses) + " |"]
     lines.append("|---|:-:|" + "---:|" * len(losses))
-    for key, label, higher in _METRIC_ROWS:
+    for key, label, higher in rows:
         if not all(key in run.metrics for run in runs):
             continue
         stats = {loss: _mean_std([run.metrics[key] for run in by_loss[loss]]) for loss in losses}
@@ -485,7 +537,19 @@ def _table(runs: list[CompareRun], losses: list[str]) -> list[str]:
     return lines
 
 
-def _summary(runs: list[CompareRun], losses: list[str]) -> list[str]:
+_SUMMARY_KEYS = (
+    ("eval_accuracy", "accuracy", True),
+    ("eval_rejection_auroc_msp", "unknown-class AUROC (MSP)", True),
+    ("eval_rejection_fpr95_msp", "FPR at 95% TPR (MSP)", False),
+    ("eval_ece", "calibration error", False),
+)
+_SEGMENTATION_SUMMARY_KEYS = (
+    ("eval_mean_iou", "mIoU", True),
+    ("eval_overall_accuracy", "pixel accuracy", True),
+)
+
+
+def _summary(runs: list[CompareRun], losses: list[str], keys=_SUMMARY_KEYS) -> list[str]:
     """Plain sentences comparing each loss with cross-entropy (when CE was trained)."""
     if "ce" not in losses or len(losses) < 2:
         return []
@@ -501,12 +565,7 @@ def _summary(runs: list[CompareRun], losses: list[str]) -> list[str]:
         if loss == "ce":
             continue
         parts = []
-        for key, label, higher in (
-            ("eval_accuracy", "accuracy", True),
-            ("eval_rejection_auroc_msp", "unknown-class AUROC (MSP)", True),
-            ("eval_rejection_fpr95_msp", "FPR at 95% TPR (MSP)", False),
-            ("eval_ece", "calibration error", False),
-        ):
+        for key, label, higher in keys:
             ours, baseline = mean_std(loss, key), mean_std("ce", key)
             if ours is None or baseline is None:
                 continue
@@ -652,6 +711,240 @@ def write_report(
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Segmentation report
+
+
+def _describe_segmentation_setup(model_args, data_args, training_args, runs: list[CompareRun], base_args) -> dict:
+    from .pipelines.semantic_segmentation import EMBEDDED_SEGMENTATION_DATASET_NAME
+
+    classes = [str(name) for name in runs[0].predictions.get("class_names", [])]
+    if data_args.uses_embedded_dataset:
+        dataset = f"`{EMBEDDED_SEGMENTATION_DATASET_NAME}` (synthetic scenes of scikit-learn's digits, embedded)"
+    elif data_args.dataset_name:
+        dataset = f"`{data_args.dataset_name}`" + (
+            f" (config `{data_args.dataset_config_name}`)" if data_args.dataset_config_name else ""
+        )
+    elif data_args.data_files:
+        dataset = f"parquet `{data_args.data_files[0]}`"
+    else:
+        dataset = f"image/mask folders `{data_args.train_dir}`"
+    model = (
+        f"`{model_args.model_name_or_path}` (fine-tuned)"
+        if model_args.model_name_or_path
+        else f"SegFormer-{model_args.segformer_size} built from its config (random initialisation)"
+    )
+    return {
+        "dataset": dataset,
+        "model": model,
+        "classes": classes,
+        "seed_draws_split": data_args.uses_embedded_dataset,
+        "epochs": training_args.num_train_epochs,
+        "batch_size": training_args.per_device_train_batch_size,
+        "learning_rate": training_args.learning_rate,
+        "num_train_samples": runs[0].metrics.get("train_samples"),
+        "num_eval_samples": runs[0].metrics.get("eval_samples"),
+        "command": " ".join(["hf-hem", "compare", *_command_flags(runs, base_args, task="segmentation")]),
+    }
+
+
+def _class_colors(num_classes: int) -> np.ndarray:
+    """`(num_classes + 1, 3)` uint8 colours: a qualitative palette per class, and dark grey last (ignored pixels)."""
+    from matplotlib import colormaps
+
+    palette = colormaps["tab20"].colors
+    colors = np.asarray([palette[(2 * index) % 20 + (2 * index // 20) % 2] for index in range(num_classes)])
+    return np.rint(np.vstack([colors, [0.25, 0.25, 0.25]]) * 255).astype(np.uint8)
+
+
+def _colorize(label_map: np.ndarray, colors: np.ndarray) -> np.ndarray:
+    num_classes = len(colors) - 1
+    ids = np.where((label_map >= 0) & (label_map < num_classes), label_map, num_classes)
+    return colors[ids]
+
+
+def plot_segmentation_masks(runs: list[CompareRun], path: Path) -> Path:
+    """A grid: one row per validation example, columns image, ground truth, then each run's predicted mask."""
+    first = runs[0].predictions
+    images, labels = first["images"], first["labels"]
+    class_names = [str(name) for name in first.get("class_names", [])]
+    colors = _class_colors(max(len(class_names), int(labels[labels != 255].max(initial=0)) + 1))
+    columns = 2 + len(runs)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    figure = Figure(figsize=(2.0 * columns, 2.0 * len(images) + 0.6), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(len(images), columns, squeeze=False)
+    titles = ["image", "ground truth", *(run.loss_name for run in runs)]
+    for row, (image, label) in enumerate(zip(images, labels)):
+        panels = [image, _colorize(label, colors)]
+        for run in runs:
+            prediction = run.predictions["predictions"][row]
+            panel = _colorize(prediction, colors)
+            panel[label == 255] = (panel[label == 255] * 0.35).astype(np.uint8)  # not scored: dimmed
+            panels.append(panel)
+        for column, panel in enumerate(panels):
+            axis = axes[row, column]
+            axis.imshow(panel, interpolation="nearest")
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if row == 0:
+                axis.set_title(titles[column], fontsize=10)
+    present = sorted(
+        {int(v) for v in np.unique(labels) if v != 255}
+        | {int(v) for r in runs for v in np.unique(r.predictions["predictions"])}
+    )
+    handles = [
+        Patch(color=colors[index] / 255, label=class_names[index] if index < len(class_names) else str(index))
+        for index in present[:20]
+    ]
+    handles.append(Patch(color=colors[-1] / 255, label="ignored"))
+    figure.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 8), fontsize="small")
+    figure.suptitle("Validation images: ground truth and predicted masks (dimmed: ignored pixels, not scored)")
+    figure.savefig(path, dpi=100)
+    return path
+
+
+def plot_per_class_iou(runs: list[CompareRun], path: Path, max_classes: int = 30) -> Path:
+    """Grouped bars of per-class IoU, one bar per run; the `max_classes` classes with most validation pixels."""
+    class_names = [str(name) for name in runs[0].predictions.get("class_names", [])]
+    matrix = runs[0].predictions.get("confusion_matrix")
+    order = list(range(len(class_names)))
+    if matrix is not None:
+        order = [int(index) for index in np.argsort(-np.asarray(matrix).sum(axis=1), kind="stable")]
+    order = order[:max_classes]
+    shown = [class_names[index] for index in order]
+    figure, (axis,) = _figure(1, width=max(5.0, 0.45 * len(shown) * max(1, len(runs)) / 2 + 2), height=3.6)
+    width = 0.8 / len(runs)
+    positions = np.arange(len(shown))
+    for index, (color, run) in enumerate(zip(_PALETTE, runs)):
+        per_class = run.predictions.get("per_class_iou") or {}
+        values = [per_class.get(name) for name in shown]
+        values = [np.nan if value is None else float(value) for value in values]
+        axis.bar(positions + (index - (len(runs) - 1) / 2) * width, values, width, color=color, label=run.loss_name)
+    axis.set_xticks(
+        positions, shown, rotation=45 if len(shown) > 10 else 0, ha="right" if len(shown) > 10 else "center"
+    )
+    axis.set_xlabel(
+        "class" + (f" (the {len(shown)} with most validation pixels)" if len(class_names) > len(shown) else "")
+    )
+    axis.set_ylabel("IoU")
+    axis.set_ylim(0.0, 1.0)
+    axis.set_title("Per-class IoU (validation)")
+    axis.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
+    figure.savefig(path, dpi=110)
+    return path
+
+
+def write_segmentation_report(
+    runs: list[CompareRun], output_dir: str | os.PathLike, setup: dict | None = None, progress: bool = True
+) -> Path:
+    """Write `report.md`, its PNG plots and `compare_results.json` for segmentation runs.
+
+    Args:
+        runs (`list[CompareRun]`): The runs, e.g. from [`run_compare`] with `task="segmentation"`; every run needs the
+            `images`, `labels` and `predictions` of `predictions.npz` and its `eval_mean_iou`.
+        output_dir (`str` or `os.PathLike`): Folder of the report.
+        setup (`dict`, *optional*): What was compared (dataset, model, classes, command), shown at the top.
+        progress (`bool`, *optional*, defaults to `True`): Show a progress bar over the plots.
+
+    Returns:
+        `Path`: the written `report.md`.
+    """
+    from tqdm.auto import tqdm
+
+    if not runs:
+        raise ValueError("write_segmentation_report needs at least one run.")
+    for run in runs:
+        missing = [key for key in ("images", "labels", "predictions") if key not in run.predictions]
+        if missing:
+            raise ValueError(f"run {run.output_dir} has no {missing} in predictions.npz; was it evaluated (do_eval)?")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    losses = list(dict.fromkeys(run.loss_name for run in runs))
+    first_seed = runs[0].seed
+    shown = [next(run for run in runs if run.loss_name == loss and run.seed == first_seed) for loss in losses]
+    plots = [
+        ("segmentation_masks.png", "Predicted masks next to the ground truth", plot_segmentation_masks),
+        ("per_class_iou.png", "Per-class IoU", plot_per_class_iou),
+    ]
+    for file_name, _, plot in tqdm(plots, desc="plots", unit="plot", disable=not progress, leave=False):
+        plot(shown, output_dir / file_name)
+
+    setup = setup or {}
+    seeds = sorted({run.seed for run in runs})
+    lines = ["# hf-hem compare: " + " vs ".join(f"`{loss}`" for loss in losses), ""]
+    if setup:
+        classes = setup.get("classes") or []
+        class_text = ", ".join(classes) if len(classes) <= 12 else f"{len(classes)} classes"
+        lines += [
+            f"- **Data**: {setup.get('dataset')}; {setup.get('num_train_samples')} training and "
+            f"{setup.get('num_eval_samples')} validation images; classes {class_text}.",
+            f"- **Model**: {setup.get('model')}; {setup.get('epochs'):g} epoch{'' if setup.get('epochs') == 1 else 's'}, "
+            f"batch size {setup.get('batch_size')}, learning rate {setup.get('learning_rate'):g}; identical for every "
+            "loss.",
+        ]
+    seed_note = "; each seed also draws its own scenes" if setup.get("seed_draws_split") else ""
+    lines.append(
+        f"- **Seeds**: {', '.join(str(seed) for seed in seeds)}{seed_note}"
+        + (" (mean ± standard deviation over seeds; plots show the first seed)." if len(seeds) > 1 else ".")
+    )
+    if setup.get("command"):
+        lines.append(f"- **Reproduce**: `{setup['command']}`")
+    lines += ["", "## Results", ""]
+    lines += _table(runs, losses, rows=_SEGMENTATION_METRIC_ROWS)
+    lines += [
+        "",
+        "Bold marks the best value of a row. IoU of a class is TP / (TP + FP + FN) over all validation pixels (a "
+        "streamed confusion matrix); the mean IoU averages the classes present in the labels or the predictions. "
+        "Pixels labelled with the ignore index (background after label reduction, crop padding) are not scored.",
+    ]
+    summary = _summary(runs, losses, keys=_SEGMENTATION_SUMMARY_KEYS)
+    if summary:
+        lines += ["", "## In short", "", *summary]
+        if len(seeds) == 1:
+            lines += [
+                "",
+                "One seed and a short schedule: differences of a point or two are within run-to-run noise, and HEM "
+                "gains most from long schedules with a late learning-rate drop (see the method notes). Add "
+                "`--seeds 0,1,2` for error bars.",
+            ]
+    lines += ["", "## Plots", ""]
+    for file_name, caption, _ in plots:
+        lines += [f"### {caption}", "", f"![{caption}]({file_name})", ""]
+    lines += ["## Runs", "", "| Run | Folder |", "|---|---|"]
+    for run in runs:
+        relative = os.path.relpath(run.output_dir, output_dir)
+        lines.append(f"| `{run.loss_name}`, seed {run.seed} | [`{relative}/`]({relative}/README.md) |")
+    lines += [
+        "",
+        "Each folder holds a plain `transformers` checkpoint (load it with `AutoModelForSemanticSegmentation` and "
+        "`AutoImageProcessor`), its model card, `all_results.json`, `per_class_iou.json` and `predictions.npz`.",
+        "",
+    ]
+    report = output_dir / "report.md"
+    report.write_text("\n".join(lines), encoding="utf-8")
+    results = {
+        "setup": dict(setup),
+        "runs": [
+            {
+                "loss_name": run.loss_name,
+                "seed": run.seed,
+                "output_dir": str(run.output_dir),
+                "wall_time": run.wall_time,
+                "margins": run.margins,
+                "metrics": run.metrics,
+                "per_class_iou": run.predictions.get("per_class_iou"),
+            }
+            for run in runs
+        ],
+    }
+    (output_dir / "compare_results.json").write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
+    return report
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Command line
 
 
@@ -669,16 +962,27 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     """
     parser = subparsers.add_parser(
         "compare",
-        help="Train the same image classifier with CE and HEM (or other losses) and write a side-by-side report.",
-        description="Train one image classifier per loss (and seed) on the same data, then write report.md with a "
-        "side-by-side table and plots. Without a dataset: scikit-learn's digits, a small ResNet, digits 8 and 9 "
-        "held out as unknown, offline.",
+        help="Train the same model with CE and HEM (or other losses) and write a side-by-side report.",
+        description="Train one image classifier (or, with --task segmentation, one semantic segmenter) per loss and "
+        "seed on the same data, then write report.md with a side-by-side table and plots. Without a dataset: "
+        "scikit-learn's digits, a small ResNet, digits 8 and 9 held out as unknown (segmentation: synthetic digit "
+        "scenes and a tiny SegFormer), offline.",
         epilog="Every other flag of scripts/run_image_classification.py (e.g. --dataset_name, --model_type, "
-        "--num_train_epochs, --unknown_classes) is passed on to every run.",
+        "--num_train_epochs, --unknown_classes), or of scripts/run_semantic_segmentation.py with --task "
+        "segmentation, is passed on to every run.",
         allow_abbrev=False,  # `--seed` must reach the error below, not silently become `--seeds`
     )
     parser.add_argument(
-        "--losses", default=",".join(DEFAULT_LOSSES), help="Comma-separated registry names (default: ce,hem)."
+        "--task",
+        default="classification",
+        choices=sorted(TASKS),
+        help="classification (default: scripts/run_image_classification.py) or segmentation "
+        "(scripts/run_semantic_segmentation.py, CE vs HEM vs Dice).",
+    )
+    parser.add_argument(
+        "--losses",
+        default=None,
+        help="Comma-separated registry names (default: ce,hem; ce,hem,dice for segmentation).",
     )
     parser.add_argument(
         "--seeds",
@@ -708,13 +1012,14 @@ def run_compare_command(args: argparse.Namespace) -> int:
         except ValueError:
             raise ValueError(f"--seeds must be comma-separated integers, got {args.seeds!r}.") from None
     report = run_compare(
-        losses=args.losses.split(","),
+        losses=args.losses.split(",") if args.losses is not None else None,
         seeds=seeds,
         output_dir=args.output_dir,
         script_args=getattr(args, "extra_args", []) or [],
         config_file=args.config,
         progress=not args.no_progress,
         num_threads=args.num_threads,
+        task=args.task,
     )
     print(f"Report written to {report}")
     return 0

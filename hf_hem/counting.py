@@ -2,21 +2,21 @@
 
 * [`count_labels`]: samples per class of a classification set, read from the Arrow label column of a
   `datasets.Dataset` (no image is decoded), or from any 1-D array of labels. A million rows take milliseconds.
-* [`pixel_histogram`]: labelled pixels per class of a segmentation set, streamed mask by mask with a progress bar.
+* [`pixel_histogram`]: labelled pixels per class of a segmentation set, streamed mask by mask with a progress bar
+  (a counts-only front of [`hf_hem.data.pixel_histogram`], the one implementation).
 
 Both return `numpy.int64` arrays of shape `(num_classes,)` that [`margins_from_counts`] turns into margins.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 
 _LABEL_COLUMN_CANDIDATES = ("labels", "label")
-_MASK_COLUMN_CANDIDATES = ("label", "labels", "annotation", "segmentation_mask", "mask")
 
 
 def _check_num_classes(num_classes) -> int:
@@ -156,13 +156,6 @@ def _label_array(column, what: str) -> np.ndarray:
     return values
 
 
-def _mask_to_array(mask) -> np.ndarray:
-    if torch.is_tensor(mask):
-        return mask.detach().cpu().numpy()
-    # PIL images, nested lists and numpy arrays all convert through the array protocol.
-    return np.asarray(mask)
-
-
 def pixel_histogram(
     masks_iterable_or_dataset,
     num_classes: int,
@@ -177,6 +170,10 @@ def pixel_histogram(
 ) -> np.ndarray:
     """Labelled pixels per class of a segmentation training set, streamed one mask (or batch) at a time.
 
+    The counts-only form of [`hf_hem.data.pixel_histogram`], which does the work (threaded decoding, one pass);
+    use that one directly for the number of masks counted, ADE20K-style `reduce_labels` and skipping undecodable
+    masks.
+
     Args:
         masks_iterable_or_dataset (`datasets.Dataset` or iterable): a `datasets.Dataset` (masks are read from
             `mask_column`, other columns are not decoded, `set_transform` is ignored), a map-style dataset whose
@@ -185,9 +182,10 @@ def pixel_histogram(
         num_classes (`int`): number of classes `n`; every non-ignored pixel must lie in `[0, n)`.
         ignore_index (`int`, *optional*, defaults to 255): pixel value that is not counted (after `transform`).
         mask_column (`str`, *optional*): column (or dict key) holding the mask. Defaults to the first present of
-            `"label"`, `"labels"`, `"annotation"`, `"segmentation_mask"`, `"mask"`.
+            `"annotation"`, `"label"`, `"mask"`, `"segmentation_mask"`, `"semantic_map"`, `"labels"`, `"seg"`.
         transform (`Callable`, *optional*): applied to each mask (as a numpy array) before counting, for example
-            a label reduction `lambda m: np.where((m == 0) | (m == 255), 255, m - 1)` so counts match what the model trains on.
+            a label reduction `lambda m: np.where((m == 0) | (m == 255), 255, m - 1)` so counts match what the model
+            trains on. It runs in worker threads, so it must be thread-safe.
         progress (`bool`, defaults to `True`): show a tqdm progress bar; it counts the items of the iterable
             (masks, or batches of masks).
         total (`int`, *optional*): number of items, for the progress bar of a plain iterable.
@@ -209,37 +207,17 @@ def pixel_histogram(
     >>> margins = margins_from_counts(pixels, per_class=True, num_samples=len(ade20k_train))
     ```
     """
-    num_classes = _check_num_classes(num_classes)
-    masks, length = _iter_masks(masks_iterable_or_dataset, mask_column, batch_size)
-    if total is None:
-        total = length
-    from tqdm.auto import tqdm
+    from .data.segmentation import pixel_histogram as streamed_pixel_histogram
 
-    counts = np.zeros(num_classes, dtype=np.int64)
-    with tqdm(total=total, desc=desc, disable=not progress, unit="mask") as bar:
-        for mask in masks:
-            array = _mask_to_array(mask)
-            if transform is not None:
-                array = np.asarray(transform(array))
-            counts += _bincount_checked(array.reshape(-1), num_classes, ignore_index, "mask pixels")
-            bar.update(1)
+    counts, _ = streamed_pixel_histogram(
+        masks_iterable_or_dataset,
+        _check_num_classes(num_classes),
+        ignore_index=ignore_index,
+        mask_column=mask_column,
+        progress=progress,
+        transform=transform,
+        total=total,
+        batch_size=batch_size,
+        desc=desc,
+    )
     return counts
-
-
-def _iter_masks(source, mask_column: str | None, batch_size: int) -> tuple[Iterable, int | None]:
-    """Masks of `source` one by one, and how many there are when known."""
-    if _is_hf_dataset(source):
-        name = _resolve_column(list(source.column_names), mask_column, _MASK_COLUMN_CANDIDATES, "mask")
-        # Plain python format without the transform, and only the mask column, so nothing else is decoded.
-        raw = source.with_format(None).select_columns([name])
-
-        def rows():
-            for batch in raw.iter(batch_size=batch_size):
-                yield from batch[name]
-
-        return rows(), len(raw)
-    length = len(source) if hasattr(source, "__len__") else None
-    if hasattr(source, "__getitem__") and length and isinstance(source[0], dict):
-        name = _resolve_column(list(source[0].keys()), mask_column, _MASK_COLUMN_CANDIDATES, "mask")
-        return (source[i][name] for i in range(length)), length
-    return iter(source), length

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -337,13 +337,29 @@ def load_segmentation_dataset(
 # Pixel histogram
 
 
-def _mask_values(data, mask_column: str) -> tuple[Iterator, int | None]:
+def _resolve_mask_column(column_names: Sequence[str], requested: str | None) -> str:
+    if requested is not None:
+        if requested not in column_names:
+            raise ValueError(f"the dataset has no mask column {requested!r}; columns present: {list(column_names)}.")
+        return requested
+    for name in MASK_COLUMN_CANDIDATES:
+        if name in column_names:
+            return name
+    raise ValueError(
+        f"no mask column found (looked for {list(MASK_COLUMN_CANDIDATES)}); columns present: {list(column_names)}. "
+        "Pass mask_column=..."
+    )
+
+
+def _mask_values(data, mask_column: str | None, batch_size: int) -> tuple[Iterator, int | None]:
     """(index, stored mask value) pairs, reading encoded bytes straight from Arrow when the column is an Image."""
     if isinstance(data, DatasetDict):
         raise ValueError(f"pass one split (e.g. dataset['train']), not a DatasetDict with splits {list(data)}.")
     if isinstance(data, (Dataset, datasets.IterableDataset)):
-        if data.column_names is not None and mask_column not in data.column_names:
-            raise ValueError(f"the dataset has no mask column {mask_column!r}; its columns are {data.column_names}.")
+        if data.column_names is not None:
+            mask_column = _resolve_mask_column(data.column_names, mask_column)
+        elif mask_column is None:
+            raise ValueError("this IterableDataset does not list its columns; pass mask_column=...")
         # Drop any set_transform and other columns; leave masks encoded so threads decode them in parallel.
         data = data.with_format(None).select_columns([mask_column])
         features = data.features
@@ -351,31 +367,72 @@ def _mask_values(data, mask_column: str) -> tuple[Iterator, int | None]:
             data = data.cast_column(mask_column, ImageFeature(decode=False))
         length = data.num_rows if isinstance(data, Dataset) else None
         if isinstance(data, Dataset):
-            rows = (value for batch in data.iter(batch_size=256) for value in batch[mask_column])
+            rows = (value for batch in data.iter(batch_size=batch_size) for value in batch[mask_column])
         else:
             rows = (example[mask_column] for example in data)
         return enumerate(rows), length
     length = len(data) if hasattr(data, "__len__") else None
-    rows = (item[mask_column] if isinstance(item, Mapping) and not _is_storage(item) else item for item in data)
-    return enumerate(rows), length
+    if not hasattr(data, "__iter__") and hasattr(data, "__getitem__") and length is not None:
+        data = (data[index] for index in range(length))  # a map-style dataset without __iter__
+
+    def rows():
+        column = mask_column
+        for item in data:
+            if isinstance(item, Mapping) and not _is_storage(item):
+                if column is None:
+                    column = _resolve_mask_column(list(item.keys()), None)
+                elif column not in item:
+                    raise ValueError(f"an item has no mask key {column!r}; keys present: {list(item.keys())}.")
+                item = item[column]
+            yield item
+
+    return enumerate(rows()), length
 
 
 def _is_storage(item: Mapping) -> bool:
     return set(item) <= {"bytes", "path"}
 
 
-def _raw_counts(value, name: str) -> np.ndarray:
-    """Counts of every raw mask value (index = value) of one mask, without decoding it to an array when PIL can count."""
-    if not isinstance(value, np.ndarray):
-        image = decode_image(value, name)
-        if image.mode in ("L", "P"):
-            # PIL's C histogram counts 8-bit values ~5x faster than converting to NumPy and calling bincount.
-            return np.asarray(image.histogram(), dtype=np.int64)
-        value = image
-    mask = decode_mask(value, name)
-    if mask.size and mask.min() < 0:
-        raise ValueError(f"the mask of {name} has negative values {np.unique(mask[mask < 0]).tolist()}.")
-    return np.bincount(mask.ravel(), minlength=256).astype(np.int64)
+def _as_mask_array(value, name: str) -> np.ndarray:
+    """A decoded integer mask `(H, W)`, a batch of masks `(B, H, W)`, or class labels `()`/`(B,)`, as an array."""
+    if isinstance(value, np.ndarray):
+        array = value
+    elif hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor; torch is not imported for this
+        array = value.detach().cpu().numpy()
+    elif isinstance(value, (list, tuple)):
+        array = np.asarray(value)
+    else:
+        return decode_mask(value, name)
+    if array.ndim > 3:
+        raise ValueError(
+            f"the mask of {name} has shape {array.shape}; expected a mask (H, W) or a batch of masks (B, H, W)."
+        )
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    if not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"the mask of {name} must hold integer class ids, got dtype {array.dtype}.")
+    return array
+
+
+def _value_counts(array: np.ndarray, largest_allowed: int, ignore_index: int | None) -> tuple[np.ndarray, list]:
+    """`(counts indexed by mask value, out-of-range values)` of an integer mask; negative ignore values are dropped.
+
+    Values above `largest_allowed` (other than `ignore_index`) are reported instead of counted, so a stray huge value
+    cannot make `np.bincount` allocate gigabytes.
+    """
+    values = array.ravel()
+    if values.size == 0:
+        return np.zeros(largest_allowed + 1, dtype=np.int64), []
+    low, high = values.min(), values.max()
+    if low < 0 or high > largest_allowed:
+        outside = (values < 0) | (values > largest_allowed)
+        if ignore_index is not None:
+            outside &= values != ignore_index
+        if outside.any():
+            return np.zeros(0, dtype=np.int64), np.unique(values[outside]).tolist()
+        if low < 0:  # only a negative ignore index (e.g. -100) is below zero: leave it out
+            values = values[values >= 0]
+    return np.bincount(values, minlength=largest_allowed + 1).astype(np.int64, copy=False), []
 
 
 def _bounded_map(pool: ThreadPoolExecutor, function, items: Iterable, max_in_flight: int) -> Iterator:
@@ -389,42 +446,67 @@ def _bounded_map(pool: ThreadPoolExecutor, function, items: Iterable, max_in_fli
         yield pending.popleft().result()
 
 
+def _describe_values(values: list, limit: int = 10) -> str:
+    shown = ", ".join(str(int(value)) for value in values[:limit])
+    return f"[{shown}{', ...' if len(values) > limit else ''}]" + (
+        f" ({len(values)} distinct values)" if len(values) > limit else ""
+    )
+
+
 def pixel_histogram(
     dataset_or_iterable,
     num_classes: int,
     ignore_index: int | None = 255,
-    mask_column: str = "annotation",
+    mask_column: str | None = None,
     reduce_labels: bool = False,
     progress: bool = True,
     num_threads: int | None = None,
     skip_bad: bool = False,
+    *,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    total: int | None = None,
+    batch_size: int = 256,
+    desc: str = "Pixel histogram",
 ) -> tuple[np.ndarray, int]:
     """Pixels per class over all masks of a dataset, streamed: one pass, memory independent of the dataset size.
 
     Masks are decoded with PIL in a thread pool (PIL releases the GIL while decoding) and counted with PIL's
     histogram or `np.bincount`. A `datasets.Dataset` is read from its Arrow storage without decoding in the main
     thread and without its `set_transform`. The counts feed HEM+ margins:
-    `margins_from_counts(counts, num_samples=num_images)`.
+    `margins_from_counts(counts, num_samples=num_images)`. This is the one implementation behind
+    [`hf_hem.counting.pixel_histogram`] and the margin counting of [`~hf_hem.HEMTrainer`].
 
     Args:
-        dataset_or_iterable (`datasets.Dataset`, `datasets.IterableDataset` or iterable): Rows with a mask column, or
-            the masks themselves (PIL images, 2-D integer arrays, paths, bytes or `{bytes, path}` dicts).
+        dataset_or_iterable (`datasets.Dataset`, `datasets.IterableDataset` or iterable): Rows with a mask column
+            (dicts too, e.g. the items of a map-style torch dataset), or the masks themselves: PIL images, integer
+            NumPy arrays or torch tensors `(H, W)`, batches of them `(B, H, W)` (such as collated `labels`), nested
+            lists, paths, bytes or `{bytes, path}` dicts. Class labels `(B,)` of a classification batch are counted
+            too (each label is one sample).
         num_classes (`int`): Number of classes counted (after `reduce_labels`).
-        ignore_index (`int`, *optional*, defaults to 255): Mask value left out of the counts; `None` for none.
-        mask_column (`str`, *optional*, defaults to `"annotation"`): Column holding the masks.
+        ignore_index (`int`, *optional*, defaults to 255): Mask value left out of the counts (negative values such as
+            -100 work too); `None` for none.
+        mask_column (`str`, *optional*): Column (or dict key) holding the masks. Defaults to the first present of
+            `"annotation"`, `"label"`, `"mask"`, `"segmentation_mask"`, `"semantic_map"`, `"labels"`, `"seg"`.
         reduce_labels (`bool`, *optional*, defaults to `False`): Count as after [`~hf_hem.data.reduce_labels`]: raw
             0 (background) is ignored and raw value `c + 1` counts for class `c`.
-        progress (`bool`, *optional*, defaults to `True`): Show a progress bar.
+        progress (`bool`, *optional*, defaults to `True`): Show a progress bar (one tick per item: a mask, or a batch).
         num_threads (`int`, *optional*): Decoding threads; defaults to the number of CPUs (at most 8).
         skip_bad (`bool`, *optional*, defaults to `False`): Skip undecodable masks (logged with their count) instead
             of raising.
+        transform (`Callable[[np.ndarray], np.ndarray]`, *optional*): Applied to each decoded mask (or batch) before
+            counting, e.g. a custom relabelling, so the counts match what the model trains on. It runs in the
+            decoding threads, so it must be thread-safe (NumPy functions are).
+        total (`int`, *optional*): Number of items, for the progress bar of an iterable without a length.
+        batch_size (`int`, *optional*, defaults to 256): Rows read at a time from a `datasets.Dataset`.
+        desc (`str`, *optional*, defaults to `"Pixel histogram"`): Progress bar label.
 
     Returns:
-        `tuple[np.ndarray, int]`: `counts` (int64, shape `(num_classes,)`) and the number of masks counted.
+        `tuple[np.ndarray, int]`: `counts` (int64, shape `(num_classes,)`) and the number of masks counted (every
+        mask of a `(B, H, W)` batch counts; for class labels, the number of labels).
 
     Raises:
         `ValueError`: a mask holds values that are neither a class nor `ignore_index` (naming the example and the
-            values), or the arguments are inconsistent.
+            values), a missing mask column (listing the columns present), or inconsistent arguments.
         [`~hf_hem.data.UndecodableImageError`]: a mask cannot be decoded and `skip_bad` is `False`.
 
     Example:
@@ -439,9 +521,11 @@ def pixel_histogram(
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}.")
+    num_classes = int(num_classes)
     if ignore_index is not None:
-        if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)) or ignore_index < 0:
-            raise ValueError(f"ignore_index must be a non-negative integer or None, got {ignore_index!r}.")
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
+            raise ValueError(f"ignore_index must be an integer or None, got {ignore_index!r}.")
+        ignore_index = int(ignore_index)
         class_values = range(1, num_classes + 1) if reduce_labels else range(num_classes)
         if ignore_index in class_values:
             raise ValueError(
@@ -452,51 +536,80 @@ def pixel_histogram(
         num_threads = max(1, min(8, os.cpu_count() or 1))
     elif isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
         raise ValueError(f"num_threads must be a positive integer or None, got {num_threads!r}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    if transform is not None and not callable(transform):
+        raise ValueError(f"transform must be a callable mapping a mask array to a mask array, got {transform!r}.")
 
     offset = 1 if reduce_labels else 0  # raw mask value of class 0
-    expected = f"0 (background), 1..{num_classes}" if reduce_labels else f"0..{num_classes - 1}"
+    largest_allowed = max(offset + num_classes - 1, ignore_index if ignore_index is not None else -1)
+    if reduce_labels:
+        expected = f"0 (background) or 1..{num_classes} (classes 0..{num_classes - 1})"
+    else:
+        expected = f"class ids 0..{num_classes - 1}"
     if ignore_index is not None:
         expected += f" or the ignore index {ignore_index}"
 
-    def count_one(item) -> tuple[int, np.ndarray | None]:
+    def checked(index: int, raw: np.ndarray, bad: list, masks: int, name: str):
+        """`(index, class counts, number of masks)` from the counts of every raw value, or an error naming them."""
+        if not bad:
+            values = np.flatnonzero(raw)
+            allowed = (values >= offset) & (values < offset + num_classes)
+            if reduce_labels:
+                allowed |= values == 0
+            if ignore_index is not None:
+                allowed |= values == ignore_index
+            bad = values[~allowed].tolist()
+        if bad:
+            raise ValueError(
+                f"the mask of {name} has values {_describe_values(bad)} outside [{offset}, {offset + num_classes}) "
+                f"that are not ignored; expected {expected}. Check num_classes and reduce_labels."
+            )
+        return index, raw[offset : offset + num_classes], masks
+
+    def count_one(item) -> tuple[int, np.ndarray | None, int]:
         index, value = item
         name = f"example {index}"
         try:
-            raw = _raw_counts(value, name)
+            if transform is None and not isinstance(value, (np.ndarray, list, tuple)) and not hasattr(value, "cpu"):
+                image = decode_image(value, name)
+                if image.mode in ("L", "P"):
+                    # PIL's C histogram counts 8-bit values ~5x faster than converting to NumPy and bincount.
+                    return checked(index, np.asarray(image.histogram(), dtype=np.int64), [], 1, name)
+                value = image
+            array = _as_mask_array(value, name)
         except UndecodableImageError:
             if skip_bad:
-                return index, None
+                return index, None, 0
             raise
-        values = np.flatnonzero(raw)
-        allowed = (values >= offset) & (values < offset + num_classes)
-        if reduce_labels:
-            allowed |= values == 0
-        if ignore_index is not None:
-            allowed |= values == ignore_index
-        if not allowed.all():
-            raise ValueError(
-                f"the mask of {name} has values {values[~allowed].tolist()}; expected {expected}. Check num_classes "
-                f"and reduce_labels."
-            )
-        return index, raw[offset : offset + num_classes]
+        if transform is not None:
+            array = _as_mask_array(np.asarray(transform(array)), name)
+        if array.ndim in (1, 3):
+            name = f"batch {index}"
+        # Samples in this item: one mask, every mask of a (B, H, W) batch, or every label of a (B,) batch.
+        samples = 1 if array.ndim in (0, 2) else array.shape[0]
+        raw, bad = _value_counts(array, largest_allowed, ignore_index)
+        return checked(index, raw, bad, samples, name)
 
-    items, length = _mask_values(dataset_or_iterable, mask_column)
+    items, length = _mask_values(dataset_or_iterable, mask_column, batch_size)
+    if total is None:
+        total = length
     counts = np.zeros(num_classes, dtype=np.int64)
     num_images, skipped = 0, []
     from tqdm.auto import tqdm
 
     with (
         ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="pixel-histogram") as pool,
-        tqdm(total=length, desc="Pixel histogram", unit="mask", disable=not progress) as bar,
+        tqdm(total=total, desc=desc, unit="mask", disable=not progress) as bar,
     ):
         try:
-            for index, class_counts in _bounded_map(pool, count_one, items, max_in_flight=8 * num_threads):
+            for index, class_counts, masks in _bounded_map(pool, count_one, items, max_in_flight=8 * num_threads):
                 if class_counts is None:
                     skipped.append(index)
                 else:
                     # A mask whose raw values stop below the last class gives a shorter slice.
                     counts[: class_counts.size] += class_counts
-                    num_images += 1
+                    num_images += masks
                 bar.update(1)
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ._common import check_margin, check_reduction, flatten_logits_and_labels, reduce_per_sample, restore_shape
+from .kernels import fused_margin_family_loss, resolve_implementation
 
 
 def margin_errors(
@@ -31,7 +32,7 @@ def margin_errors(
     return errors * counts
 
 
-def _margin_family_loss(
+def _margin_family_loss_reference(
     logits: torch.Tensor,
     labels: torch.Tensor,
     margin: float | torch.Tensor,
@@ -41,6 +42,7 @@ def _margin_family_loss(
     ignore_index: int,
     reduction: str,
 ) -> torch.Tensor:
+    """The margin family in plain autograd operations: the definition the fused kernels are tested against."""
     check_reduction(reduction)
     flat_logits, flat_labels, valid = flatten_logits_and_labels(logits, labels, ignore_index)
     num_classes = flat_logits.shape[1]
@@ -63,6 +65,43 @@ def _margin_family_loss(
     return reduce_per_sample(per_sample, denominator, reduction)
 
 
+def _margin_family_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    margin: float | torch.Tensor,
+    *,
+    threshold: bool,
+    mean_above_zero: bool,
+    ignore_index: int,
+    reduction: str,
+    implementation: str = "auto",
+) -> torch.Tensor:
+    """Dispatches to the fused kernels (`hf_hem.losses.kernels`) or, for `implementation="reference"`, the reference.
+
+    Both compute the same function; the fused path needs no autograd graph of `(P, C)` intermediates.
+    """
+    if resolve_implementation(logits, margin, implementation) == "reference":
+        return _margin_family_loss_reference(
+            logits,
+            labels,
+            margin,
+            threshold=threshold,
+            mean_above_zero=mean_above_zero,
+            ignore_index=ignore_index,
+            reduction=reduction,
+        )
+    return fused_margin_family_loss(
+        logits,
+        labels,
+        margin,
+        threshold=threshold,
+        mean_above_zero=mean_above_zero,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        implementation=implementation,
+    )
+
+
 def hem_loss(
     logits: torch.Tensor,
     labels: torch.Tensor,
@@ -70,6 +109,7 @@ def hem_loss(
     *,
     ignore_index: int = -100,
     reduction: str = "mean",
+    implementation: str = "auto",
 ) -> torch.Tensor:
     r"""High error margin (HEM) loss; HEM+ when `margin` holds one margin per target class.
 
@@ -86,6 +126,9 @@ def hem_loss(
         ignore_index (`int`, defaults to -100): label of ignored positions; they get loss 0 and gradient 0.
         reduction (`str`, defaults to `"mean"`): `"mean"` (the paper's batch loss), `"sum"` (sum of per-sample
             losses) or `"none"` (per-sample losses, shaped like `labels`).
+        implementation (`str`, defaults to `"auto"`): `"auto"` uses the fused kernels of `hf_hem.losses.kernels`
+            (Triton on CUDA, a compiled C++ kernel on CPU, chunked torch elsewhere); `"reference"` the plain
+            autograd definition; `"cpu"`, `"triton"` or `"torch"` force one fused backend.
 
     Shape:
         - logits: `(N, C)` or `(N, C, d1, ...)`
@@ -104,7 +147,14 @@ def hem_loss(
     ```
     """
     return _margin_family_loss(
-        logits, labels, margin, threshold=True, mean_above_zero=True, ignore_index=ignore_index, reduction=reduction
+        logits,
+        labels,
+        margin,
+        threshold=True,
+        mean_above_zero=True,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        implementation=implementation,
     )
 
 
@@ -115,13 +165,21 @@ def mm_loss(
     *,
     ignore_index: int = -100,
     reduction: str = "mean",
+    implementation: str = "auto",
 ) -> torch.Tensor:
     """Multi-class margin loss: the mean of all margin errors (equals `F.multi_margin_loss(p=1)`).
 
     Args: as [`hem_loss`]; `"mean"` divides by the number of non-ignored samples.
     """
     return _margin_family_loss(
-        logits, labels, margin, threshold=False, mean_above_zero=False, ignore_index=ignore_index, reduction=reduction
+        logits,
+        labels,
+        margin,
+        threshold=False,
+        mean_above_zero=False,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        implementation=implementation,
     )
 
 
@@ -132,13 +190,21 @@ def mm_maz_loss(
     *,
     ignore_index: int = -100,
     reduction: str = "mean",
+    implementation: str = "auto",
 ) -> torch.Tensor:
     """MM+maz ablation: mean of the errors above zero per sample, mean over samples above zero (no threshold).
 
     Args: as [`hem_loss`].
     """
     return _margin_family_loss(
-        logits, labels, margin, threshold=False, mean_above_zero=True, ignore_index=ignore_index, reduction=reduction
+        logits,
+        labels,
+        margin,
+        threshold=False,
+        mean_above_zero=True,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        implementation=implementation,
     )
 
 
@@ -149,13 +215,21 @@ def mm_thres_loss(
     *,
     ignore_index: int = -100,
     reduction: str = "mean",
+    implementation: str = "auto",
 ) -> torch.Tensor:
     """MM+thres ablation: HEM's threshold, then a plain mean over all C entries and all samples.
 
     Args: as [`hem_loss`]; `"mean"` divides by the number of non-ignored samples.
     """
     return _margin_family_loss(
-        logits, labels, margin, threshold=True, mean_above_zero=False, ignore_index=ignore_index, reduction=reduction
+        logits,
+        labels,
+        margin,
+        threshold=True,
+        mean_above_zero=False,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        implementation=implementation,
     )
 
 

@@ -1,5 +1,6 @@
 """End-to-end pipelines: the logic behind the scripts in `scripts/` and the `hf-hem` commands."""
 
+from ._common import BaseModelArguments
 from .image_classification import (
     EMBEDDED_DATASET_NAME,
     EMBEDDED_TRAINING_DEFAULTS,
@@ -18,23 +19,58 @@ from .image_classification import (
     run_image_classification,
     scratch_model_config,
 )
+from .semantic_segmentation import (
+    EMBEDDED_SEGMENTATION_DATASET_NAME,
+    EMBEDDED_SEGMENTATION_TRAINING_DEFAULTS,
+    SEGFORMER_SIZES,
+    SEGMENTATION_TRAINING_DEFAULTS,
+    SegmentationData,
+    SegmentationDataArguments,
+    SegmentationMetrics,
+    SegmentationModelArguments,
+    build_segmentation_model_and_image_processor,
+    find_undecodable_examples,
+    load_semantic_segmentation_data,
+    parse_semantic_segmentation_args,
+    peek_segmentation_data_arguments,
+    run_semantic_segmentation,
+    scratch_segformer_config,
+    upsample_and_argmax,
+)
 
 
 __all__ = [
     "EMBEDDED_DATASET_NAME",
+    "EMBEDDED_SEGMENTATION_DATASET_NAME",
+    "EMBEDDED_SEGMENTATION_TRAINING_DEFAULTS",
     "EMBEDDED_TRAINING_DEFAULTS",
     "SCRATCH_MODEL_TYPES",
+    "SEGFORMER_SIZES",
+    "SEGMENTATION_TRAINING_DEFAULTS",
+    "BaseModelArguments",
     "DataTrainingArguments",
     "HEMModelCardCallback",
     "ImageClassificationData",
     "ImageClassificationTrainer",
     "ModelArguments",
     "PushToHubError",
+    "SegmentationData",
+    "SegmentationDataArguments",
+    "SegmentationMetrics",
+    "SegmentationModelArguments",
     "build_model_and_image_processor",
+    "build_segmentation_model_and_image_processor",
+    "find_undecodable_examples",
     "load_image_classification_data",
+    "load_semantic_segmentation_data",
     "make_compute_metrics",
     "parse_image_classification_args",
+    "parse_semantic_segmentation_args",
     "peek_data_arguments",
+    "peek_segmentation_data_arguments",
     "run_image_classification",
+    "run_semantic_segmentation",
     "scratch_model_config",
+    "scratch_segformer_config",
+    "upsample_and_argmax",
 ]

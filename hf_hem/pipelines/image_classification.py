@@ -14,26 +14,24 @@ pieces that example lacks for HEM experiments:
 * **Training**: [`~hf_hem.HEMTrainer`] with any loss of the registry (`--loss_name`), metrics without the network
   (accuracy, balanced accuracy, expected calibration error).
 * **Model cards**: the HEM card of [`hf_hem.cards`], with real `model-index` entries, in the output folder, in every
-  checkpoint folder, and on the Hub with `--push_to_hub`.
+  checkpoint folder, and on the Hub with `--push_to_hub` ([`~hf_hem.HEMTrainer`] writes and pushes it; this module
+  adds the dataset, the metrics to show and the per-class accuracy).
+
+The argument parsing, the run skeleton and the final push are shared with the segmentation pipeline
+(`hf_hem.pipelines._common`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import datasets
 import numpy as np
-import torch
-import transformers
-import yaml
 from datasets import ClassLabel, DatasetDict, load_dataset
 from datasets import Image as ImageFeature
 from transformers import (
@@ -41,19 +39,13 @@ from transformers import (
     AutoImageProcessor,
     AutoModelForImageClassification,
     ConvNextConfig,
-    HfArgumentParser,
-    PrinterCallback,
-    ProgressCallback,
     ResNetConfig,
     SwinConfig,
-    TrainerCallback,
     ViTConfig,
     set_seed,
 )
 
-from ..cards import training_summary_from_args, write_model_card
 from ..data import build_classification_transforms, collate_fn, load_digits_dataset
-from ..losses.registry import MARGIN_LOSS_NAMES
 from ..metrics import (
     accuracy,
     balanced_accuracy,
@@ -62,8 +54,21 @@ from ..metrics import (
     rejection_metrics,
     softmax,
 )
-from ..trainer.hem_config import HEMConfig
-from ..trainer.hem_trainer import HEMTrainer
+from ..trainer.hem_trainer import HEMModelCardCallback, HEMTrainer
+from ._common import (
+    BaseModelArguments,
+    PushToHubError,
+    check_max_samples,
+    parse_pipeline_args,
+    peek_dataclass,
+    prepare_training_args,
+    push_or_raise,
+    setup_logging,
+    train_and_save,
+    truncate,
+    use_callbacks,
+    write_run_info,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -110,8 +115,6 @@ EMBEDDED_TRAINING_DEFAULTS = {
     "report_to": "none",
 }
 
-CONFIG_FILE_SUFFIXES = (".json", ".yaml", ".yml")
-
 # Split names taken as the evaluation split, in order of preference, when `eval_split_name` is not given.
 _EVAL_SPLIT_CANDIDATES = ("validation", "valid", "val", "test")
 _OOD_SPLIT_CANDIDATES = ("test", "validation", "train")
@@ -139,7 +142,7 @@ _CARD_METRIC_KEYS = (
 
 
 @dataclass
-class ModelArguments:
+class ModelArguments(BaseModelArguments):
     """Arguments for the model and image processor: a pretrained checkpoint, or a small model from its config."""
 
     model_name_or_path: str | None = field(
@@ -156,42 +159,12 @@ class ModelArguments:
             "choices": list(SCRATCH_MODEL_TYPES),
         },
     )
-    config_name: str | None = field(
-        default=None, metadata={"help": "Config name or path if not the same as --model_name_or_path."}
-    )
-    config_overrides: str | None = field(
-        default=None,
-        metadata={
-            "help": "Comma-separated scalar config overrides, e.g. 'hidden_size=128,num_hidden_layers=6' for vit "
-            "(PretrainedConfig.update_from_string)."
-        },
-    )
     image_size: int = field(
         default=32,
         metadata={
             "help": "Side of the input images for a model built from its config, and of the embedded digits "
             "(upscaled from 8x8)."
         },
-    )
-    cache_dir: str | None = field(
-        default=None, metadata={"help": "Where to store the models and datasets downloaded from the Hub."}
-    )
-    model_revision: str = field(
-        default="main", metadata={"help": "The model version to use (branch name, tag name or commit id)."}
-    )
-    image_processor_name: str | None = field(
-        default=None, metadata={"help": "Image processor name or path if not the same as --model_name_or_path."}
-    )
-    token: str | None = field(
-        default=None,
-        metadata={"help": "Hub token for private models and datasets. Default: the token of `hf auth login`."},
-    )
-    trust_remote_code: bool = field(
-        default=False, metadata={"help": "Allow custom model code from the Hub (only for repos you trust)."}
-    )
-    ignore_mismatched_sizes: bool = field(
-        default=False,
-        metadata={"help": "Re-initialise the classification head when its size differs (a new number of classes)."},
     )
 
     def __post_init__(self):
@@ -282,10 +255,7 @@ class DataTrainingArguments:
             )
         if not (isinstance(self.train_val_split, (int, float)) and 0.0 < self.train_val_split < 1.0):
             raise ValueError(f"train_val_split must be strictly between 0 and 1, got {self.train_val_split!r}.")
-        for name in ("max_train_samples", "max_eval_samples"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive integer or None, got {value!r}.")
+        check_max_samples(self)
         if self.min_crop_scale is not None and not (0.0 < self.min_crop_scale <= 1.0):
             raise ValueError(f"min_crop_scale must be in (0, 1], got {self.min_crop_scale!r}.")
         if self.unknown_classes is not None:
@@ -310,39 +280,6 @@ def _split_class_list(values) -> list[str] | None:
 # Argument parsing (command line, config file, embedded defaults)
 
 
-def _enable_cpu_distributed_without_gpus() -> None:
-    """Make a multi-process launch on a machine without GPUs train with CPU DDP (gloo).
-
-    `accelerate launch --multi_gpu --num_processes 2` (or a `MULTI_GPU` config) starts the processes through torchrun
-    even without GPUs, but `TrainingArguments` only initialises a CPU process group when `use_cpu` or
-    `ACCELERATE_USE_CPU` is set; otherwise every process trains alone on the full data. The device is set up while
-    the arguments are parsed, so this must run first.
-    """
-    world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world_size > 1 and not torch.cuda.is_available() and "ACCELERATE_USE_CPU" not in os.environ:
-        os.environ["ACCELERATE_USE_CPU"] = "true"
-
-
-def _read_config_file(path: str) -> dict[str, Any]:
-    if not os.path.isfile(path):
-        raise ValueError(f"config file {path!r} does not exist.")
-    with open(path, encoding="utf-8") as handle:
-        values = json.load(handle) if path.endswith(".json") else yaml.safe_load(handle)
-    if values is None:
-        return {}
-    if not isinstance(values, dict):
-        raise ValueError(f"config file {path!r} must hold a mapping of argument names to values, got {type(values)}.")
-    return values
-
-
-def _split_config_file(argv: Sequence[str] | None) -> tuple[list[str], dict[str, Any]]:
-    """`(remaining flags, values of the leading config file)`; the file is optional."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0].endswith(CONFIG_FILE_SUFFIXES) and not argv[0].startswith("-"):
-        return argv[1:], _read_config_file(argv[0])
-    return argv, {}
-
-
 def peek_data_arguments(argv: Sequence[str] | None = None, file_values: dict[str, Any] | None = None):
     """The [`DataTrainingArguments`] of a command line, ignoring every other flag and setting up nothing.
 
@@ -354,14 +291,7 @@ def peek_data_arguments(argv: Sequence[str] | None = None, file_values: dict[str
     Returns:
         [`DataTrainingArguments`]
     """
-    if file_values is None:
-        argv, file_values = _split_config_file(argv)
-    # Constructing HEMConfig sets up devices (and a process group under a launcher), so only this dataclass is parsed.
-    data_parser = HfArgumentParser(DataTrainingArguments)
-    data_fields = {f.name for f in fields(DataTrainingArguments)}
-    data_parser.set_defaults(**{key: value for key, value in file_values.items() if key in data_fields})
-    namespace, _ = data_parser.parse_known_args(list(argv))
-    return DataTrainingArguments(**{name: getattr(namespace, name) for name in data_fields})
+    return peek_dataclass(DataTrainingArguments, argv, file_values)
 
 
 def parse_image_classification_args(argv: Sequence[str] | None = None):
@@ -382,22 +312,7 @@ def parse_image_classification_args(argv: Sequence[str] | None = None):
     Returns:
         `tuple[ModelArguments, DataTrainingArguments, HEMConfig]`.
     """
-    _enable_cpu_distributed_without_gpus()
-    argv, file_values = _split_config_file(argv)
-    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, HEMConfig))
-    known = {action.dest for action in parser._actions}
-    unknown = sorted(set(file_values) - known)
-    if unknown:
-        raise ValueError(f"config file has unknown arguments {unknown}; expected fields of the script's arguments.")
-
-    # Train and evaluate unless told otherwise (`--do_train false`); the transformers examples need both flags.
-    defaults: dict[str, Any] = {"do_train": True, "do_eval": True}
-    if peek_data_arguments(argv, file_values).uses_embedded_dataset:
-        defaults.update(EMBEDDED_TRAINING_DEFAULTS)
-    defaults.update(file_values)
-    parser.set_defaults(**defaults)
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    return model_args, data_args, training_args
+    return parse_pipeline_args(ModelArguments, DataTrainingArguments, argv, EMBEDDED_TRAINING_DEFAULTS)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -520,12 +435,6 @@ def _filter_by_label(dataset, label_column: str, keep_values: set):
         batched=True,
         batch_size=10_000,
     )
-
-
-def _truncate(dataset, max_samples: int | None, seed: int):
-    if max_samples is None or len(dataset) <= max_samples:
-        return dataset
-    return dataset.shuffle(seed=seed).select(range(max_samples))
 
 
 def _load_ood_dataset(data_args: DataTrainingArguments, model_args: ModelArguments):
@@ -752,25 +661,7 @@ def _rejection_summary(known_logits: np.ndarray, unknown_logits: np.ndarray, pre
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Model cards and Hub
-
-
-class PushToHubError(RuntimeError):
-    """Pushing to the Hub failed after training; the message names the local folder that holds the trained model."""
-
-
-def _scrub(text: str, secrets: Sequence[str | None]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
-
-
-def _latest_eval_metrics(log_history: list[dict]) -> dict[str, float]:
-    for entry in reversed(log_history):
-        if any(key.startswith("eval_") for key in entry):
-            return {key: value for key, value in entry.items() if key.startswith("eval_")}
-    return {}
+# Model cards
 
 
 def _card_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -782,144 +673,12 @@ def _card_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return selected
 
 
-class HEMModelCardCallback(TrainerCallback):
-    """Writes the HEM model card (`README.md`) into every checkpoint folder, and into the output folder.
-
-    The card in the output folder is what checkpoint pushes (`hub_strategy`) upload, so the Hub never shows the stock
-    Trainer card while training runs. Only the main process writes.
-
-    Args:
-        card_kwargs (`Callable[[dict[str, float]], dict]`): Given the latest evaluation metrics (`eval_*` keys, may be
-            empty), returns the keyword arguments of [`hf_hem.cards.write_model_card`].
-    """
-
-    def __init__(self, card_kwargs: Callable[[dict[str, float]], dict]):
-        self.card_kwargs = card_kwargs
-
-    def _write(self, folder: str, metrics: dict) -> None:
-        write_model_card(folder, **self.card_kwargs(metrics))
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if state.is_world_process_zero and args.should_save and args.output_dir:
-            self._write(args.output_dir, {})
-
-    def on_save(self, args, state, control, **kwargs):
-        if not (state.is_world_process_zero and args.should_save):
-            return
-        metrics = _latest_eval_metrics(state.log_history)
-        checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-        if os.path.isdir(checkpoint):
-            self._write(checkpoint, metrics)
-        self._write(args.output_dir, metrics)
-
-
-class ImageClassificationTrainer(HEMTrainer):
-    """[`~hf_hem.HEMTrainer`] that writes HEM model cards and survives an unreachable Hub until the final push.
-
-    * `create_model_card` (called by `push_to_hub`) writes the HEM card of [`hf_hem.cards`], not the stock one;
-    * every checkpoint gets the card too ([`HEMModelCardCallback`]);
-    * if the Hub repo cannot be created when training starts, training goes on and checkpoint pushes are
-      skipped; the final `push_to_hub` tries again and raises if the Hub is still unreachable;
-    * `save_model` only saves to disk (the stock one also pushes); push with `push_to_hub`.
-
-    Args:
-        card_kwargs (`Callable[[dict[str, float]], dict]`): As for [`HEMModelCardCallback`].
-        final_metrics (`Callable[[], dict[str, float]]`, *optional*): Metrics for the card written by
-            `push_to_hub`; defaults to the latest evaluation in the log history.
-        **kwargs: Arguments of [`~hf_hem.HEMTrainer`].
-    """
-
-    # Base `Trainer.__init__` calls `init_hf_repo` before this class's `__init__` body runs.
-    _defer_hub_errors = True
-
-    def __init__(self, *args, card_kwargs: Callable[[dict], dict], final_metrics=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.card_kwargs = card_kwargs
-        self.final_metrics = final_metrics
-        self.add_callback(HEMModelCardCallback(card_kwargs))
-
-    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
-        try:
-            super().init_hf_repo(token=token, private=private)
-        except Exception as error:
-            if not self._defer_hub_errors:
-                raise
-            self.hub_model_id = None
-            secrets = [token, self.args.hub_token]
-            logger.warning(
-                "Could not create the Hub repo %r (%s: %s). Training continues, checkpoints are not pushed, and "
-                "the push is retried at the end.",
-                self.args.hub_model_id,
-                type(error).__name__,
-                _scrub(str(error), secrets),
-            )
-
-    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
-        if self.hub_model_id is None:
-            return
-        super()._push_from_checkpoint(checkpoint_folder)
-
-    def push_to_hub(self, *args, **kwargs):
-        self._defer_hub_errors = False
-        return super().push_to_hub(*args, **kwargs)
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        # `Trainer.save_model` also pushes when `push_to_hub` is set, before the final evaluation and card exist,
-        # and then the pipeline pushes again. Saving here only writes to disk; the one final push is explicit
-        # (`push_to_hub`), and the model is on disk even when that push fails.
-        super().save_model(output_dir, _internal_call=True)
-
-    def create_model_card(self, *args, **kwargs) -> None:
-        """Writes the HEM card to `output_dir/README.md` (the stock card's arguments are not used)."""
-        if not self.is_world_process_zero():
-            return
-        metrics = self.final_metrics() if self.final_metrics is not None else None
-        if metrics is None:
-            metrics = _latest_eval_metrics(self.state.log_history)
-        write_model_card(self.args.output_dir, **self.card_kwargs(metrics))
-
-
-def _loss_settings(trainer, training_args) -> dict[str, Any]:
-    """What the card shows about the loss: the margins actually used, their scale and counts."""
-    name = training_args.loss_name
-    margins = trainer.margins
-    counts = trainer.class_counts
-    settings: dict[str, Any] = {}
-    if name in MARGIN_LOSS_NAMES and margins is not None:
-        if training_args.per_class_margins:
-            settings["margins"] = [float(value) for value in margins]
-        else:
-            settings["margin"] = float(margins[0])
-        if training_args.margin is None:
-            settings["margin_scale"] = training_args.margin_scale
-            if counts is not None:
-                settings["num_train_samples"] = int(training_args.num_margin_samples or np.sum(counts))
-    elif name == "la":
-        settings["tau"] = training_args.la_tau
-    elif name == "logitnorm":
-        settings["temperature"] = training_args.logitnorm_temperature
-    elif name == "focal":
-        settings["gamma"] = training_args.focal_gamma
-    if counts is not None and (name in ("hem+", "la") or training_args.per_class_margins):
-        settings["class_counts"] = [int(value) for value in counts]
-    return settings
+#: Kept for code written against the first release: the card and Hub behaviour now live in `HEMTrainer` itself.
+ImageClassificationTrainer = HEMTrainer
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # The pipeline
-
-
-def _setup_logging(training_args) -> None:
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-        datefmt="%m/%d/%Y %H:%M:%S",
-        handlers=[logging.StreamHandler(sys.stdout)],
-    )
-    log_level = training_args.get_process_log_level()
-    logger.setLevel(log_level)
-    logging.getLogger("hf_hem").setLevel(log_level)
-    datasets.utils.logging.set_verbosity(log_level)
-    transformers.utils.logging.set_verbosity(log_level)
 
 
 def run_image_classification(
@@ -948,19 +707,8 @@ def run_image_classification(
     Raises:
         [`PushToHubError`]: `--push_to_hub` failed; the model is saved locally and the message says where.
     """
-    _setup_logging(training_args)
-    do_train, do_eval = training_args.do_train, training_args.do_eval
-    if not (do_train or do_eval or training_args.do_predict):
-        do_train = do_eval = True
-    # The transforms read the raw image column, which the Trainer would otherwise drop as unused by the model.
-    training_args.remove_unused_columns = False
-    if training_args.hub_token:
-        # The Trainer pickles its arguments into training_args.bin, which every push uploads: the token moves to the
-        # process environment, where huggingface_hub looks for it on each request.
-        os.environ["HF_TOKEN"] = training_args.hub_token
-        training_args.hub_token = None
-    if not torch.cuda.is_available():
-        training_args.dataloader_pin_memory = False  # nothing to pin for; avoids a warning per DataLoader
+    setup_logging(training_args, logger)
+    do_train, do_eval = prepare_training_args(training_args)
     set_seed(training_args.seed)
 
     # ---- data ----
@@ -981,13 +729,13 @@ def run_image_classification(
             train_dataset = _filter_by_label(train_dataset, label_column, known_raw)
             unknown_dataset = _filter_by_label(eval_dataset, label_column, unknown_raw)
             eval_dataset = _filter_by_label(eval_dataset, label_column, known_raw)
-        train_dataset = _truncate(train_dataset, data_args.max_train_samples, training_args.seed)
-        eval_dataset = _truncate(eval_dataset, data_args.max_eval_samples, training_args.seed)
+        train_dataset = truncate(train_dataset, data_args.max_train_samples, training_args.seed)
+        eval_dataset = truncate(eval_dataset, data_args.max_eval_samples, training_args.seed)
         if unknown_dataset is not None:
-            unknown_dataset = _truncate(unknown_dataset, data_args.max_eval_samples, training_args.seed)
+            unknown_dataset = truncate(unknown_dataset, data_args.max_eval_samples, training_args.seed)
         ood_dataset, ood_image_column = _load_ood_dataset(data_args, model_args)
         if ood_dataset is not None:
-            ood_dataset = _truncate(ood_dataset, data_args.max_eval_samples, training_args.seed)
+            ood_dataset = truncate(ood_dataset, data_args.max_eval_samples, training_args.seed)
     if len(train_dataset) == 0:
         raise ValueError("the training set is empty after holding out the unknown classes.")
     if unknown_dataset is not None and len(unknown_dataset) == 0:
@@ -1038,31 +786,24 @@ def run_image_classification(
         ids = np.fromiter((raw_to_id[value] for value in raw_labels), dtype=np.int64, count=len(raw_labels))
         training_args.class_counts = np.bincount(ids, minlength=len(known_names)).tolist()
 
-    # Filled in as the run goes: the trainer (for its margins), and after evaluation the metrics for the card.
-    card_state: dict[str, Any] = {"trainer": None, "metrics": None, "per_class_accuracy": None}
+    # Filled in after the final evaluation: the per-class accuracies for the card.
+    card_state: dict[str, Any] = {"per_class_accuracy": None}
 
     def card_kwargs(metrics: dict) -> dict:
-        trainer = card_state["trainer"]
-        hub_model_id = trainer.hub_model_id or training_args.hub_model_id
-        model_name = (hub_model_id or Path(training_args.output_dir or "model").resolve().name).split("/")[-1]
+        # The trainer fills in the model, loss, margins, classes and hyper-parameters; this adds what only the
+        # pipeline knows.
         return {
-            "model_name": model_name,
             "base_model": model_args.model_name_or_path,
-            "hub_model_id": hub_model_id,
             "dataset_name": dataset_name,
             "dataset_config": data_args.dataset_config_name,
             "eval_split": eval_split,
             "task": "image-classification",
-            "loss_name": training_args.loss_name,
-            "loss_settings": _loss_settings(trainer, training_args),
             "metrics": _card_metrics(metrics),
             "per_class_table": card_state["per_class_accuracy"],
             "class_names": known_names,
-            "tags": ["image-classification", "vision"],
-            "training_summary": training_summary_from_args(training_args),
         }
 
-    trainer = ImageClassificationTrainer(
+    trainer = HEMTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset if do_train else None,
@@ -1071,28 +812,10 @@ def run_image_classification(
         data_collator=collate_fn,
         compute_metrics=make_compute_metrics(len(known_names)),
         card_kwargs=card_kwargs,
-        final_metrics=lambda: card_state["metrics"],
     )
-    card_state["trainer"] = trainer
-    for callback in callbacks or ():
-        if isinstance(callback, (ProgressCallback, PrinterCallback)):
-            for existing in list(trainer.callback_handler.callbacks):
-                if type(existing) in (ProgressCallback, PrinterCallback):
-                    trainer.remove_callback(existing)
-        trainer.add_callback(callback)
+    use_callbacks(trainer, callbacks)
 
-    results: dict[str, float] = {}
-    if do_train:
-        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        trainer.save_model()
-        train_metrics = dict(train_result.metrics)
-        train_metrics["train_samples"] = len(train_dataset)
-        trainer.log_metrics("train", train_metrics)
-        trainer.save_metrics("train", train_metrics)
-        trainer.save_state()
-        results.update(train_metrics)
-    elif training_args.should_save:
-        trainer.save_model()
+    results: dict[str, float] = train_and_save(trainer, training_args, do_train, len(train_dataset))
 
     if do_eval:
         known = trainer.predict(eval_dataset, metric_key_prefix="eval")
@@ -1122,7 +845,7 @@ def run_image_classification(
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)
         results.update(eval_metrics)
-        card_state["metrics"] = eval_metrics
+        trainer.card_metrics = eval_metrics
         accuracies = per_class_accuracy(known_logits.argmax(axis=-1), known_labels, num_classes=len(known_names))
         card_state["per_class_accuracy"] = {
             name: float(value) for name, value in zip(known_names, accuracies) if np.isfinite(value)
@@ -1135,31 +858,17 @@ def run_image_classification(
                 **arrays,
             )
 
-    if trainer.is_world_process_zero() and training_args.should_save:
-        trainer.create_model_card()
-        with open(os.path.join(training_args.output_dir, "hem_run.json"), "w", encoding="utf-8") as handle:
-            json.dump(
-                {
-                    "dataset_name": dataset_name,
-                    "model": model_args.model_name_or_path or f"{model_args.model_type} (from config)",
-                    "loss_name": training_args.loss_name,
-                    "known_classes": known_names,
-                    "unknown_classes": unknown_names,
-                    "num_train_samples": len(train_dataset),
-                },
-                handle,
-                indent=2,
-            )
-
-    if training_args.push_to_hub:
-        try:
-            trainer.push_to_hub(commit_message="End of training")
-        except Exception as error:
-            secrets = [training_args.hub_token, model_args.token, os.environ.get("HF_TOKEN")]
-            message = (
-                f"Pushing to the Hub repo {training_args.hub_model_id or trainer.hub_model_id!r} failed "
-                f"({type(error).__name__}: {_scrub(str(error), secrets)}). The trained model is saved locally in "
-                f"{os.path.abspath(training_args.output_dir)}; push it later with `hf upload` or `trainer.push_to_hub()`."
-            )
-            raise PushToHubError(message) from None
+    write_run_info(
+        trainer,
+        training_args,
+        {
+            "dataset_name": dataset_name,
+            "model": model_args.model_name_or_path or f"{model_args.model_type} (from config)",
+            "loss_name": training_args.loss_name,
+            "known_classes": known_names,
+            "unknown_classes": unknown_names,
+            "num_train_samples": len(train_dataset),
+        },
+    )
+    push_or_raise(trainer, training_args, model_args)
     return results

@@ -22,15 +22,17 @@ import math
 import os
 import random
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel, Trainer, TrainingArguments
+from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
+from ..cards import training_summary_from_args, write_model_card
 from ..counting import count_labels, pixel_histogram
 from ..losses.registry import LOSS_NAMES, MARGIN_LOSS_NAMES, get_loss
 from ..margins import margins_from_counts
@@ -237,6 +239,90 @@ def _build_margins(
     )
 
 
+# Model classes the HEM card can describe, by class-name suffix -> card task (the Hub pipeline tag).
+_CARD_TASKS = (("ForSemanticSegmentation", "image-segmentation"), ("ForImageClassification", "image-classification"))
+_CARD_TASK_TAGS = {
+    "image-classification": ["image-classification", "vision"],
+    "image-segmentation": ["image-segmentation", "vision"],
+}
+# Values the Trainer mixes into its evaluation metrics that say nothing about the model.
+_CARD_SKIPPED_METRICS = {"runtime", "samples_per_second", "steps_per_second", "epoch", "step", "total_flos"}
+
+
+def _scrub(text: str, secrets) -> str:
+    """`text` with every non-empty secret replaced by `***` (tokens must not reach logs)."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def latest_eval_metrics(log_history: list[dict]) -> dict[str, float]:
+    """The `eval_*` entries of the most recent evaluation in a Trainer's `state.log_history` (`{}` if none)."""
+    for entry in reversed(log_history):
+        if any(key.startswith("eval_") for key in entry):
+            return {key: value for key, value in entry.items() if key.startswith("eval_")}
+    return {}
+
+
+def _card_worthy_metrics(metrics: dict | None) -> dict[str, float]:
+    """Finite scalar `eval_*` metrics, without the `hem/*` training diagnostics and the Trainer's bookkeeping."""
+    selected = {}
+    for key, value in (metrics or {}).items():
+        short = key[len("eval_") :] if key.startswith("eval_") else None
+        if short is None or "/" in short or short in _CARD_SKIPPED_METRICS:
+            continue
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            selected[key] = float(value)
+    return selected
+
+
+def _hub_reference(name: str | None) -> str | None:
+    """`name` when it can be a Hub repo id (not empty, not a local path), else `None`."""
+    if not isinstance(name, str) or not name or os.path.exists(name) or name.startswith((".", "/", "~")):
+        return None
+    parts = name.split("/")
+    return name if len(parts) <= 2 and all(parts) else None
+
+
+class HEMModelCardCallback(TrainerCallback):
+    """Writes the HEM model card (`README.md`) into the output folder when training starts and at every save.
+
+    At every save the card goes into the new `checkpoint-*` folder and into the output folder, which is what
+    checkpoint pushes (`hub_strategy`) upload, so the Hub never shows the stock Trainer card while training runs.
+    Only the main process writes. [`HEMTrainer`] adds this callback itself.
+
+    Args:
+        card_kwargs (`Callable[[dict[str, float]], dict | None]`): Given the latest evaluation metrics (`eval_*` keys,
+            may be empty), returns the keyword arguments of [`hf_hem.cards.write_model_card`], or `None` to write
+            no card (e.g. [`HEMTrainer.model_card_kwargs`]).
+    """
+
+    def __init__(self, card_kwargs: Callable[[dict], dict | None]):
+        self.card_kwargs = card_kwargs
+
+    def _write(self, folders: list[str], metrics: dict) -> None:
+        try:
+            kwargs = self.card_kwargs(metrics)
+            if kwargs is None:
+                return
+            for folder in folders:
+                write_model_card(folder, **kwargs)
+        except Exception as error:  # a card must never stop a long training run; the final card still raises
+            logger.warning(f"Could not write the HEM model card into {folders} ({type(error).__name__}: {error}).")
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and args.should_save and args.output_dir:
+            self._write([args.output_dir], {})
+
+    def on_save(self, args, state, control, **kwargs):
+        if not (state.is_world_process_zero and args.should_save and args.output_dir):
+            return
+        checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        folders = [checkpoint, args.output_dir] if os.path.isdir(checkpoint) else [args.output_dir]
+        self._write(folders, latest_eval_metrics(state.log_history))
+
+
 class HEMTrainer(Trainer):
     r"""
     Trainer for classifiers and segmenters trained with the HEM loss (or HEM+ and the paper's baselines).
@@ -255,6 +341,16 @@ class HEMTrainer(Trainer):
     classification, a streamed pixel histogram for segmentation) and written into `model.config` (`hem_loss`,
     `hem_margins`, `hem_class_counts`, `hem_margin_scale`, `hem_num_margin_samples`), so checkpoints and Hub uploads
     carry them; resuming from a checkpoint reuses the margins stored there.
+
+    Model cards and the Hub: for image classifiers and semantic segmenters the trainer writes the HEM model card of
+    [`hf_hem.cards`] (loss, margins, every metric as a real `model-index` entry, e.g. `mean_iou`, which the stock
+    card drops) into the output folder when training starts, into every checkpoint ([`HEMModelCardCallback`]), and
+    in `create_model_card` / `push_to_hub`. What the trainer cannot know (the dataset, per-class tables, which
+    metrics to show) comes from `card_kwargs`; other models (e.g. text classifiers) get the stock card.
+    `args.hub_token` is moved into the `HF_TOKEN` environment variable of this process, so it is not pickled into
+    `training_args.bin` (which every push uploads). If the Hub repo cannot be created when training starts, training
+    goes on without checkpoint pushes and the final `push_to_hub` retries (and raises if the Hub is still
+    unreachable). `save_model` only saves to disk; push with `push_to_hub`.
 
     Example:
 
@@ -275,6 +371,11 @@ class HEMTrainer(Trainer):
         data_collator, train_dataset, eval_dataset, processing_class, model_init, compute_metrics, callbacks,
         optimizers, optimizer_cls_and_kwargs, preprocess_logits_for_metrics:
             As for [`~transformers.Trainer`]. `compute_loss_func` is not accepted: the loss comes from `args`.
+        card_kwargs (`dict` or `Callable[[dict[str, float]], dict]`, *optional*):
+            Keyword arguments of [`hf_hem.cards.generate_model_card`] that override or complete the trainer's own
+            (see [`~HEMTrainer.model_card_kwargs`]), e.g. `dataset_name`, `eval_split`, `metrics`,
+            `per_class_table`. A callable receives the evaluation metrics the card is written with. Giving a `task`
+            here also enables the HEM card for a model whose task the trainer does not recognise.
 
     > [!NOTE]
     > Gradient accumulation: each micro-batch is its own HEM batch and the micro-batch losses are averaged. Several
@@ -315,6 +416,7 @@ class HEMTrainer(Trainer):
         optimizers: tuple = (None, None),
         optimizer_cls_and_kwargs: tuple | None = None,
         preprocess_logits_for_metrics: Callable | None = None,
+        card_kwargs: dict | Callable[[dict], dict] | None = None,
     ):
         if args is None:
             args = HEMConfig(output_dir="tmp_trainer")
@@ -322,6 +424,19 @@ class HEMTrainer(Trainer):
             if not isinstance(args, TrainingArguments):
                 raise ValueError(f"args must be an HEMConfig (or TrainingArguments), got {type(args).__name__}.")
             args = HEMConfig(**_init_fields(args))
+        if card_kwargs is not None and not (isinstance(card_kwargs, dict) or callable(card_kwargs)):
+            raise ValueError(f"card_kwargs must be a dict or a callable returning one, got {type(card_kwargs)}.")
+        if args.hub_token:
+            # The Trainer pickles its arguments into training_args.bin, which every push uploads: the token moves to
+            # the process environment, where huggingface_hub looks for it on each request.
+            os.environ["HF_TOKEN"] = args.hub_token
+            args.hub_token = None
+        # Read by init_hf_repo, which the base __init__ calls before anything below runs.
+        self._defer_hub_errors = True
+        self.card_kwargs = card_kwargs
+        #: Metrics of the final evaluation for the card written by `create_model_card` / `push_to_hub`; when `None`,
+        #: the latest evaluation in the log history is used.
+        self.card_metrics: dict[str, float] | None = None
         super().__init__(
             model=model,
             args=args,
@@ -349,6 +464,7 @@ class HEMTrainer(Trainer):
         self._setup_loss()
         if hasattr(self.model, "add_model_tags"):
             self.model.add_model_tags(self._tag_names)
+        self.add_callback(HEMModelCardCallback(self.model_card_kwargs))
 
     # ---- set-up: classes, ignore index, counts, margins ----
 
@@ -754,6 +870,158 @@ class HEMTrainer(Trainer):
             metrics = self._loss_terms.metrics(sums.tolist())
             output.metrics.update({f"{metric_key_prefix}_{key}": value for key, value in metrics.items()})
         return output
+
+    # ---- model cards and the Hub ----
+
+    def _card_task(self) -> str | None:
+        model = self.accelerator.unwrap_model(self.model) if self.model is not None else None
+        name = type(model).__name__
+        return next((task for suffix, task in _CARD_TASKS if name.endswith(suffix)), None)
+
+    def _card_loss_settings(self) -> dict[str, Any]:
+        """What the card shows about the loss: the margins actually used, their scale and counts."""
+        args: HEMConfig = self.args
+        name = args.loss_name
+        # The attributes, not the properties: writing a card must not start a counting pass through the data.
+        margins, counts = self._margins, self._class_counts
+        settings: dict[str, Any] = {}
+        if name in MARGIN_LOSS_NAMES and margins is not None:
+            if args.per_class_margins or bool((margins != margins[0]).any()):
+                settings["margins"] = [float(value) for value in margins]
+            else:
+                settings["margin"] = float(margins[0])
+            if args.margin is None:
+                settings["margin_scale"] = args.margin_scale
+                if counts is not None:
+                    settings["num_train_samples"] = int(self._num_margin_samples or np.sum(counts))
+        elif name == "la":
+            settings["tau"] = args.la_tau
+        elif name == "logitnorm":
+            settings["temperature"] = args.logitnorm_temperature
+        elif name == "focal":
+            settings["gamma"] = args.focal_gamma
+        if counts is not None and (name in ("hem+", "la") or args.per_class_margins):
+            settings["class_counts"] = [int(value) for value in counts]
+        return settings
+
+    def model_card_kwargs(self, metrics: dict[str, float] | None = None) -> dict[str, Any] | None:
+        """The keyword arguments of [`hf_hem.cards.write_model_card`] for this run's card, or `None` for no HEM card.
+
+        The trainer fills in what it knows: the model name (from `hub_model_id` or the output folder), the base
+        model (`config._name_or_path` when it is a Hub id), the task (from the model class: image classification or
+        semantic segmentation), the loss and its margins, class names (`config.id2label`), the training
+        hyper-parameters, and the card-worthy `eval_*` metrics. `card_kwargs` (see [`HEMTrainer`]) override these.
+
+        Args:
+            metrics (`dict[str, float]`, *optional*): Evaluation metrics (`eval_*` keys) for the card.
+
+        Returns:
+            `dict` or `None`: `None` when the task is neither known nor given in `card_kwargs`.
+        """
+        metrics = dict(metrics or {})
+        extra = self.card_kwargs(metrics) if callable(self.card_kwargs) else dict(self.card_kwargs or {})
+        extra = dict(extra or {})
+        task = extra.get("task") or self._card_task()
+        if task is None:
+            return None
+        args = self.args
+        hub_model_id = self.hub_model_id or args.hub_model_id
+        model_name = (hub_model_id or Path(args.output_dir or "model").resolve().name).split("/")[-1]
+        config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
+        id2label = getattr(config, "id2label", None) or {}
+        class_names = [str(id2label[index]) for index in sorted(id2label)] if id2label else None
+        kwargs = {
+            "model_name": model_name,
+            "base_model": _hub_reference(getattr(config, "_name_or_path", None)),
+            "hub_model_id": hub_model_id,
+            "task": task,
+            "loss_name": args.loss_name,
+            "loss_settings": self._card_loss_settings(),
+            "metrics": _card_worthy_metrics(metrics),
+            "class_names": class_names,
+            "tags": list(_CARD_TASK_TAGS.get(task, [])),
+            "training_summary": training_summary_from_args(args),
+        }
+        kwargs.update(extra)
+        return kwargs
+
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,  # noqa: A002 - the Trainer's argument name
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+    ) -> None:
+        """Writes the HEM card to `output_dir/README.md` (the stock card for models the HEM card cannot describe).
+
+        Called by `push_to_hub`. The metrics are `card_metrics` when set (the pipelines set the final evaluation),
+        else the latest evaluation in the log history. The stock arguments `license`, `tags` (added to the HEM tags),
+        `model_name`, `finetuned_from` and `dataset` are honoured; the others only apply to the stock card.
+        """
+        if not self.is_world_process_zero():
+            return
+        metrics = self.card_metrics if self.card_metrics is not None else latest_eval_metrics(self.state.log_history)
+        kwargs = self.model_card_kwargs(metrics)
+        if kwargs is None:
+            super().create_model_card(
+                language=language,
+                license=license,
+                tags=tags,
+                model_name=model_name,
+                finetuned_from=finetuned_from,
+                tasks=tasks,
+                dataset_tags=dataset_tags,
+                dataset=dataset,
+                dataset_args=dataset_args,
+            )
+            return
+        if isinstance(tags, str):
+            tags = [tags]
+        if tags:
+            kwargs["tags"] = list(dict.fromkeys([*(kwargs.get("tags") or []), *tags]))
+        if isinstance(dataset, (list, tuple)):
+            dataset = dataset[0] if dataset else None
+        overrides = {"license": license, "model_name": model_name, "base_model": finetuned_from}
+        overrides["dataset_name"] = dataset
+        kwargs.update({key: value for key, value in overrides.items() if value is not None})
+        write_model_card(self.args.output_dir, **kwargs)
+
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        try:
+            super().init_hf_repo(token=token, private=private)
+        except Exception as error:
+            if not self._defer_hub_errors:
+                raise
+            self.hub_model_id = None
+            logger.warning(
+                f"Could not create the Hub repo {self.args.hub_model_id!r} ({type(error).__name__}: "
+                f"{_scrub(str(error), [token, os.environ.get('HF_TOKEN')])}). Training continues, checkpoints are not "
+                "pushed, and the push is retried by push_to_hub."
+            )
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        if self.hub_model_id is None:
+            return  # the repo could not be created at start-up
+        super()._push_from_checkpoint(checkpoint_folder)
+
+    def push_to_hub(self, *args, **kwargs):
+        """As [`~transformers.Trainer.push_to_hub`], with the HEM card; raises if the Hub cannot be reached."""
+        self._defer_hub_errors = False
+        return super().push_to_hub(*args, **kwargs)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Saves the model (and processor) to disk, without pushing.
+
+        `Trainer.save_model` also pushes when `push_to_hub` is set, before the final evaluation and card exist, and
+        scripts then push again. Here the one final push is explicit (`push_to_hub`), and the model is on disk even
+        when that push fails. Checkpoint pushes (`hub_strategy`) are unchanged.
+        """
+        super().save_model(output_dir, _internal_call=True)
 
 
 def _saved_weight_names(checkpoint: str) -> set[str] | None:

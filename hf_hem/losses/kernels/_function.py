@@ -1,0 +1,249 @@
+"""The fused autograd Function behind `hem_loss` and its relatives, and the choice of backend."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+import os
+from types import ModuleType
+
+import torch
+
+from .._common import check_margin, check_reduction, flatten_logits_and_labels, reduce_per_sample
+from . import _cpu, _portable
+
+
+IMPLEMENTATIONS = ("auto", "reference", "cpu", "triton", "torch")
+_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_triton_module: ModuleType | None = None
+
+
+@functools.cache
+def triton_available() -> bool:
+    """Whether the `triton` package can be imported (it is only used for CUDA tensors, or under TRITON_INTERPRET)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def _triton() -> ModuleType:
+    global _triton_module
+    if _triton_module is None:
+        from . import _triton as module
+
+        _triton_module = module
+    return _triton_module
+
+
+def resolve_implementation(logits: torch.Tensor, margin: float | torch.Tensor, implementation: str = "auto") -> str:
+    """The backend that computes the loss for these inputs: `"reference"`, `"cpu"`, `"triton"` or `"torch"`.
+
+    `"auto"` picks the Triton kernel for CUDA tensors when `triton` is installed, the compiled C++ kernel on CPU when
+    it builds, and otherwise the portable chunked torch implementation. It keeps the reference (plain autograd) when
+    a margin tensor requires a gradient, or while `torch.compile` traces the call.
+
+    Args:
+        logits (`torch.Tensor`): the logits the loss will be computed on.
+        margin (`float` or `torch.Tensor`): the margin argument of the loss.
+        implementation (`str`, defaults to `"auto"`): one of `"auto"`, `"reference"`, `"cpu"`, `"triton"`, `"torch"`.
+
+    Returns:
+        `str`: the backend name.
+    """
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation={implementation!r} is not supported; expected one of {IMPLEMENTATIONS}.")
+    if implementation != "auto":
+        return implementation
+    if torch.is_tensor(margin) and margin.requires_grad:
+        return "reference"
+    if not torch.is_tensor(logits) or logits.dim() < 2 or logits.shape[1] == 0:
+        return "reference"  # let the reference raise or handle the degenerate case
+    if torch.compiler.is_compiling() or logits.device.type == "meta":
+        return "reference"
+    if logits.device.type == "cuda" and logits.dtype in _TRITON_DTYPES and triton_available():
+        return "triton"
+    if logits.device.type == "cpu" and logits.dtype in _cpu.FORMATS and _cpu.load() is not None:
+        return "cpu"
+    return "torch"
+
+
+def _check_inputs(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> None:
+    """Same checks as the reference, without its copies; the reference helper raises the error message."""
+    ok = (
+        torch.is_tensor(logits)
+        and torch.is_floating_point(logits)
+        and logits.dim() >= 2
+        and torch.is_tensor(labels)
+        and not labels.dtype.is_floating_point
+        and not labels.dtype.is_complex
+        and labels.dtype != torch.bool
+        and tuple(labels.shape) == (logits.shape[0], *logits.shape[2:])
+    )
+    if not ok:
+        flatten_logits_and_labels(logits, labels, ignore_index)
+        raise AssertionError("unreachable: the reference check must have raised")  # pragma: no cover
+
+
+def _raise_label_error(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> None:
+    flatten_logits_and_labels(logits, labels, ignore_index)
+    raise ValueError(f"labels contain values outside [0, {logits.shape[1]}) that are not ignore_index={ignore_index}.")
+
+
+def _check_label_flag(label_error: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, ignore_index: int):
+    """Raises the reference's ValueError if a kernel flagged an out-of-range label.
+
+    On CUDA, reading the flag would stall the host until the forward pass has run, which idles the GPU while the
+    backward kernels are launched (about 4% of a ViT-B/16 step). So by default the check is a device-side assertion,
+    as `F.cross_entropy` does on CUDA; `HF_HEM_CUDA_LABEL_CHECK=sync` restores the ValueError.
+    """
+    if label_error.is_cuda and os.environ.get("HF_HEM_CUDA_LABEL_CHECK", "async") != "sync":
+        message = (
+            f"hf_hem: labels contain values outside [0, {logits.shape[1]}) that are not ignore_index={ignore_index}"
+        )
+        torch._assert_async(label_error[0] == 0, message)
+    elif bool(label_error.item()):
+        _raise_label_error(logits, labels, ignore_index)
+
+
+def group_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Views `(N, C, d1, ...)` logits as `(B, C, I)` with every `(b, i)` one sample, copying only when needed.
+
+    Contiguous logits give `B = N, I = d1 * ...` (classes strided); logits whose class dimension is innermost in
+    memory (channels-last, or `(N, C)`) give `B = N * d1 * ..., I = 1`. In both cases the sample order is that of
+    `labels.reshape(-1)`. Anything else is made contiguous first.
+
+    Shape:
+        - logits: `(N, C)` or `(N, C, d1, ...)`
+        - Output: `(B, C, I)` with `B * I = N * d1 * ...`
+    """
+    batch, num_classes, inner = logits.shape[0], logits.shape[1], math.prod(logits.shape[2:])
+    if logits.is_contiguous():
+        return logits.view(batch, num_classes, inner)
+    classes_last = logits.movedim(1, -1)
+    if classes_last.is_contiguous():
+        return classes_last.view(batch * inner, num_classes, 1)
+    return logits.contiguous().view(batch, num_classes, inner)
+
+
+class FusedMarginFamily(torch.autograd.Function):
+    """Per-sample margin-family losses of grouped `(B, C, I)` logits; backward recomputes the sparse gradient.
+
+    Outputs `(per_sample, kept, label_error)`: per-sample losses `(B*I,)` (float32, float64 for float64 logits), the
+    number of kept classes per sample (int32) and a one-element int32 flag, non-zero when a label is out of range
+    (those samples were treated as ignored; the caller raises). Only the logits (already alive), the labels and two numbers
+    per sample are saved, so memory beyond the inputs is the gradient alone.
+    """
+
+    @staticmethod
+    def forward(ctx, grouped, labels, margins, margin, ignore_index, threshold, mean_above_zero, backend):
+        if backend == "cpu":
+            per_sample, tau, kept, labels_ok = _cpu.forward(
+                grouped, labels, margins, margin, ignore_index, threshold, mean_above_zero
+            )
+            label_error = torch.tensor([0 if labels_ok else 1], dtype=torch.int32)
+        elif backend == "triton":
+            per_sample, tau, kept, label_error = _triton().forward(
+                grouped, labels, margins, margin, ignore_index, threshold, mean_above_zero
+            )
+        else:
+            per_sample, tau, kept, label_error = _portable.forward(
+                grouped, labels, margins, margin, ignore_index, threshold, mean_above_zero
+            )
+        ctx.save_for_backward(grouped, labels, margins, tau, kept)
+        ctx.margin, ctx.ignore_index, ctx.mean_above_zero, ctx.backend = margin, ignore_index, mean_above_zero, backend
+        ctx.mark_non_differentiable(kept, label_error)
+        return per_sample, kept, label_error
+
+    @staticmethod
+    def backward(ctx, grad_per_sample, _grad_kept, _grad_label_error):
+        grouped, labels, margins, tau, kept = ctx.saved_tensors
+        # d(loss_b)/d(kept error) is 1/k_b for the mean-above-zero variants and 1/C otherwise.
+        divisor = kept.clamp_min(1).to(tau.dtype) if ctx.mean_above_zero else grouped.shape[1]
+        weight = (grad_per_sample.to(tau.dtype) / divisor).contiguous()
+        arguments = (grouped, labels, margins, ctx.margin, ctx.ignore_index, tau, kept, weight)
+        if ctx.backend == "cpu":
+            grad = _cpu.backward(*arguments)
+        elif ctx.backend == "triton":
+            grad = _triton().backward(*arguments)
+        else:
+            grad = _portable.backward(*arguments)
+        return grad, None, None, None, None, None, None, None
+
+
+def fused_margin_family_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    margin: float | torch.Tensor,
+    *,
+    threshold: bool,
+    mean_above_zero: bool,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    implementation: str = "auto",
+) -> torch.Tensor:
+    """HEM (`threshold=True, mean_above_zero=True`), MM, MM+maz or MM+thres in one fused pass over the logits.
+
+    Computes the same function as the reference `_margin_family_loss_reference` (see `hf_hem.losses.hem`),
+    without materialising the permuted logits or any `(P, C)` intermediate.
+
+    Args:
+        logits (`torch.Tensor`): unnormalised scores, float32/float64/bfloat16/float16; half precision is computed
+            in float32 and its gradient returned in the logits' dtype.
+        labels (`torch.Tensor`): class indices, or `ignore_index`.
+        margin (`float` or `torch.Tensor`): one margin, or a `(C,)` tensor of per-target-class margins.
+        threshold (`bool`): keep only errors at or above the per-sample mean error (HEM's threshold).
+        mean_above_zero (`bool`): average the kept errors per sample, then the samples above zero.
+        ignore_index (`int`, defaults to -100): label of positions that take no part.
+        reduction (`str`, defaults to `"mean"`): `"mean"`, `"sum"` or `"none"`.
+        implementation (`str`, defaults to `"auto"`): `"cpu"`, `"triton"`, `"torch"` or `"auto"` (see
+            [`resolve_implementation`]); `"reference"` is not handled here.
+
+    Returns:
+        `torch.Tensor`: a scalar, or per-sample losses shaped like `labels` for `reduction="none"`.
+
+    Shape:
+        - logits: `(N, C)` or `(N, C, d1, ...)`
+        - labels: `(N,)` or `(N, d1, ...)`
+    """
+    check_reduction(reduction)
+    _check_inputs(logits, labels, ignore_index)
+    num_classes = logits.shape[1]
+    margin = check_margin(margin, num_classes)
+    backend = resolve_implementation(logits, margin, implementation)
+    if backend == "reference":
+        raise ValueError("fused_margin_family_loss computes the fused backends only; call the reference directly.")
+    if backend == "cpu" and (logits.device.type != "cpu" or logits.dtype not in _cpu.FORMATS or _cpu.load() is None):
+        raise ValueError(
+            f"implementation='cpu' needs a CPU tensor of dtype {list(_cpu.FORMATS)} and a C++ compiler "
+            f"(got {logits.device.type} {logits.dtype}; kernel: {_cpu.status()})."
+        )
+    if backend == "triton" and not (
+        triton_available() and logits.dtype in _TRITON_DTYPES and (logits.is_cuda or _triton().interpreting())
+    ):
+        raise ValueError(
+            f"implementation='triton' needs triton and a CUDA tensor (or TRITON_INTERPRET=1) of dtype "
+            f"{list(_TRITON_DTYPES)}, got {logits.device.type} {logits.dtype}."
+        )
+
+    grouped = group_logits(logits)
+    flat_labels = labels.reshape(-1)
+    if flat_labels.dtype != torch.int64 or not flat_labels.is_contiguous():
+        flat_labels = flat_labels.to(torch.int64).contiguous()
+    accumulate = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    margins = None
+    scalar_margin = 0.0
+    if torch.is_tensor(margin):
+        margins = margin.detach().to(device=logits.device, dtype=accumulate).contiguous()
+    else:
+        scalar_margin = float(margin)
+
+    per_sample, kept, label_error = FusedMarginFamily.apply(
+        grouped, flat_labels, margins, scalar_margin, ignore_index, threshold, mean_above_zero, backend
+    )
+    _check_label_flag(label_error, logits, labels, ignore_index)
+    if reduction == "none":
+        return per_sample.reshape(labels.shape)
+    if mean_above_zero:
+        denominator = (kept > 0).sum()
+    else:
+        denominator = (flat_labels != ignore_index).sum()
+    return reduce_per_sample(per_sample, denominator, reduction)

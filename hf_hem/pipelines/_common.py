@@ -1,0 +1,285 @@
+"""Pieces shared by the end-to-end pipelines (image classification, semantic segmentation).
+
+* the model arguments every pipeline has (checkpoint, config, cache, revision, token, …) as a base dataclass;
+* argument parsing: flags, a leading `.yaml`/`.json` config file, `do_train`/`do_eval` on by default, training
+  defaults for the embedded offline datasets, and CPU DDP under `accelerate launch` without GPUs;
+* the run skeleton: logging, dataset truncation, train-then-save, progress callbacks, and the final Hub push that
+  names the local folder when it fails.
+
+Model cards and the Hub behaviour during training live in [`~hf_hem.HEMTrainer`] itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import datasets
+import torch
+import transformers
+import yaml
+from transformers import HfArgumentParser, PrinterCallback, ProgressCallback
+
+from ..trainer.hem_config import HEMConfig
+from ..trainer.hem_trainer import _scrub
+
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+class PushToHubError(RuntimeError):
+    """Pushing to the Hub failed after training; the message names the local folder that holds the trained model."""
+
+
+@dataclass
+class BaseModelArguments:
+    """Model arguments shared by the pipelines: where a pretrained checkpoint comes from and how to load it."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Checkpoint to fine-tune (Hub id or local folder). Default: a small model from its config."},
+    )
+    config_name: str | None = field(
+        default=None, metadata={"help": "Config name or path if not the same as --model_name_or_path."}
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated scalar config overrides, e.g. 'hidden_dropout_prob=0.1,decoder_hidden_size=64' "
+            "(PretrainedConfig.update_from_string)."
+        },
+    )
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Where to store the models and datasets downloaded from the Hub."}
+    )
+    model_revision: str = field(
+        default="main", metadata={"help": "The model version to use (branch name, tag name or commit id)."}
+    )
+    image_processor_name: str | None = field(
+        default=None, metadata={"help": "Image processor name or path if not the same as --model_name_or_path."}
+    )
+    token: str | None = field(
+        default=None,
+        metadata={"help": "Hub token for private models and datasets. Default: the token of `hf auth login`."},
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow custom model code from the Hub (only for repos you trust)."}
+    )
+    ignore_mismatched_sizes: bool = field(
+        default=False,
+        metadata={"help": "Re-initialise the classification head when its size differs (a new number of classes)."},
+    )
+
+    def hub_kwargs(self) -> dict[str, Any]:
+        """`cache_dir`, `revision` and `token` for `from_pretrained` calls."""
+        return {"cache_dir": self.cache_dir, "revision": self.model_revision, "token": self.token}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Argument parsing
+
+
+def enable_cpu_distributed_without_gpus() -> None:
+    """Make a multi-process launch on a machine without GPUs train with CPU DDP (gloo).
+
+    `accelerate launch --multi_gpu --num_processes 2` (or a `MULTI_GPU` config) starts the processes through torchrun
+    even without GPUs, but `TrainingArguments` only initialises a CPU process group when `use_cpu` or
+    `ACCELERATE_USE_CPU` is set; otherwise every process trains alone on the full data. The device is set up while
+    the arguments are parsed, so this must run first.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world_size > 1 and not torch.cuda.is_available() and "ACCELERATE_USE_CPU" not in os.environ:
+        os.environ["ACCELERATE_USE_CPU"] = "true"
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """The mapping of argument names to values in a `.json` or `.yaml` file."""
+    if not os.path.isfile(path):
+        raise ValueError(f"config file {path!r} does not exist.")
+    with open(path, encoding="utf-8") as handle:
+        values = json.load(handle) if path.endswith(".json") else yaml.safe_load(handle)
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {path!r} must hold a mapping of argument names to values, got {type(values)}.")
+    return values
+
+
+def split_config_file(argv: Sequence[str] | None) -> tuple[list[str], dict[str, Any]]:
+    """`(remaining flags, values of the leading config file)`; the file is optional."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].endswith(CONFIG_FILE_SUFFIXES) and not argv[0].startswith("-"):
+        return argv[1:], read_config_file(argv[0])
+    return argv, {}
+
+
+def peek_dataclass(data_class, argv: Sequence[str] | None = None, file_values: dict[str, Any] | None = None):
+    """One dataclass of a command line, ignoring every other flag and setting up nothing.
+
+    Args:
+        data_class (`type`): The dataclass to parse, e.g. a pipeline's `DataTrainingArguments`.
+        argv (`Sequence[str]`, *optional*): Flags, optionally after a config file (read unless `file_values` is given).
+        file_values (`dict`, *optional*): Values of a config file already read.
+
+    Returns:
+        An instance of `data_class`.
+    """
+    if file_values is None:
+        argv, file_values = split_config_file(argv)
+    # Constructing HEMConfig sets up devices (and a process group under a launcher), so only this dataclass is parsed.
+    parser = HfArgumentParser(data_class)
+    names = {f.name for f in fields(data_class)}
+    parser.set_defaults(**{key: value for key, value in file_values.items() if key in names})
+    namespace, _ = parser.parse_known_args(list(argv))
+    return data_class(**{name: getattr(namespace, name) for name in names})
+
+
+def parse_pipeline_args(
+    model_class,
+    data_class,
+    argv: Sequence[str] | None = None,
+    embedded_defaults: dict[str, Any] | None = None,
+    defaults: dict[str, Any] | None = None,
+):
+    """Parse a pipeline's arguments into `(model_class, data_class, HEMConfig)` instances.
+
+    Accepted forms, as in the transformers examples plus overrides: `--flag value ...`; a `config.yaml` or
+    `config.json` alone; or the file followed by flags that override it. `do_train` and `do_eval` default to `True`,
+    then `defaults` apply; when the data arguments use the embedded dataset (`uses_embedded_dataset`),
+    `embedded_defaults` replace the `TrainingArguments` defaults as well. Anything given still wins.
+
+    Args:
+        model_class (`type`), data_class (`type`): The pipeline's dataclasses.
+        argv (`Sequence[str]`, *optional*): Arguments without the program name. Defaults to `sys.argv[1:]`.
+        embedded_defaults (`dict`, *optional*): Training defaults for the embedded dataset.
+        defaults (`dict`, *optional*): Defaults of the pipeline for any data.
+
+    Returns:
+        `tuple`: the three dataclass instances.
+    """
+    enable_cpu_distributed_without_gpus()
+    argv, file_values = split_config_file(argv)
+    parser = HfArgumentParser((model_class, data_class, HEMConfig))
+    known = {action.dest for action in parser._actions}
+    unknown = sorted(set(file_values) - known)
+    if unknown:
+        raise ValueError(f"config file has unknown arguments {unknown}; expected fields of the script's arguments.")
+    # Train and evaluate unless told otherwise (`--do_train false`); the transformers examples need both flags.
+    values: dict[str, Any] = {"do_train": True, "do_eval": True, **(defaults or {})}
+    if embedded_defaults and peek_dataclass(data_class, argv, file_values).uses_embedded_dataset:
+        values.update(embedded_defaults)
+    values.update(file_values)
+    parser.set_defaults(**values)
+    return tuple(parser.parse_args_into_dataclasses(args=argv))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Running
+
+
+def setup_logging(training_args, *loggers: logging.Logger) -> None:
+    """Log to stdout at the process log level of `training_args` (warnings only on non-main processes)."""
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    log_level = training_args.get_process_log_level()
+    for each in (*loggers, logging.getLogger("hf_hem")):
+        each.setLevel(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+
+
+def prepare_training_args(training_args) -> tuple[bool, bool]:
+    """Settings every pipeline needs; returns `(do_train, do_eval)` (both when none of train/eval/predict is set).
+
+    The transforms read raw image columns, which the Trainer would otherwise drop as unused by the model; without
+    CUDA there is nothing to pin memory for.
+    """
+    do_train, do_eval = training_args.do_train, training_args.do_eval
+    if not (do_train or do_eval or training_args.do_predict):
+        do_train = do_eval = True
+    training_args.remove_unused_columns = False
+    if not torch.cuda.is_available():
+        training_args.dataloader_pin_memory = False  # avoids a warning per DataLoader
+    return do_train, do_eval
+
+
+def truncate(dataset, max_samples: int | None, seed: int):
+    """A seeded random subset of `max_samples` rows (`dataset` itself when it is not larger)."""
+    if max_samples is None or len(dataset) <= max_samples:
+        return dataset
+    return dataset.shuffle(seed=seed).select(range(max_samples))
+
+
+def check_max_samples(arguments) -> None:
+    """`max_train_samples` / `max_eval_samples` of a data dataclass are positive integers or `None`."""
+    for name in ("max_train_samples", "max_eval_samples"):
+        value = getattr(arguments, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive integer or None, got {value!r}.")
+
+
+def use_callbacks(trainer, callbacks: Sequence | None) -> None:
+    """Adds `callbacks`; a `ProgressCallback` or `PrinterCallback` among them replaces the Trainer's own display."""
+    for callback in callbacks or ():
+        if isinstance(callback, (ProgressCallback, PrinterCallback)):
+            for existing in list(trainer.callback_handler.callbacks):
+                if type(existing) in (ProgressCallback, PrinterCallback):
+                    trainer.remove_callback(existing)
+        trainer.add_callback(callback)
+
+
+def train_and_save(trainer, training_args, do_train: bool, num_train_samples: int) -> dict[str, float]:
+    """Trains (resuming when asked), saves the model, and logs and saves the `train_*` metrics.
+
+    Returns:
+        `dict[str, float]`: the `train_*` metrics plus `train_samples` (empty without training).
+    """
+    if not do_train:
+        if training_args.should_save:
+            trainer.save_model()
+        return {}
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model()
+    metrics = dict(train_result.metrics)
+    metrics["train_samples"] = num_train_samples
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+    return metrics
+
+
+def write_run_info(trainer, training_args, info: dict[str, Any]) -> None:
+    """Writes the final HEM card and `hem_run.json` (what was trained on what) into the output folder."""
+    if trainer.is_world_process_zero() and training_args.should_save:
+        trainer.create_model_card()
+        with open(os.path.join(training_args.output_dir, "hem_run.json"), "w", encoding="utf-8") as handle:
+            json.dump(info, handle, indent=2)
+
+
+def push_or_raise(trainer, training_args, model_args) -> None:
+    """`trainer.push_to_hub()` when `--push_to_hub` is set; a failure raises [`PushToHubError`] naming the folder.
+
+    The error message never contains a token (the Hub's error text can echo request headers).
+    """
+    if not training_args.push_to_hub:
+        return
+    try:
+        trainer.push_to_hub(commit_message="End of training")
+    except Exception as error:
+        secrets = [training_args.hub_token, getattr(model_args, "token", None), os.environ.get("HF_TOKEN")]
+        message = (
+            f"Pushing to the Hub repo {training_args.hub_model_id or trainer.hub_model_id!r} failed "
+            f"({type(error).__name__}: {_scrub(str(error), secrets)}). The trained model is saved locally in "
+            f"{os.path.abspath(training_args.output_dir)}; push it later with `hf upload` or `trainer.push_to_hub()`."
+        )
+        raise PushToHubError(message) from None

@@ -1,0 +1,37 @@
+#!/usr/bin/env python
+"""Train a semantic segmenter (SegFormer) with per-pixel HEM (or any hf_hem loss) instead of cross-entropy.
+
+Runs as is under plain python and under `accelerate launch` (single GPU, several GPUs, or 2 CPU processes; configs in
+`configs/accelerate/`). Without a dataset it trains a tiny SegFormer on the embedded synthetic digit scenes, offline:
+
+    python scripts/run_semantic_segmentation.py --output_dir digits-seg-hem
+    python scripts/run_semantic_segmentation.py --dataset_name scene_parse_150 --model_name_or_path nvidia/mit-b0 \\
+        --loss_name hem --output_dir segformer-b0-hem-ade
+    accelerate launch --config_file configs/accelerate/cpu_2proc.yaml scripts/run_semantic_segmentation.py config.yaml
+
+Every argument of `SegmentationModelArguments`, `SegmentationDataArguments` (hf_hem.pipelines.semantic_segmentation)
+and `HEMConfig` is a flag; a single `.yaml`/`.json` file may come first, followed by flags that override it. All the
+logic lives in `hf_hem.pipelines.semantic_segmentation`.
+"""
+
+import logging
+import sys
+
+from hf_hem.pipelines._common import PushToHubError
+from hf_hem.pipelines.semantic_segmentation import parse_semantic_segmentation_args, run_semantic_segmentation
+
+
+def main(argv=None) -> int:
+    """Parse the arguments (flags, or a config file then flags), train, evaluate, save and push; 1 if the push failed."""
+    model_args, data_args, training_args = parse_semantic_segmentation_args(argv)
+    try:
+        run_semantic_segmentation(model_args, data_args, training_args)
+    except PushToHubError as error:
+        logging.getLogger("hf_hem").error(str(error))
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,511 @@
+"""`scripts/run_semantic_segmentation.py` and `hf_hem.pipelines.semantic_segmentation`, end to end and offline.
+
+The runs are tiny (tens of 32×32 images, a SegFormer of a few thousand parameters): they check that data, model,
+trainer, streaming metrics, cards, Hub and launchers fit together, and that training moves in the right direction.
+"""
+
+import importlib.util
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import datasets  # noqa: E402
+import PIL.Image  # noqa: E402
+from huggingface_hub import ModelCard  # noqa: E402
+from transformers import PretrainedConfig, PreTrainedModel  # noqa: E402
+from transformers.modeling_outputs import SemanticSegmenterOutput  # noqa: E402
+
+from hf_hem.data import ADE20K_HUB_ID, UndecodableImageError, load_digits_segmentation_dataset  # noqa: E402
+from hf_hem.data import segmentation as segmentation_module  # noqa: E402
+from hf_hem.pipelines.semantic_segmentation import (  # noqa: E402
+    SegmentationDataArguments,
+    SegmentationMetrics,
+    load_semantic_segmentation_data,
+    parse_semantic_segmentation_args,
+    upsample_and_argmax,
+)
+from hf_hem.trainer import HEMConfig, HEMTrainer  # noqa: E402
+
+
+try:  # tests/ may or may not become a package
+    from .hub_server import LoopbackHub, hub_client_env
+except ImportError:
+    from hub_server import LoopbackHub, hub_client_env
+
+
+datasets.disable_progress_bars()
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = REPO_ROOT / "scripts" / "run_semantic_segmentation.py"
+ACCELERATE_CONFIG = REPO_ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"
+ADE_FEATURES = datasets.Features(
+    {"image": datasets.Image(), "annotation": datasets.Image(), "scene_category": datasets.Value("int64")}
+)
+# The embedded digit scenes at 32 px: 40 images (32 train, 8 validation), one quick epoch, no evaluation per epoch.
+TINY = [
+    "--num_embedded_images", "40",
+    "--image_size", "32",
+    "--num_train_epochs", "1",
+    "--per_device_train_batch_size", "8",
+    "--per_device_eval_batch_size", "16",
+    "--logging_steps", "1",
+    "--eval_strategy", "no",
+    "--disable_tqdm", "true",
+    "--log_level", "error",
+]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def single_torch_thread():
+    """Tiny models: one intra-op thread is faster, and far steadier when other jobs share the cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _script_main():
+    spec = importlib.util.spec_from_file_location("run_semantic_segmentation_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def _offline_env(**extra) -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1", **extra)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def ade_examples(count: int, size: int = 32, seed: int = 0, num_values: int = 151):
+    """Random RGB images and raw ADE masks (0 background, 1..150 classes, a corner of 255) as arrays."""
+    rng = np.random.default_rng(seed)
+    images = [rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8) for _ in range(count)]
+    masks = []
+    for _ in range(count):
+        mask = rng.integers(0, num_values, size=(size, size)).astype(np.uint8)
+        mask[0, :3] = (0, 1, num_values - 1)  # the edge values, in every mask
+        mask[-1, -1] = 255
+        masks.append(mask)
+    return images, masks
+
+
+def write_ade_parquet(path, images, masks, *, image_bytes=None) -> str:
+    """A parquet file in the ADE20K schema of the Hub's conversion (`image`, `annotation`, `scene_category`)."""
+    encoded_images = [_png(image) for image in images]
+    for index, data in (image_bytes or {}).items():
+        encoded_images[index] = data
+    rows = {
+        "image": [{"bytes": data, "path": f"ADE_{i:05d}.jpg"} for i, data in enumerate(encoded_images)],
+        "annotation": [{"bytes": _png(mask), "path": f"ADE_{i:05d}.png"} for i, mask in enumerate(masks)],
+        "scene_category": [3] * len(images),
+    }
+    datasets.Dataset.from_dict(rows, features=ADE_FEATURES).to_parquet(str(path))
+    return str(path)
+
+
+def reduced(mask: np.ndarray) -> np.ndarray:
+    """ADE20K's label reduction written out value by value, independently of the implementation."""
+    expected = np.empty(mask.shape, dtype=np.int64)
+    for (row, col), value in np.ndenumerate(mask):
+        expected[row, col] = 255 if value in (0, 255) else value - 1
+    return expected
+
+
+def _history(output_dir: Path) -> list[dict]:
+    return json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+
+
+# ------------------------------------------------------------------------------------------------ ADE20K schema
+@pytest.fixture(scope="module")
+def ade_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ade")
+    train_images, train_masks = ade_examples(12, seed=0)
+    val_images, val_masks = ade_examples(6, seed=1)
+    return {
+        "train": write_ade_parquet(folder / "train-00000-of-00001.parquet", train_images, train_masks),
+        "validation": write_ade_parquet(folder / "validation-00000-of-00001.parquet", val_images, val_masks),
+        "train_masks": train_masks,
+        "validation_masks": val_masks,
+        "cache": str(folder / "cache"),
+    }
+
+
+@pytest.fixture
+def fake_ade20k_hub(ade_files, monkeypatch):
+    """`datasets.load_dataset` of the Hub's ADE20K answers with the local parquet files; other calls run as usual."""
+    real_load_dataset = datasets.load_dataset
+    calls = []
+
+    def load_dataset(path, *args, **kwargs):
+        if path != ADE20K_HUB_ID:
+            return real_load_dataset(path, *args, **kwargs)
+        calls.append(kwargs)
+        files = {"train": ade_files["train"], "validation": ade_files["validation"]}
+        return real_load_dataset("parquet", data_files=files, cache_dir=ade_files["cache"])
+
+    monkeypatch.setattr(segmentation_module.datasets, "load_dataset", load_dataset)
+    return calls
+
+
+def test_local_ade_parquet_and_the_hub_dataset_load_the_same(ade_files, fake_ade20k_hub):
+    hub = load_semantic_segmentation_data(SegmentationDataArguments(dataset_name="scene_parse_150"))
+    assert fake_ade20k_hub[-1]["revision"] == "refs/convert/parquet"
+    assert fake_ade20k_hub[-1]["data_dir"] == "scene_parsing"
+    local = load_semantic_segmentation_data(
+        SegmentationDataArguments(data_files=[ade_files["train"]], validation_files=[ade_files["validation"]])
+    )
+    assert hub.name == "scene_parse_150" and local.name == Path(ade_files["train"]).parent.name
+    assert hub.do_reduce_labels is True and local.do_reduce_labels is False  # only ADE20K reduces by default
+    assert hub.id2label[0] == "wall" and len(hub.id2label) == 150
+    assert local.id2label is None  # no names known: counted from the masks at run time
+    for split in ("train", "validation"):
+        assert hub.dataset[split].column_names == local.dataset[split].column_names
+        assert hub.dataset[split].features == local.dataset[split].features
+        assert not hub.dataset[split].features["annotation"].decode  # the transforms decode (and name bad files)
+        assert hub.dataset[split]["example_index"] == list(range(hub.dataset[split].num_rows))
+
+
+def test_ade20k_end_to_end_reduce_labels_pixel_by_pixel_margins_and_card(ade_files, fake_ade20k_hub, tmp_path):
+    output_dir = tmp_path / "ade-hem-plus"
+    argv = [*TINY, "--dataset_name", "scene_parse_150", "--loss_name", "hem+", "--output_dir", str(output_dir)]
+    assert _script_main()(argv) == 0
+
+    config = json.loads((output_dir / "config.json").read_text())
+    assert len(config["id2label"]) == 150 and config["id2label"]["0"] == "wall" and config["id2label"]["149"] == "flag"
+    # HEM+ margins from the pixel histogram of the reduced training masks, S = number of training images.
+    brute = np.bincount(np.concatenate([reduced(m).ravel() for m in ade_files["train_masks"]]), minlength=256)
+    assert config["hem_class_counts"] == brute[:150].tolist()
+    assert config["hem_num_margin_samples"] == 12
+
+    # Evaluation at the native 32x32 size: the labels the metrics saw are the reduced masks, pixel by pixel.
+    stored = np.load(output_dir / "predictions.npz")
+    for index in range(4):
+        np.testing.assert_array_equal(stored["labels"][index], reduced(ade_files["validation_masks"][index]))
+    labelled = sum(int((reduced(m) != 255).sum()) for m in ade_files["validation_masks"])
+    assert stored["confusion_matrix"].shape == (150, 150) and stored["confusion_matrix"].sum() == labelled
+    assert stored["predictions"].shape == stored["labels"].shape == (4, 32, 32)
+
+    results = json.loads((output_dir / "all_results.json").read_text())
+    assert 0.0 <= results["eval_mean_iou"] <= 1.0 and results["eval_samples"] == 6
+    card = ModelCard.load(output_dir / "README.md")
+    assert card.data.pipeline_tag == "image-segmentation" and card.data.datasets == ["scene_parse_150"]
+    indexed = {result.metric_type: result for result in card.data.eval_results}
+    assert indexed["mean_iou"].metric_value == pytest.approx(results["eval_mean_iou"], rel=1e-5)
+    assert indexed["mean_iou"].dataset_name == "scene_parse_150" and indexed["mean_iou"].dataset_split == "validation"
+    per_class = json.loads((output_dir / "per_class_iou.json").read_text())
+    assert list(per_class)[:3] == ["wall", "building", "sky"]
+    assert "### Per-class IoU" in card.text and "| wall |" in card.text
+    assert "hem-plus-loss" in card.data.tags and "Per-class margin μ_c" in card.text
+
+
+# ------------------------------------------------------------------------------------------------ training
+@pytest.mark.parametrize("loss_name", ["hem", "hem+", "ce", "dice"])
+def test_tiny_segformer_trains_with_each_loss(tmp_path, loss_name):
+    """120 training scenes, 4 epochs of batch 8 (60 steps); the background stays a class, so 60 steps suffice.
+
+    What "trains" means must fit the loss. HEM's batch loss is the mean over the pixels that violate their margin, so
+    it can rise while fewer and fewer pixels violate; for HEM and HEM+ the fraction of violating pixels must fall.
+    For every loss the training pixel accuracy must rise, and CE's and Dice's own loss must fall.
+    """
+    output_dir = tmp_path / loss_name.replace("+", "plus")
+    argv = [
+        *TINY, "--num_embedded_images", "150", "--num_train_epochs", "4", "--do_reduce_labels", "false",
+        "--loss_name", loss_name, "--output_dir", str(output_dir),
+    ]  # fmt: skip
+    assert _script_main()(argv) == 0
+    steps = [entry for entry in _history(output_dir) if "loss" in entry and "hem/accuracy" in entry]
+    assert len(steps) == 60
+
+    def first_and_last(key):
+        values = [entry[key] for entry in steps]
+        return np.mean(values[:8]), np.mean(values[-8:])
+
+    accuracy_before, accuracy_after = first_and_last("hem/accuracy")
+    assert accuracy_after > accuracy_before + 0.1
+    if loss_name in ("hem", "hem+"):
+        violating_before, violating_after = first_and_last("hem/violating_fraction")
+        assert violating_after < violating_before
+    else:
+        loss_before, loss_after = first_and_last("loss")
+        assert loss_after < loss_before
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["hem_loss"] == loss_name
+    assert (config["hem_margins"] is not None) == (loss_name in ("hem", "hem+"))
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+class _FixedLogits(PreTrainedModel):
+    """Returns its input, which the test sets to the wanted logits, at 1x1: upsampling gives a constant class map."""
+
+    config_class = PretrainedConfig
+    main_input_name = "pixel_values"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+        self.post_init()
+
+    def forward(self, pixel_values, **kwargs):
+        return SemanticSegmenterOutput(logits=pixel_values + 0 * self.unused)
+
+
+def test_streamed_miou_matches_a_hand_computed_confusion_matrix(tmp_path):
+    # Three images, one predicted class each (logits at 1x1, upsampled to the 2x2 labels), one ignored pixel or two.
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [0.0, 0.5, 1.0]])[:, :, None, None]
+    labels = torch.tensor([[[0, 0], [1, 255]], [[1, 1], [2, 2]], [[2, 255], [255, 0]]])
+    # Rows: reference class, columns: predicted class, counted by hand from the three images above.
+    by_hand = np.array([[2, 0, 1], [1, 2, 0], [0, 2, 1]])
+    iou = [2 / (3 + 3 - 2), 2 / (3 + 4 - 2), 1 / (3 + 2 - 1)]
+
+    config = PretrainedConfig(num_labels=3, semantic_loss_ignore_index=255)
+    dataset = datasets.Dataset.from_dict({"pixel_values": logits.numpy(), "labels": labels.numpy()})
+    metrics = SegmentationMetrics(3, ignore_index=255, id2label={0: "a", 1: "b", 2: "c"})
+    trainer = HEMTrainer(
+        model=_FixedLogits(config),
+        args=HEMConfig(
+            output_dir=str(tmp_path),
+            loss_name="ce",
+            per_device_eval_batch_size=2,  # two batches, the second one short: the matrix must stream across them
+            batch_eval_metrics=True,
+            label_names=["labels"],  # the fixed-logits model takes no labels, so the Trainer cannot find them
+            use_cpu=True,
+            report_to="none",
+            disable_tqdm=True,
+        ),
+        eval_dataset=dataset.with_format("torch"),
+        compute_metrics=metrics,
+        preprocess_logits_for_metrics=upsample_and_argmax,
+    )
+    result = trainer.evaluate()
+    np.testing.assert_array_equal(metrics.last_result["confusion_matrix"], by_hand)
+    assert result["eval_mean_iou"] == pytest.approx(np.mean(iou))
+    assert result["eval_overall_accuracy"] == pytest.approx(5 / 9)
+    assert result["eval_mean_accuracy"] == pytest.approx(np.mean([2 / 3, 2 / 3, 1 / 3]))
+    assert metrics.per_class_iou() == pytest.approx({"a": iou[0], "b": iou[1], "c": iou[2]})
+    # Without batch_eval_metrics the same callable is called once on everything.
+    once = SegmentationMetrics(3)
+    from transformers import EvalPrediction
+
+    once(EvalPrediction(predictions=upsample_and_argmax(logits, labels), label_ids=labels))
+    np.testing.assert_array_equal(once.last_result["confusion_matrix"], by_hand)
+    with pytest.raises(ValueError, match="class ids"):
+        once(EvalPrediction(predictions=logits.numpy(), label_ids=labels.numpy()))
+
+
+def test_upsample_and_argmax_is_segformer_upsampling():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(3, 5, 4, 6), torch.zeros(3, 16, 24, dtype=torch.long)
+    expected = torch.nn.functional.interpolate(logits, size=(16, 24), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(upsample_and_argmax((logits,), labels), expected.argmax(dim=1))
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+def _bad_data(tmp_path, **changes) -> list[str]:
+    """Flags of a 6 + 3 image local ADE-schema dataset with 3 classes (mask values 0..2), 32 px, after `changes`."""
+    images, masks = ade_examples(6, size=32, num_values=3)
+    image_bytes = {}
+    if "small_mask" in changes:
+        masks[changes["small_mask"]] = masks[changes["small_mask"]][:16, :24]
+    if "bad_values" in changes:
+        masks[1][4, 4], masks[1][5, 5] = changes["bad_values"]
+    if "broken_image" in changes:
+        image_bytes[changes["broken_image"]] = b"these bytes are no JPEG"
+    train = write_ade_parquet(tmp_path / "train.parquet", images, masks, image_bytes=image_bytes)
+    val_images, val_masks = ade_examples(3, size=32, num_values=3, seed=1)
+    validation = write_ade_parquet(tmp_path / "validation.parquet", val_images, val_masks)
+    id2label = tmp_path / "id2label.json"
+    id2label.write_text(json.dumps({"0": "a", "1": "b", "2": "c"}))
+    return [
+        *TINY, "--data_files", train, "--validation_files", validation, "--id2label_file", str(id2label),
+        "--image_size", "32", "--cache_dir", str(tmp_path / "cache"), "--output_dir", str(tmp_path / "out"),
+    ]  # fmt: skip
+
+
+def test_mask_of_another_size_is_named(tmp_path):
+    with pytest.raises(
+        ValueError, match=r"example 2 \(ADE_00002.jpg\): mask size 24x16 .* differs from image size 32x32"
+    ):
+        _script_main()([*_bad_data(tmp_path, small_mask=2), "--loss_name", "ce"])
+
+
+def test_label_values_out_of_range_are_listed(tmp_path):
+    argv = _bad_data(tmp_path, bad_values=(7, 200))
+    # HEM counts the training masks before training: the pixel histogram names the example and the values.
+    with pytest.raises(ValueError, match=r"example 1 has values \[7, 200\] outside \[0, 3\)"):
+        _script_main()(argv)
+    # CE counts nothing: the training transform finds them.
+    with pytest.raises(ValueError, match=r"example 1 \(ADE_00001.jpg\) has label values \[7, 200\] outside 0..2"):
+        _script_main()([*argv, "--loss_name", "ce"])
+
+
+def test_undecodable_image_is_named_or_skipped_with_a_count(tmp_path):
+    argv = _bad_data(tmp_path, broken_image=3)
+    with pytest.raises(UndecodableImageError, match="ADE_00003.jpg"):
+        _script_main()([*argv, "--loss_name", "ce"])
+    assert _script_main()([*argv, "--skip_bad_examples", "true"]) == 0
+    results = json.loads((tmp_path / "out" / "all_results.json").read_text())
+    assert results["train_skipped_examples"] == 1 and results["eval_skipped_examples"] == 0
+    assert results["train_samples"] == 5
+
+
+def test_bad_arguments_are_rejected(capsys):
+    with pytest.raises(ValueError, match="exclusive"):
+        parse_semantic_segmentation_args(["--dataset_name", "scene_parse_150", "--train_dir", "x"])
+    with pytest.raises(ValueError, match="min_scale"):
+        parse_semantic_segmentation_args(["--min_scale", "2", "--max_scale", "1"])
+    with pytest.raises(SystemExit):
+        parse_semantic_segmentation_args(["--segformer_size", "b9"])
+    assert "invalid choice" in capsys.readouterr().err
+    _, data_args, training_args = parse_semantic_segmentation_args([])
+    assert data_args.uses_embedded_dataset and training_args.batch_eval_metrics and training_args.do_eval
+    assert data_args.scale_range == (0.8, 1.25) and data_args.flip is False
+    _, data_args, training_args = parse_semantic_segmentation_args(["--dataset_name", "scene_parse_150"])
+    assert data_args.scale_range == (0.5, 2.0) and data_args.flip and training_args.learning_rate == 5e-5
+
+
+# ------------------------------------------------------------------------------------------------ trainer and cards
+def test_hem_trainer_writes_the_hem_card_for_segmenters_and_keeps_the_token_out_of_its_args(tmp_path, monkeypatch):
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        SegformerConfig,
+        SegformerForSemanticSegmentation,
+    )
+
+    monkeypatch.setenv("HF_TOKEN", "restored-after-the-test")
+    config = SegformerConfig(
+        hidden_sizes=[8, 16], depths=[1, 1], num_encoder_blocks=2, sr_ratios=[2, 1], num_attention_heads=[1, 1],
+        patch_sizes=[3, 3], strides=[2, 2], mlp_ratios=[2, 2], decoder_hidden_size=8, num_labels=3,
+    )  # fmt: skip
+    args = HEMConfig(
+        output_dir=str(tmp_path / "segformer"), margin=0.5, use_cpu=True, report_to="none", hub_token="hf_secret"
+    )
+    trainer = HEMTrainer(model=SegformerForSemanticSegmentation(config), args=args, card_kwargs={"dataset_name": "d"})
+    assert os.environ["HF_TOKEN"] == "hf_secret" and trainer.args.hub_token is None
+    trainer.card_metrics = {"eval_mean_iou": 0.25, "eval_hem/violating_fraction": 0.5, "eval_runtime": 1.0}
+    trainer.create_model_card()
+    card = ModelCard.load(tmp_path / "segformer" / "README.md")
+    assert card.data.pipeline_tag == "image-segmentation" and card.data.datasets == ["d"]
+    assert [(r.metric_type, r.metric_value) for r in card.data.eval_results] == [("mean_iou", 0.25)]
+    assert "Margin μ" in card.text
+
+    # A model the HEM card cannot describe gets the stock card.
+    bert = BertForSequenceClassification(
+        BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8)
+    )
+    other = HEMTrainer(model=bert, args=HEMConfig(output_dir=str(tmp_path / "bert"), margin=0.5, report_to="none"))
+    assert other.model_card_kwargs({}) is None
+    other.create_model_card()
+    assert "generated_from_trainer" in (tmp_path / "bert" / "README.md").read_text()
+
+
+def test_one_pixel_histogram_behind_both_names():
+    from hf_hem.counting import pixel_histogram as counts_only
+    from hf_hem.data import pixel_histogram
+
+    masks = torch.tensor([[[0, 1], [-100, 2]], [[2, 2], [1, -100]]])
+    counts, num_images = pixel_histogram([masks], 3, ignore_index=-100, progress=False)  # one (B, H, W) batch
+    assert counts.tolist() == [1, 2, 3] and num_images == 2
+    np.testing.assert_array_equal(counts_only([masks], 3, ignore_index=-100, progress=False), counts)
+    doubled, _ = pixel_histogram(
+        list(masks), 5, ignore_index=-100, transform=lambda m: np.where(m < 0, m, 2 * m), progress=False
+    )
+    assert doubled.tolist() == [1, 0, 2, 0, 3]
+    with pytest.raises(ValueError, match=r"batch 0 has values \[-7\] outside \[0, 3\)"):
+        pixel_histogram([torch.tensor([[[0, -7]]])], 3, ignore_index=-100, progress=False)
+
+
+# ------------------------------------------------------------------------------------------------ compare
+def test_compare_segmentation_writes_report_and_mask_pictures(tmp_path, monkeypatch, capsys):
+    from hf_hem.cli import main as cli_main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    output_dir = tmp_path / "compare"
+    flags = [flag for flag in TINY if flag not in ("--disable_tqdm", "true", "--log_level", "error")]
+    assert (
+        cli_main(["compare", "--task", "segmentation", "--output_dir", str(output_dir), "--no_progress", *flags]) == 0
+    )
+    report = (output_dir / "report.md").read_text()
+    assert report.startswith("# hf-hem compare: `ce` vs `hem` vs `dice`")
+    assert "| Metric | better | `ce` | `hem` | `dice` |" in report
+    assert "| Mean IoU | ↑ |" in report and "| Margin μ | |" in report
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert set(links) == {"segmentation_masks.png", "per_class_iou.png"}
+    for link in links:
+        content = (output_dir / link).read_bytes()
+        assert content.startswith(b"\x89PNG\r\n\x1a\n") and len(content) > 5_000, link
+    runs = json.loads((output_dir / "compare_results.json").read_text())["runs"]
+    assert [run["loss_name"] for run in runs] == ["ce", "hem", "dice"]
+    assert all(0.0 <= run["metrics"]["eval_mean_iou"] <= 1.0 for run in runs)
+
+
+# ------------------------------------------------------------------------------------------------ subprocesses
+def _labelled_validation_pixels(num_images: int, image_size: int) -> int:
+    scenes = load_digits_segmentation_dataset(num_images=num_images, image_size=image_size, seed=42)
+    return sum(int((np.asarray(mask) != 0).sum()) for mask in scenes["validation"]["annotation"])
+
+
+@pytest.mark.slow
+def test_script_subprocess_pushes_the_hem_card_to_a_loopback_hub(tmp_path):
+    output_dir = tmp_path / "out"
+    token = "hf_segmentationTokenThatMustStayOutOfFiles"
+    with LoopbackHub(tmp_path / "hub") as hub:
+        env = hub_client_env(hub.endpoint, hf_home=tmp_path / "hf_home", base_env=_offline_env())
+        env.pop("HF_TOKEN")
+        command = [
+            sys.executable, str(SCRIPT), *TINY, "--output_dir", str(output_dir),
+            "--push_to_hub", "true", "--hub_model_id", "user/digits-seg-hem", "--hub_token", token,
+        ]  # fmt: skip
+        completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert completed.returncode == 0, completed.stderr[-4000:]
+        pushed = hub.files("user/digits-seg-hem")
+        assert hub.unhandled_requests == [] and hub.server_errors == []
+    readme = pushed["README.md"].decode()
+    results = json.loads((output_dir / "all_results.json").read_text())
+    card = ModelCard(readme)
+    indexed = {result.metric_type: result.metric_value for result in card.data.eval_results}
+    assert indexed["mean_iou"] == pytest.approx(results["eval_mean_iou"], rel=1e-5)
+    assert card.data.datasets == ["sklearn-digits-segmentation"] and "### Per-class IoU" in readme
+    assert "generated_from_trainer" not in readme and not any(path.startswith("checkpoint-") for path in pushed)
+    assert "training_args.bin" in pushed and all(token.encode() not in content for content in pushed.values())
+    # The streamed confusion matrix counted every labelled validation pixel exactly once.
+    matrix = np.load(output_dir / "predictions.npz")["confusion_matrix"]
+    assert matrix.sum() == _labelled_validation_pixels(40, 32)
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_cpu_processes(tmp_path):
+    output_dir = tmp_path / "out"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIG),
+        str(SCRIPT), *TINY, "--loss_name", "hem+", "--output_dir", str(output_dir),
+    ]  # fmt: skip
+    completed = subprocess.run(command, env=_offline_env(), capture_output=True, text=True, timeout=400)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    assert state["global_step"] == 2  # 32 training images, 2 processes x batch 8 per step
+    card = ModelCard.load(output_dir / "README.md")
+    assert "| `total_train_batch_size` | 16 |" in card.text
+    results = json.loads((output_dir / "all_results.json").read_text())
+    assert results["eval_samples"] == 8 and 0.0 <= results["eval_mean_iou"] <= 1.0
+    # Both processes stream their share of the validation set; gathered, every pixel is counted once.
+    matrix = np.load(output_dir / "predictions.npz")["confusion_matrix"]
+    assert matrix.sum() == _labelled_validation_pixels(40, 32)
