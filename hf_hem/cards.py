@@ -351,6 +351,7 @@ def generate_model_card(
     hub_model_id: str | None = None,
     dataset_name: str | None = None,
     dataset_config: str | None = None,
+    dataset_on_hub: bool = True,
     eval_split: str | None = None,
     task: str = "image-classification",
     loss_name: str = "hem",
@@ -380,6 +381,9 @@ def generate_model_card(
             are shown in the card but not indexed, since a Hub evaluation result must name its dataset.
         dataset_config (`str`, *optional*):
             Dataset configuration name.
+        dataset_on_hub (`bool`, *optional*, defaults to `True`):
+            Whether `dataset_name` is a Hub dataset id. When `False` (local folders or files, the embedded datasets)
+            the card names the dataset without a link to the Hub and leaves it out of the `datasets` metadata.
         eval_split (`str`, *optional*):
             Split the metrics were computed on (e.g. `"validation"`).
         task (`str`, *optional*, defaults to `"image-classification"`):
@@ -480,7 +484,7 @@ def generate_model_card(
     card_data = ModelCardData(
         model_name=model_name,
         base_model=base_model,
-        datasets=[dataset_name] if dataset_name is not None else None,
+        datasets=[dataset_name] if dataset_name is not None and dataset_on_hub else None,
         eval_results=eval_results,
         library_name="transformers",
         license=license,
@@ -494,7 +498,7 @@ def generate_model_card(
         for row in versions
         if row["value"] is not None or row["name"] == "hf_hem"
     ]
-    dataset_url = f"https://huggingface.co/datasets/{dataset_name}" if dataset_name else None
+    dataset_url = f"https://huggingface.co/datasets/{dataset_name}" if dataset_name and dataset_on_hub else None
     return ModelCard.from_template(
         card_data,
         template_path=str(_template_path(template_file)),

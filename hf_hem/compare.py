@@ -33,7 +33,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -677,23 +677,36 @@ def write_report(
                 "One seed on a small dataset: differences of a point or two are within run-to-run noise. "
                 "Add `--seeds 0,1,2` for error bars.",
             ]
+    folder_contents = (
+        "a plain `transformers` checkpoint (load it with `AutoModelForImageClassification` and `AutoImageProcessor`), "
+        "its model card, `all_results.json` and `predictions.npz`"
+    )
+    report = _finish_report(lines, [plot[:2] for plot in plots], runs, setup, output_dir, folder_contents)
+    return report
+
+
+def _finish_report(
+    lines: list[str],
+    plots: list[tuple[str, str]],
+    runs: list[CompareRun],
+    setup: dict,
+    output_dir: Path,
+    folder_contents: str,
+    extra_run_fields: Callable[[CompareRun], dict] | None = None,
+) -> Path:
+    """Appends the plots and the table of run folders to `lines`; writes `report.md` and `compare_results.json`."""
     lines += ["", "## Plots", ""]
-    for file_name, caption, _, _ in plots:
+    for file_name, caption in plots:
         lines += [f"### {caption}", "", f"![{caption}]({file_name})", ""]
     lines += ["## Runs", "", "| Run | Folder |", "|---|---|"]
     for run in runs:
         relative = os.path.relpath(run.output_dir, output_dir)
         lines.append(f"| `{run.loss_name}`, seed {run.seed} | [`{relative}/`]({relative}/README.md) |")
-    lines += [
-        "",
-        "Each folder holds a plain `transformers` checkpoint (load it with `AutoModelForImageClassification` and "
-        "`AutoImageProcessor`), its model card, `all_results.json` and `predictions.npz`.",
-        "",
-    ]
+    lines += ["", f"Each folder holds {folder_contents}.", ""]
     report = output_dir / "report.md"
     report.write_text("\n".join(lines), encoding="utf-8")
     results = {
-        "setup": {key: value for key, value in setup.items()},
+        "setup": dict(setup),
         "runs": [
             {
                 "loss_name": run.loss_name,
@@ -702,6 +715,7 @@ def write_report(
                 "wall_time": run.wall_time,
                 "margins": run.margins,
                 "metrics": run.metrics,
+                **(extra_run_fields(run) if extra_run_fields else {}),
             }
             for run in runs
         ],
@@ -910,37 +924,19 @@ def write_segmentation_report(
                 "gains most from long schedules with a late learning-rate drop (see the method notes). Add "
                 "`--seeds 0,1,2` for error bars.",
             ]
-    lines += ["", "## Plots", ""]
-    for file_name, caption, _ in plots:
-        lines += [f"### {caption}", "", f"![{caption}]({file_name})", ""]
-    lines += ["## Runs", "", "| Run | Folder |", "|---|---|"]
-    for run in runs:
-        relative = os.path.relpath(run.output_dir, output_dir)
-        lines.append(f"| `{run.loss_name}`, seed {run.seed} | [`{relative}/`]({relative}/README.md) |")
-    lines += [
-        "",
-        "Each folder holds a plain `transformers` checkpoint (load it with `AutoModelForSemanticSegmentation` and "
-        "`AutoImageProcessor`), its model card, `all_results.json`, `per_class_iou.json` and `predictions.npz`.",
-        "",
-    ]
-    report = output_dir / "report.md"
-    report.write_text("\n".join(lines), encoding="utf-8")
-    results = {
-        "setup": dict(setup),
-        "runs": [
-            {
-                "loss_name": run.loss_name,
-                "seed": run.seed,
-                "output_dir": str(run.output_dir),
-                "wall_time": run.wall_time,
-                "margins": run.margins,
-                "metrics": run.metrics,
-                "per_class_iou": run.predictions.get("per_class_iou"),
-            }
-            for run in runs
-        ],
-    }
-    (output_dir / "compare_results.json").write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
+    folder_contents = (
+        "a plain `transformers` checkpoint (load it with `AutoModelForSemanticSegmentation` and "
+        "`AutoImageProcessor`), its model card, `all_results.json`, `per_class_iou.json` and `predictions.npz`"
+    )
+    report = _finish_report(
+        lines,
+        [plot[:2] for plot in plots],
+        runs,
+        setup,
+        output_dir,
+        folder_contents,
+        extra_run_fields=lambda run: {"per_class_iou": run.predictions.get("per_class_iou")},
+    )
     return report
 
 

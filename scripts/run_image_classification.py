@@ -17,7 +17,7 @@ Every argument of `ModelArguments`, `DataTrainingArguments` (hf_hem.pipelines) a
 import logging
 import sys
 
-from hf_hem.pipelines import PushToHubError, parse_image_classification_args, run_image_classification
+from hf_hem.pipelines import PushToHubError, end_distributed, parse_image_classification_args, run_image_classification
 
 
 def main(argv=None) -> int:
@@ -28,7 +28,12 @@ def main(argv=None) -> int:
     except PushToHubError as error:
         logging.getLogger("hf_hem").error(str(error))
         print(f"error: {error}", file=sys.stderr)
+        end_distributed(wait=False)
         return 1
+    except BaseException:
+        end_distributed(wait=False)
+        raise
+    end_distributed()
     return 0
 
 

@@ -17,7 +17,7 @@ logic lives in `hf_hem.pipelines.semantic_segmentation`.
 import logging
 import sys
 
-from hf_hem.pipelines._common import PushToHubError
+from hf_hem.pipelines import PushToHubError, end_distributed
 from hf_hem.pipelines.semantic_segmentation import parse_semantic_segmentation_args, run_semantic_segmentation
 
 
@@ -29,7 +29,12 @@ def main(argv=None) -> int:
     except PushToHubError as error:
         logging.getLogger("hf_hem").error(str(error))
         print(f"error: {error}", file=sys.stderr)
+        end_distributed(wait=False)
         return 1
+    except BaseException:
+        end_distributed(wait=False)
+        raise
+    end_distributed()
     return 0
 
 

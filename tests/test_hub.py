@@ -141,6 +141,18 @@ def test_card_without_dataset_shows_but_does_not_index_metrics():
     assert "The training dataset was not recorded." in str(card)
 
 
+def test_local_dataset_is_named_and_indexed_without_a_hub_link():
+    on_hub = generate_model_card(model_name="tiny", dataset_name="user/scenes", metrics={"accuracy": 0.5})
+    local = generate_model_card(
+        model_name="tiny", dataset_name="my_scenes", dataset_on_hub=False, metrics={"accuracy": 0.5}
+    )
+    assert "https://huggingface.co/datasets/user/scenes" in str(on_hub) and on_hub.data.datasets == ["user/scenes"]
+    assert "huggingface.co/datasets" not in str(local)
+    assert "Trained on `my_scenes`." in str(local)
+    assert not local.data.datasets
+    assert [result.dataset_name for result in ModelCard(str(local)).data.eval_results] == ["my_scenes"]
+
+
 def test_baseline_card_is_not_tagged_as_hem():
     card = generate_model_card(model_name="vit-ce", loss_name="cross_entropy", dataset_name="d/s", metrics={"f1": 1})
     assert card.data.tags == ["hf-hem", "cross-entropy-loss"]

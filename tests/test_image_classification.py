@@ -121,7 +121,9 @@ def test_model_card_model_index_parses_back(trained_run):
     card = ModelCard.load(trained_run / "README.md")
     assert card.data.tags[:2] == ["hf-hem", "hem-loss"]
     assert card.data.pipeline_tag == "image-classification"
-    assert card.data.datasets == ["sklearn-digits"]
+    assert card.data.datasets is None and {result.dataset_name for result in card.data.eval_results} == {
+        "sklearn-digits"
+    }
     indexed = {result.metric_name: result for result in card.data.eval_results}
     assert indexed["Accuracy"].metric_type == "accuracy"
     assert indexed["Accuracy"].metric_value == pytest.approx(results["eval_accuracy"], rel=1e-5)
@@ -272,7 +274,9 @@ def test_script_runs_as_subprocess_on_image_folders_with_ood_set(tmp_path):
     config = json.loads((output_dir / "config.json").read_text())
     assert config["id2label"] == {"0": "digit0", "1": "digit1", "2": "digit2"}
     card = ModelCard.load(output_dir / "README.md")
-    assert card.data.datasets == ["data"]  # the folder above train/
+    # Local data: named after the folder above train/ in the model index, with no link to a Hub dataset.
+    assert card.data.datasets is None and "huggingface.co/datasets" not in card.text
+    assert {result.dataset_name for result in card.data.eval_results} == {"data"}
 
 
 def test_image_folder_without_validation_split_holds_out_part_of_train(tmp_path, monkeypatch):

@@ -1,6 +1,6 @@
 """End-to-end pipelines: the logic behind the scripts in `scripts/` and the `hf-hem` commands."""
 
-from ._common import BaseModelArguments
+from ._common import BaseModelArguments, PushToHubError, end_distributed
 from .image_classification import (
     EMBEDDED_DATASET_NAME,
     EMBEDDED_TRAINING_DEFAULTS,
@@ -10,7 +10,6 @@ from .image_classification import (
     ImageClassificationData,
     ImageClassificationTrainer,
     ModelArguments,
-    PushToHubError,
     build_model_and_image_processor,
     load_image_classification_data,
     make_compute_metrics,
@@ -59,6 +58,7 @@ __all__ = [
     "SegmentationMetrics",
     "SegmentationModelArguments",
     "build_model_and_image_processor",
+    "end_distributed",
     "build_segmentation_model_and_image_processor",
     "find_undecodable_examples",
     "load_image_classification_data",

@@ -99,6 +99,20 @@ def enable_cpu_distributed_without_gpus() -> None:
         os.environ["ACCELERATE_USE_CPU"] = "true"
 
 
+def end_distributed(wait: bool = True) -> None:
+    """Tear down the process group of a multi-process run before the interpreter exits.
+
+    A rank that leaves with its gloo process group alive can abort (`terminate called without an active exception`)
+    or take the others down while they still talk to it, after the model was already saved. With `wait=True` every
+    rank first waits for all the others (the normal end of a run); use `wait=False` on an error path, where some
+    ranks may never arrive. Does nothing in a single process.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if wait:
+            torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def read_config_file(path: str) -> dict[str, Any]:
     """The mapping of argument names to values in a `.json` or `.yaml` file."""
     if not os.path.isfile(path):

@@ -796,6 +796,7 @@ def run_image_classification(
             "base_model": model_args.model_name_or_path,
             "dataset_name": dataset_name,
             "dataset_config": data_args.dataset_config_name,
+            "dataset_on_hub": data_args.dataset_name is not None,
             "eval_split": eval_split,
             "task": "image-classification",
             "metrics": _card_metrics(metrics),
