@@ -275,6 +275,29 @@ def test_negative_or_non_finite_margin(margin):
         hf_hem.HEMLoss(margin)
 
 
+def test_margin_values_are_checked_once_per_tensor_version(monkeypatch):
+    from hf_hem.losses import _common
+
+    checks = []
+    original = _common._check_margin_values
+    monkeypatch.setattr(_common, "_check_margin_values", lambda margin: (checks.append(1), original(margin)))
+    logits, labels = torch.randn(4, 3), torch.tensor([0, 1, 2, 1])
+    margins = torch.tensor([0.1, 0.2, 0.3])
+    for _ in range(3):
+        hem_loss(logits, labels, margins)
+    # One check for the tensor (a trainer passes the same buffer every step: no per-step host sync on a GPU) ...
+    assert len(checks) == 1
+    # ... until it changes in place, and a fresh tensor with the same values is checked too.
+    margins[1] = -1.0
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        hem_loss(logits, labels, margins)
+    margins[1] = float("nan")
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        hf_hem.HEMLoss(margins)
+    hem_loss(logits, labels, torch.tensor([0.1, 0.2, 0.3]))
+    assert len(checks) == 4
+
+
 def test_counts_of_wrong_length():
     with pytest.raises(ValueError, match="3 entries but num_classes=4"):
         margins_from_counts([1, 2, 3], num_classes=4)

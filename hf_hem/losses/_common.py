@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 
@@ -65,6 +66,31 @@ def flatten_logits_and_labels(
     return flat_logits, flat_labels, valid
 
 
+# Margin tensors whose values were checked, by id: (weak reference, version counter at the check). A trainer passes
+# the same margin buffer on every step; checking its values again would stall the host on a GPU (a device-to-host
+# copy) once per step. The version counter moves on every in-place change, so edited margins are checked again.
+_checked_margins: dict[int, tuple[weakref.ref, int]] = {}
+
+
+def _margin_values_known_valid(margin: torch.Tensor) -> bool:
+    entry = _checked_margins.get(id(margin))
+    return entry is not None and entry[0]() is margin and entry[1] == margin._version
+
+
+def _check_margin_values(margin: torch.Tensor) -> None:
+    """Raises unless every margin is finite and >= 0; remembers a tensor that passed (outside `torch.compile`)."""
+    if not bool((torch.isfinite(margin) & (margin >= 0)).all()):
+        raise ValueError(f"margins must be finite and >= 0, got {margin.tolist()}.")
+    if torch.compiler.is_compiling():
+        return
+    if len(_checked_margins) >= 64:
+        for key in [key for key, (reference, _) in _checked_margins.items() if reference() is None]:
+            del _checked_margins[key]
+        if len(_checked_margins) >= 64:
+            _checked_margins.clear()
+    _checked_margins[id(margin)] = (weakref.ref(margin), margin._version)
+
+
 def check_margin(margin: float | torch.Tensor, num_classes: int | None = None) -> float | torch.Tensor:
     """Validates a scalar margin or a 1-D tensor of per-target-class margins (HEM+)."""
     if torch.is_tensor(margin):
@@ -80,8 +106,8 @@ def check_margin(margin: float | torch.Tensor, num_classes: int | None = None) -
                     f"margin tensor has {margin.numel()} entries but the logits have {num_classes} classes; "
                     "expected one margin per class."
                 )
-            if not bool(torch.isfinite(margin).all()) or bool((margin < 0).any()):
-                raise ValueError(f"margins must be finite and >= 0, got {margin.tolist()}.")
+            if not _margin_values_known_valid(margin):
+                _check_margin_values(margin)
             return margin
     if isinstance(margin, bool) or not isinstance(margin, (int, float)):
         raise ValueError(f"margin must be a float or a 1-D tensor of per-class margins, got {type(margin).__name__}.")
