@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One short GPU check for the fused HEM kernels (issue 7): Triton correctness tests (interpreter, then CUDA, in
 # separate processes), the loss benchmark, every Triton block configuration timed alone with its effective bandwidth,
-# and the train-step benchmark.
+# the loss with upsampling inside it (SegFormer's quarter-resolution logits), and the train-step benchmark.
 #
 #     bash benchmarks/gpu_check.sh            # logs and JSON go to $OUT (default: ./gpu_check_out)
 #
@@ -21,10 +21,14 @@ PYTHON=${PYTHON:-python3}
 {
   timeout 90 "$PYTHON" -m pytest tests/test_kernels.py -q -p no:cacheprovider -k "triton and not cuda" 2>&1 | tail -n 40
   timeout 150 "$PYTHON" -m pytest tests/test_kernels.py -q -p no:cacheprovider -k "cuda" 2>&1 | tail -n 60
+  timeout 60 "$PYTHON" -m pytest tests/test_upsampled_loss.py -q -p no:cacheprovider 2>&1 | tail -n 20
 } | tee "$OUT/tests.txt"
 
 timeout 150 "$PYTHON" benchmarks/loss_bench.py --device cuda --repeats 20 --json "$OUT/loss_bench.json" 2>&1 \
   | tee "$OUT/loss_bench.txt"
+
+timeout 90 "$PYTHON" benchmarks/upsampled_loss_bench.py --device cuda --repeats 20 2>&1 \
+  | tee "$OUT/upsampled_loss_bench.txt"
 
 timeout 90 "$PYTHON" - <<'PY' 2>&1 | tee "$OUT/triton_sweep.txt"
 # Forward and backward kernels alone on 8x150x512x512, for every candidate block configuration, against a copy.

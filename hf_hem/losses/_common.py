@@ -54,6 +54,17 @@ def flatten_logits_and_labels(
         # Half-precision logits are computed in float32; autograd casts the gradient back.
         flat_logits = flat_logits.float()
     flat_labels = labels.reshape(-1).long()
+    valid = check_label_range(flat_labels, num_classes, ignore_index)
+    flat_labels = torch.where(valid, flat_labels, torch.zeros_like(flat_labels))
+    return flat_logits, flat_labels, valid
+
+
+def check_label_range(flat_labels: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
+    """Raises a ValueError listing the labels outside `[0, num_classes)` that are not `ignore_index`.
+
+    Returns:
+        `torch.Tensor`: the boolean mask of labels that are not `ignore_index`.
+    """
     valid = flat_labels != ignore_index
     out_of_range = valid & ((flat_labels < 0) | (flat_labels >= num_classes))
     if bool(out_of_range.any()):
@@ -62,8 +73,7 @@ def flatten_logits_and_labels(
         raise ValueError(
             f"labels contain values [{shown}] outside [0, {num_classes}) that are not ignore_index={ignore_index}."
         )
-    flat_labels = torch.where(valid, flat_labels, torch.zeros_like(flat_labels))
-    return flat_logits, flat_labels, valid
+    return valid
 
 
 # Margin tensors whose values were checked, by id: (weak reference, version counter at the check). A trainer passes

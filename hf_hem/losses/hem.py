@@ -12,6 +12,7 @@ from torch import nn
 
 from ._common import check_margin, check_reduction, flatten_logits_and_labels, reduce_per_sample, restore_shape
 from .kernels import fused_margin_family_loss, resolve_implementation
+from .kernels._upsample import upsampled_margin_family_loss
 
 
 def margin_errors(
@@ -65,6 +66,17 @@ def _margin_family_loss_reference(
     return reduce_per_sample(per_sample, denominator, reduction)
 
 
+def needs_upsampling(logits, labels) -> bool:
+    """Whether `(N, C, h, w)` logits are to be upsampled to `(N, H, W)` labels of another size (SegFormer-style)."""
+    return (
+        torch.is_tensor(logits)
+        and torch.is_tensor(labels)
+        and logits.dim() == 4
+        and labels.dim() == 3
+        and tuple(logits.shape[-2:]) != tuple(labels.shape[-2:])
+    )
+
+
 def _margin_family_loss(
     logits: torch.Tensor,
     labels: torch.Tensor,
@@ -75,11 +87,23 @@ def _margin_family_loss(
     ignore_index: int,
     reduction: str,
     implementation: str = "auto",
+    upsample_logits: bool = False,
 ) -> torch.Tensor:
     """Dispatches to the fused kernels (`hf_hem.losses.kernels`) or, for `implementation="reference"`, the reference.
 
     Both compute the same function; the fused path needs no autograd graph of `(P, C)` intermediates.
     """
+    if upsample_logits and needs_upsampling(logits, labels):
+        return upsampled_margin_family_loss(
+            logits,
+            labels,
+            margin,
+            threshold=threshold,
+            mean_above_zero=mean_above_zero,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            implementation=implementation,
+        )
     if resolve_implementation(logits, margin, implementation) == "reference":
         return _margin_family_loss_reference(
             logits,
@@ -110,6 +134,7 @@ def hem_loss(
     ignore_index: int = -100,
     reduction: str = "mean",
     implementation: str = "auto",
+    upsample_logits: bool = False,
 ) -> torch.Tensor:
     r"""High error margin (HEM) loss; HEM+ when `margin` holds one margin per target class.
 
@@ -129,6 +154,10 @@ def hem_loss(
         implementation (`str`, defaults to `"auto"`): `"auto"` uses the fused kernels of `hf_hem.losses.kernels`
             (Triton on CUDA, a compiled C++ kernel on CPU, chunked torch elsewhere); `"reference"` the plain
             autograd definition; `"cpu"`, `"triton"` or `"torch"` force one fused backend.
+        upsample_logits (`bool`, defaults to `False`): when `(N, C, h, w)` logits are smaller than the `(N, H, W)`
+            labels (SegFormer-style models), score them upsampled to the label size as SegFormer's own loss does
+            (`F.interpolate(..., mode="bilinear", align_corners=False)`), a block of rows at a time, so the
+            upsampled logits are never held in memory; the gradient flows back to the small logits.
 
     Shape:
         - logits: `(N, C)` or `(N, C, d1, ...)`
@@ -155,6 +184,7 @@ def hem_loss(
         ignore_index=ignore_index,
         reduction=reduction,
         implementation=implementation,
+        upsample_logits=upsample_logits,
     )
 
 
@@ -166,6 +196,7 @@ def mm_loss(
     ignore_index: int = -100,
     reduction: str = "mean",
     implementation: str = "auto",
+    upsample_logits: bool = False,
 ) -> torch.Tensor:
     """Multi-class margin loss: the mean of all margin errors (equals `F.multi_margin_loss(p=1)`).
 
@@ -180,6 +211,7 @@ def mm_loss(
         ignore_index=ignore_index,
         reduction=reduction,
         implementation=implementation,
+        upsample_logits=upsample_logits,
     )
 
 
@@ -191,6 +223,7 @@ def mm_maz_loss(
     ignore_index: int = -100,
     reduction: str = "mean",
     implementation: str = "auto",
+    upsample_logits: bool = False,
 ) -> torch.Tensor:
     """MM+maz ablation: mean of the errors above zero per sample, mean over samples above zero (no threshold).
 
@@ -205,6 +238,7 @@ def mm_maz_loss(
         ignore_index=ignore_index,
         reduction=reduction,
         implementation=implementation,
+        upsample_logits=upsample_logits,
     )
 
 
@@ -216,6 +250,7 @@ def mm_thres_loss(
     ignore_index: int = -100,
     reduction: str = "mean",
     implementation: str = "auto",
+    upsample_logits: bool = False,
 ) -> torch.Tensor:
     """MM+thres ablation: HEM's threshold, then a plain mean over all C entries and all samples.
 
@@ -230,13 +265,20 @@ def mm_thres_loss(
         ignore_index=ignore_index,
         reduction=reduction,
         implementation=implementation,
+        upsample_logits=upsample_logits,
     )
 
 
 class _MarginLoss(nn.Module):
     _function = staticmethod(hem_loss)
 
-    def __init__(self, margin: float | torch.Tensor = 0.2, ignore_index: int = -100, reduction: str = "mean"):
+    def __init__(
+        self,
+        margin: float | torch.Tensor = 0.2,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        upsample_logits: bool = False,
+    ):
         super().__init__()
         check_reduction(reduction)
         margin = check_margin(margin)
@@ -244,6 +286,19 @@ class _MarginLoss(nn.Module):
         self.register_buffer("margin", torch.as_tensor(margin, dtype=torch.float32).clone())
         self.ignore_index = ignore_index
         self.reduction = reduction
+        self.upsample_logits = upsample_logits
+        self._scalar_margin_key: tuple | None = None
+        self._scalar_margin = 0.0
+
+    def _margin_argument(self) -> float | torch.Tensor:
+        if self.margin.dim():
+            return self.margin
+        # Reading a scalar margin that lives on a GPU stalls the host; read it again only when the buffer moved
+        # (`.to`) or changed (`load_state_dict`, in-place edits).
+        key = (self.margin.device, self.margin.data_ptr(), self.margin._version)
+        if key != self._scalar_margin_key:
+            self._scalar_margin, self._scalar_margin_key = float(self.margin), key
+        return self._scalar_margin
 
     @classmethod
     def from_label_counts(
@@ -255,20 +310,28 @@ class _MarginLoss(nn.Module):
         num_samples: int | None = None,
         ignore_index: int = -100,
         reduction: str = "mean",
+        upsample_logits: bool = False,
     ):
         """Builds the loss with margins derived from training label counts (see [`margins_from_counts`])."""
         from ..margins import margins_from_counts
 
         margins = margins_from_counts(counts, scale=scale, per_class=per_class, num_samples=num_samples)
-        return cls(margins, ignore_index=ignore_index, reduction=reduction)
+        return cls(margins, ignore_index=ignore_index, reduction=reduction, upsample_logits=upsample_logits)
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        margin = self.margin if self.margin.dim() else float(self.margin)
-        return type(self)._function(logits, labels, margin, ignore_index=self.ignore_index, reduction=self.reduction)
+        return type(self)._function(
+            logits,
+            labels,
+            self._margin_argument(),
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            upsample_logits=self.upsample_logits,
+        )
 
     def extra_repr(self) -> str:
         margin = f"{float(self.margin):.4g}" if self.margin.dim() == 0 else f"per-class ({self.margin.numel()})"
-        return f"margin={margin}, ignore_index={self.ignore_index}, reduction={self.reduction!r}"
+        upsample = ", upsample_logits=True" if self.upsample_logits else ""
+        return f"margin={margin}, ignore_index={self.ignore_index}, reduction={self.reduction!r}{upsample}"
 
 
 class HEMLoss(_MarginLoss):

@@ -55,6 +55,11 @@ class HEMConfig(TrainingArguments):
         label_column_name (`str` or `None`, *optional*, defaults to `None`):
             Column of `train_dataset` holding the labels, counted for the margins. `None` picks `"labels"` or
             `"label"`, whichever is present.
+        upsample_logits_in_loss (`bool`, *optional*, defaults to `False`):
+            Segmentation with logits smaller than the labels (SegFormer): the margin losses score the logits
+            upsampled to the label size block by block, so the full-resolution logits are never held (same loss to
+            rounding, far less memory). Without it, and for the other losses, the logits are upsampled first, as
+            SegFormer's own loss does.
 
         > Parameters of the baseline losses
 
@@ -114,6 +119,13 @@ class HEMConfig(TrainingArguments):
     label_column_name: str | None = field(
         default=None,
         metadata={"help": "Label column of the training set. Default: 'labels' or 'label', whichever is present."},
+    )
+    upsample_logits_in_loss: bool = field(
+        default=False,
+        metadata={
+            "help": "Segmentation: let the margin losses (hem, hem+, mm, ...) upsample low-resolution logits to the "
+            "label size block by block instead of materialising them (same loss, far less memory)."
+        },
     )
     logitnorm_temperature: float = field(default=0.04, metadata={"help": "Temperature of LogitNorm (logitnorm)."})
     la_tau: float = field(default=1.0, metadata={"help": "tau of logit-adjusted cross-entropy (la)."})

@@ -34,6 +34,8 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from ..cards import training_summary_from_args, write_model_card
 from ..counting import count_labels, pixel_histogram
+from ..losses.hem import needs_upsampling
+from ..losses.kernels._upsample import BlockUpsampler, row_blocks
 from ..losses.registry import LOSS_NAMES, MARGIN_LOSS_NAMES, get_loss
 from ..margins import margins_from_counts
 from .hem_config import HEMConfig
@@ -144,6 +146,7 @@ class _LossTerms:
         la_tau: float = 1.0,
         focal_gamma: float = 2.0,
         dice_smooth: float = 0.0,
+        upsample_logits_in_loss: bool = False,
     ):
         if loss_name not in LOSS_NAMES:
             raise ValueError(f"loss_name={loss_name!r} is not a known loss; expected one of {', '.join(LOSS_NAMES)}.")
@@ -157,7 +160,7 @@ class _LossTerms:
             if self.margins is None:
                 raise ValueError(f"loss {loss_name!r} needs margins: pass margin=, class_counts= or a training set.")
             margin = self.margins if per_class_margins else float(self.margins[0])
-            self.criterion = get_loss(loss_name, margin=margin, **common)
+            self.criterion = get_loss(loss_name, margin=margin, upsample_logits=upsample_logits_in_loss, **common)
         elif loss_name == "la":
             if class_counts is None:
                 raise ValueError(
@@ -173,6 +176,12 @@ class _LossTerms:
         else:
             self.criterion = get_loss(loss_name, **common)
         self.stat_names = _STAT_NAMES_ALWAYS + (_STAT_NAMES_MARGIN if self.margins is not None else ())
+        #: Whether `parts` takes low-resolution segmentation logits as they are (the criterion upsamples them).
+        self.upsamples_logits = upsample_logits_in_loss and loss_name in MARGIN_LOSS_NAMES
+
+    def match_label_size(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The logits `parts` and `stats` take: upsampled to the label size unless the criterion does it itself."""
+        return logits if self.upsamples_logits else _match_label_size(logits, labels)
 
     def parts(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Local loss sum (differentiable) and local count (a float64 constant, float32 on MPS)."""
@@ -194,8 +203,24 @@ class _LossTerms:
         """Sums over the labelled samples: count, correct, and, with margins, violating, violation sum, margin sum.
 
         A sample *violates* its margin when its largest margin error `max_{i != t} (y_i - y_t + mu_t)` is above 0,
-        which is exactly when its HEM (or MM, MM+maz, MM+thres) loss is non-zero.
+        which is exactly when its HEM (or MM, MM+maz, MM+thres) loss is non-zero. Segmentation logits are summed
+        a block at a time (per image, or per block of upsampled rows), so no full-size copy of them is made.
         """
+        if needs_upsampling(logits, labels):
+            size = (int(labels.shape[-2]), int(labels.shape[-1]))
+            compute = torch.float64 if logits.dtype == torch.float64 else torch.float32
+            upsampler = BlockUpsampler(logits.detach(), size, compute)
+            blocks = [
+                self._block_stats(upsampler.block(start, stop), labels[:, start:stop])
+                for start, stop in row_blocks(logits, size)
+            ]
+            return torch.stack(blocks).sum(0)
+        if logits.dim() > 2 and logits.shape[0] > 1:
+            blocks = [self._block_stats(logits[i : i + 1], labels[i : i + 1]) for i in range(logits.shape[0])]
+            return torch.stack(blocks).sum(0)
+        return self._block_stats(logits, labels)
+
+    def _block_stats(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         flat, targets = _flatten_for_stats(logits, labels, self.ignore_index)
         dtype = _count_dtype(flat.device)
         values = [torch.tensor(float(targets.numel()), device=flat.device), (flat.argmax(1) == targets).sum()]
@@ -692,6 +717,7 @@ class HEMTrainer(Trainer):
             la_tau=args.la_tau,
             focal_gamma=args.focal_gamma,
             dice_smooth=args.dice_smooth,
+            upsample_logits_in_loss=args.upsample_logits_in_loss,
         )
         self._store_in_config(self.model)
 
@@ -814,7 +840,7 @@ class HEMTrainer(Trainer):
         terms = self._ensure_loss_ready()
         labels = inputs.pop("labels")
         outputs = model(**inputs)
-        logits = _match_label_size(_logits_from_outputs(outputs), labels)
+        logits = terms.match_label_size(_logits_from_outputs(outputs), labels)
         local_sum, local_count = terms.parts(logits, labels)
         stats = terms.stats(logits, labels)
 
@@ -1060,7 +1086,7 @@ class HEMLossFunction:
     def __call__(self, outputs, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None):
         if labels is None:
             raise ValueError("hem_loss_func got labels=None; the batches must contain 'labels'.")
-        logits = _match_label_size(_logits_from_outputs(outputs), labels)
+        logits = self.terms.match_label_size(_logits_from_outputs(outputs), labels)
         local_sum, local_count = self.terms.parts(logits, labels)
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         world_size = torch.distributed.get_world_size() if distributed else 1
@@ -1102,6 +1128,7 @@ def hem_loss_func(
     la_tau: float = 1.0,
     focal_gamma: float = 2.0,
     dice_smooth: float = 0.0,
+    upsample_logits_in_loss: bool = False,
     average_tokens_across_devices: bool = True,
 ) -> HEMLossFunction:
     r"""A loss for the stock [`~transformers.Trainer`]'s `compute_loss_func` argument.
@@ -1132,6 +1159,8 @@ def hem_loss_func(
             segmentation.
         ignore_index (`int`, defaults to -100): label value ignored by the loss (255 for most segmentation sets).
         logitnorm_temperature, la_tau, focal_gamma, dice_smooth: parameters of the baselines.
+        upsample_logits_in_loss (`bool`, defaults to `False`): as the [`HEMConfig`] field: the margin losses
+            upsample low-resolution segmentation logits block by block instead of materialising them.
         average_tokens_across_devices (`bool`, defaults to `True`): must equal the `TrainingArguments` field of the
             same name, which decides whether the Trainer multiplies the loss by the number of processes.
 
@@ -1188,5 +1217,6 @@ def hem_loss_func(
         la_tau=la_tau,
         focal_gamma=focal_gamma,
         dice_smooth=dice_smooth,
+        upsample_logits_in_loss=upsample_logits_in_loss,
     )
     return HEMLossFunction(terms, average_tokens_across_devices=average_tokens_across_devices)

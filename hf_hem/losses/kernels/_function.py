@@ -124,6 +124,30 @@ def group_logits(logits: torch.Tensor) -> torch.Tensor:
     return logits.contiguous().view(batch, num_classes, inner)
 
 
+def backend_forward(backend, grouped, labels, margins, margin, ignore_index, threshold, mean_above_zero):
+    """Per-sample `(loss, tau, kept, label_error)` of grouped `(B, C, I)` logits with one backend's forward kernel."""
+    if backend == "cpu":
+        per_sample, tau, kept, labels_ok = _cpu.forward(
+            grouped, labels, margins, margin, ignore_index, threshold, mean_above_zero
+        )
+        return per_sample, tau, kept, torch.tensor([0 if labels_ok else 1], dtype=torch.int32)
+    module = _triton() if backend == "triton" else _portable
+    return module.forward(grouped, labels, margins, margin, ignore_index, threshold, mean_above_zero)
+
+
+def backend_backward(backend, grouped, labels, margins, margin, ignore_index, tau, kept, weight) -> torch.Tensor:
+    """Gradient of `sum(weight * kept errors)` with respect to grouped `(B, C, I)` logits, in their dtype."""
+    module = _cpu if backend == "cpu" else _triton() if backend == "triton" else _portable
+    return module.backward(grouped, labels, margins, margin, ignore_index, tau, kept, weight)
+
+
+def kept_error_weight(grad_per_sample, tau, kept, num_classes: int, mean_above_zero: bool) -> torch.Tensor:
+    """The weight of each kept error: d(loss_b)/d(kept error) is 1/k_b (mean above zero) or 1/C, times the incoming
+    per-sample gradient."""
+    divisor = kept.clamp_min(1).to(tau.dtype) if mean_above_zero else num_classes
+    return (grad_per_sample.to(tau.dtype) / divisor).contiguous()
+
+
 class FusedMarginFamily(torch.autograd.Function):
     """Per-sample margin-family losses of grouped `(B, C, I)` logits; backward recomputes the sparse gradient.
 
@@ -135,19 +159,9 @@ class FusedMarginFamily(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, grouped, labels, margins, margin, ignore_index, threshold, mean_above_zero, backend):
-        if backend == "cpu":
-            per_sample, tau, kept, labels_ok = _cpu.forward(
-                grouped, labels, margins, margin, ignore_index, threshold, mean_above_zero
-            )
-            label_error = torch.tensor([0 if labels_ok else 1], dtype=torch.int32)
-        elif backend == "triton":
-            per_sample, tau, kept, label_error = _triton().forward(
-                grouped, labels, margins, margin, ignore_index, threshold, mean_above_zero
-            )
-        else:
-            per_sample, tau, kept, label_error = _portable.forward(
-                grouped, labels, margins, margin, ignore_index, threshold, mean_above_zero
-            )
+        per_sample, tau, kept, label_error = backend_forward(
+            backend, grouped, labels, margins, margin, ignore_index, threshold, mean_above_zero
+        )
         ctx.save_for_backward(grouped, labels, margins, tau, kept)
         ctx.margin, ctx.ignore_index, ctx.mean_above_zero, ctx.backend = margin, ignore_index, mean_above_zero, backend
         ctx.mark_non_differentiable(kept, label_error)
@@ -156,16 +170,8 @@ class FusedMarginFamily(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_per_sample, _grad_kept, _grad_label_error):
         grouped, labels, margins, tau, kept = ctx.saved_tensors
-        # d(loss_b)/d(kept error) is 1/k_b for the mean-above-zero variants and 1/C otherwise.
-        divisor = kept.clamp_min(1).to(tau.dtype) if ctx.mean_above_zero else grouped.shape[1]
-        weight = (grad_per_sample.to(tau.dtype) / divisor).contiguous()
-        arguments = (grouped, labels, margins, ctx.margin, ctx.ignore_index, tau, kept, weight)
-        if ctx.backend == "cpu":
-            grad = _cpu.backward(*arguments)
-        elif ctx.backend == "triton":
-            grad = _triton().backward(*arguments)
-        else:
-            grad = _portable.backward(*arguments)
+        weight = kept_error_weight(grad_per_sample, tau, kept, grouped.shape[1], ctx.mean_above_zero)
+        grad = backend_backward(ctx.backend, grouped, labels, margins, ctx.margin, ctx.ignore_index, tau, kept, weight)
         return grad, None, None, None, None, None, None, None
 
 
