@@ -4,7 +4,8 @@
 
 Models are built from configs (random weights, nothing downloaded). A step is forward, loss, backward and an SGD
 step (momentum 0.9). SegFormer logits (1/4 resolution) are upsampled bilinearly to the label size before the loss,
-as the model's own loss does, with 10% of the pixels labelled 255 (ignored). CE and HEM steps alternate so that
+as the model's own loss does, with 10% of the pixels labelled 255 (ignored); a third SegFormer step lets HEM do
+the upsampling block by block (`hem_loss(..., upsample_logits=True)`). CE and HEM steps alternate so that
 machine load affects both alike; times are medians of `--steps` steps after warm-up.
 
 Sizes: on CUDA the issue's (ViT-B/16 batch 128 at 224x224, SegFormer-B2 batch 8 at 512x512, bfloat16 autocast);
@@ -55,6 +56,8 @@ def make_step(model, images, labels, loss_name, device, autocast_dtype):
     autocast = torch.autocast(device_type=device, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
 
     def loss_of(logits):
+        if loss_name == "hem_upsampled":
+            return hem_loss(logits, labels, 0.0395, ignore_index=ignore_index, upsample_logits=True)
         if segmentation:
             logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
         if loss_name == "ce":
@@ -84,7 +87,7 @@ def bench_model(name, build, batch, size, num_labels, segmentation, device, step
         labels = torch.randint(0, num_labels, (batch,), device=device)
     steps_by_loss = {}
     optimizers = []
-    for loss_name in ("ce", "hem"):
+    for loss_name in ("ce", "hem", "hem_upsampled") if segmentation else ("ce", "hem"):
         step, optimizer = make_step(model, images, labels, loss_name, device, autocast_dtype)
         steps_by_loss[loss_name] = step
         optimizers.append(optimizer)
@@ -118,7 +121,11 @@ def bench_model(name, build, batch, size, num_labels, segmentation, device, step
             {
                 "model": name,
                 "setting": f"batch {batch}, {size}x{size}" + (f", {autocast_dtype}" if autocast_dtype else ", fp32"),
-                "loss": "F.cross_entropy" if loss_name == "ce" else f"HEM ({fused})",
+                "loss": {
+                    "ce": "F.cross_entropy",
+                    "hem": f"HEM ({fused})",
+                    "hem_upsampled": f"HEM ({fused}), upsampling inside the loss",
+                }[loss_name],
                 "step_ms": median * 1e3,
                 "time_vs_ce": median / statistics.median(timings["ce"]),
                 "extra_peak_mib": peaks[loss_name] / MIB,
