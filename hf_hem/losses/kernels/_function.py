@@ -10,7 +10,7 @@ from types import ModuleType
 
 import torch
 
-from .._common import check_margin, check_reduction, flatten_logits_and_labels, reduce_per_sample
+from .._common import check_label_range, check_margin, check_reduction, flatten_logits_and_labels, reduce_per_sample
 from . import _cpu, _portable
 
 
@@ -83,25 +83,54 @@ def _check_inputs(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int)
         raise AssertionError("unreachable: the reference check must have raised")  # pragma: no cover
 
 
-def _raise_label_error(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> None:
-    flatten_logits_and_labels(logits, labels, ignore_index)
-    raise ValueError(f"labels contain values outside [0, {logits.shape[1]}) that are not ignore_index={ignore_index}.")
-
-
-def _check_label_flag(label_error: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, ignore_index: int):
-    """Raises the reference's ValueError if a kernel flagged an out-of-range label.
+def check_label_flag(label_error: torch.Tensor, flat_labels: torch.Tensor, num_classes: int, ignore_index: int):
+    """Raises the reference's ValueError (listing the bad labels) if a kernel flagged an out-of-range label.
 
     On CUDA, reading the flag would stall the host until the forward pass has run, which idles the GPU while the
     backward kernels are launched (about 4% of a ViT-B/16 step). So by default the check is a device-side assertion,
     as `F.cross_entropy` does on CUDA; `HF_HEM_CUDA_LABEL_CHECK=sync` restores the ValueError.
     """
     if label_error.is_cuda and os.environ.get("HF_HEM_CUDA_LABEL_CHECK", "async") != "sync":
-        message = (
-            f"hf_hem: labels contain values outside [0, {logits.shape[1]}) that are not ignore_index={ignore_index}"
-        )
+        message = f"hf_hem: labels contain values outside [0, {num_classes}) that are not ignore_index={ignore_index}"
         torch._assert_async(label_error[0] == 0, message)
     elif bool(label_error.item()):
-        _raise_label_error(logits, labels, ignore_index)
+        check_label_range(flat_labels, num_classes, ignore_index)
+        raise AssertionError("unreachable: a kernel flagged a label that is in range")  # pragma: no cover
+
+
+def check_backend(backend: str, device: torch.device, dtype: torch.dtype) -> None:
+    """Raises a ValueError when a forced backend cannot run on tensors of this device and dtype."""
+    if backend == "cpu" and (device.type != "cpu" or dtype not in _cpu.FORMATS or _cpu.load() is None):
+        raise ValueError(
+            f"implementation='cpu' needs a CPU tensor of dtype {list(_cpu.FORMATS)} and a C++ compiler "
+            f"(got {device.type} {dtype}; kernel: {_cpu.status()})."
+        )
+    if backend == "triton" and not (
+        triton_available() and dtype in _TRITON_DTYPES and (device.type == "cuda" or _triton().interpreting())
+    ):
+        raise ValueError(
+            f"implementation='triton' needs triton and a CUDA tensor (or TRITON_INTERPRET=1) of dtype "
+            f"{list(_TRITON_DTYPES)}, got {device.type} {dtype}."
+        )
+
+
+def kernel_labels_and_margins(labels: torch.Tensor, margin: float | torch.Tensor, device, accumulate: torch.dtype):
+    """`(flat int64 labels, margin tensor or None, scalar margin)` as the kernels take them."""
+    flat_labels = labels.reshape(-1)
+    if flat_labels.dtype != torch.int64 or not flat_labels.is_contiguous():
+        flat_labels = flat_labels.to(torch.int64).contiguous()
+    if torch.is_tensor(margin):
+        return flat_labels, margin.detach().to(device=device, dtype=accumulate).contiguous(), 0.0
+    return flat_labels, None, float(margin)
+
+
+def reduce_kernel_output(per_sample, kept, flat_labels, labels_shape, ignore_index, mean_above_zero, reduction):
+    """The loss from the kernels' per-sample losses: per-sample (`"none"`), sum, or mean over the samples that count
+    (violating samples for the mean-above-zero variants, labelled samples otherwise)."""
+    if reduction == "none":
+        return per_sample.reshape(labels_shape)
+    denominator = (kept > 0).sum() if mean_above_zero else (flat_labels != ignore_index).sum()
+    return reduce_per_sample(per_sample, denominator, reduction)
 
 
 def group_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -217,39 +246,11 @@ def fused_margin_family_loss(
     backend = resolve_implementation(logits, margin, implementation)
     if backend == "reference":
         raise ValueError("fused_margin_family_loss computes the fused backends only; call the reference directly.")
-    if backend == "cpu" and (logits.device.type != "cpu" or logits.dtype not in _cpu.FORMATS or _cpu.load() is None):
-        raise ValueError(
-            f"implementation='cpu' needs a CPU tensor of dtype {list(_cpu.FORMATS)} and a C++ compiler "
-            f"(got {logits.device.type} {logits.dtype}; kernel: {_cpu.status()})."
-        )
-    if backend == "triton" and not (
-        triton_available() and logits.dtype in _TRITON_DTYPES and (logits.is_cuda or _triton().interpreting())
-    ):
-        raise ValueError(
-            f"implementation='triton' needs triton and a CUDA tensor (or TRITON_INTERPRET=1) of dtype "
-            f"{list(_TRITON_DTYPES)}, got {logits.device.type} {logits.dtype}."
-        )
-
-    grouped = group_logits(logits)
-    flat_labels = labels.reshape(-1)
-    if flat_labels.dtype != torch.int64 or not flat_labels.is_contiguous():
-        flat_labels = flat_labels.to(torch.int64).contiguous()
+    check_backend(backend, logits.device, logits.dtype)
     accumulate = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    margins = None
-    scalar_margin = 0.0
-    if torch.is_tensor(margin):
-        margins = margin.detach().to(device=logits.device, dtype=accumulate).contiguous()
-    else:
-        scalar_margin = float(margin)
-
+    flat_labels, margins, scalar_margin = kernel_labels_and_margins(labels, margin, logits.device, accumulate)
     per_sample, kept, label_error = FusedMarginFamily.apply(
-        grouped, flat_labels, margins, scalar_margin, ignore_index, threshold, mean_above_zero, backend
+        group_logits(logits), flat_labels, margins, scalar_margin, ignore_index, threshold, mean_above_zero, backend
     )
-    _check_label_flag(label_error, logits, labels, ignore_index)
-    if reduction == "none":
-        return per_sample.reshape(labels.shape)
-    if mean_above_zero:
-        denominator = (kept > 0).sum()
-    else:
-        denominator = (flat_labels != ignore_index).sum()
-    return reduce_per_sample(per_sample, denominator, reduction)
+    check_label_flag(label_error, flat_labels, num_classes, ignore_index)
+    return reduce_kernel_output(per_sample, kept, flat_labels, labels.shape, ignore_index, mean_above_zero, reduction)

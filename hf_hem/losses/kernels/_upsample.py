@@ -10,22 +10,21 @@ fused kernel and adds it back onto the low-resolution logits with the transpose 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 
-from .._common import check_label_range, check_margin, check_reduction, reduce_per_sample
+from .._common import check_margin, check_reduction
 from ._function import (
-    _TRITON_DTYPES,
-    _cpu,
-    _triton,
     backend_backward,
     backend_forward,
+    check_backend,
+    check_label_flag,
     kept_error_weight,
+    kernel_labels_and_margins,
+    reduce_kernel_output,
     resolve_implementation,
-    triton_available,
 )
 
 
@@ -231,24 +230,8 @@ def upsampled_margin_family_loss(
             reduction=reduction,
         )
     compute = _compute_dtype(logits)
-    if backend == "cpu" and (logits.device.type != "cpu" or _cpu.load() is None):
-        raise ValueError(f"implementation='cpu' needs a CPU tensor and a C++ compiler (kernel: {_cpu.status()}).")
-    if backend == "triton" and not (
-        triton_available() and compute in _TRITON_DTYPES and (logits.is_cuda or _triton().interpreting())
-    ):
-        raise ValueError(
-            f"implementation='triton' needs triton and a CUDA tensor (or TRITON_INTERPRET=1), got "
-            f"{logits.device.type} {logits.dtype}."
-        )
-    flat_labels = labels.reshape(-1)
-    if flat_labels.dtype != torch.int64 or not flat_labels.is_contiguous():
-        flat_labels = flat_labels.to(torch.int64).contiguous()
-    margins, scalar_margin = None, 0.0
-    if torch.is_tensor(margin):
-        margins = margin.detach().to(device=logits.device, dtype=compute).contiguous()
-    else:
-        scalar_margin = float(margin)
-
+    check_backend(backend, logits.device, compute)  # the kernels see blocks of upsampled logits in `compute`
+    flat_labels, margins, scalar_margin = kernel_labels_and_margins(labels, margin, logits.device, compute)
     per_pixel, kept, label_error = FusedUpsampledMarginFamily.apply(
         logits,
         flat_labels,
@@ -261,12 +244,5 @@ def upsampled_margin_family_loss(
         backend,
         chunk_elements,
     )
-    if label_error.is_cuda and os.environ.get("HF_HEM_CUDA_LABEL_CHECK", "async") != "sync":
-        message = f"hf_hem: labels contain values outside [0, {num_classes}) that are not ignore_index={ignore_index}"
-        torch._assert_async(label_error[0] == 0, message)
-    elif bool(label_error.item()):
-        check_label_range(flat_labels, num_classes, ignore_index)
-    if reduction == "none":
-        return per_pixel.view(labels.shape)
-    denominator = (kept > 0).sum() if mean_above_zero else (flat_labels != ignore_index).sum()
-    return reduce_per_sample(per_pixel, denominator, reduction)
+    check_label_flag(label_error, flat_labels, num_classes, ignore_index)
+    return reduce_kernel_output(per_pixel, kept, flat_labels, labels.shape, ignore_index, mean_above_zero, reduction)
