@@ -432,3 +432,19 @@ def test_accelerate_launch_two_cpu_processes(tmp_path):
     assert results["eval_samples"] == 40 and results["eval_unknown_samples"] == 40
     assert np.load(output_dir / "predictions.npz")["eval_logits"].shape == (40, 8)
     assert all(0.0 <= results[key] <= 1.0 for key in REJECTION_KEYS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", ["vit", "swin", "convnext"])
+def test_accelerate_launch_trains_every_architecture(tmp_path, model_type):
+    output_dir = tmp_path / "out"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIG),
+        str(SCRIPT), *TINY, "--model_type", model_type, "--loss_name", "hem", "--output_dir", str(output_dir),
+    ]  # fmt: skip
+    completed = subprocess.run(command, env=_offline_env(), capture_output=True, text=True, timeout=400)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    assert json.loads((output_dir / "config.json").read_text())["model_type"] == model_type
+    assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 2  # 2 processes x 16 images
+    results = json.loads((output_dir / "all_results.json").read_text())
+    assert results["eval_samples"] == 40 and 0.0 <= results["eval_accuracy"] <= 1.0
