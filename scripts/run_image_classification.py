@@ -14,27 +14,14 @@ Every argument of `ModelArguments`, `DataTrainingArguments` (hf_hem.pipelines) a
 `hf_hem.pipelines.image_classification`.
 """
 
-import logging
 import sys
 
-from hf_hem.pipelines import PushToHubError, end_distributed, parse_image_classification_args, run_image_classification
+from hf_hem.pipelines import parse_image_classification_args, run_image_classification, run_script
 
 
 def main(argv=None) -> int:
     """Parse the arguments (flags, or a config file then flags), train, evaluate, save and push; 1 if the push failed."""
-    model_args, data_args, training_args = parse_image_classification_args(argv)
-    try:
-        run_image_classification(model_args, data_args, training_args)
-    except PushToHubError as error:
-        logging.getLogger("hf_hem").error(str(error))
-        print(f"error: {error}", file=sys.stderr)
-        end_distributed(wait=False)
-        return 1
-    except BaseException:
-        end_distributed(wait=False)
-        raise
-    end_distributed()
-    return 0
+    return run_script(parse_image_classification_args, run_image_classification, argv)
 
 
 if __name__ == "__main__":

@@ -14,28 +14,14 @@ and `HEMConfig` is a flag; a single `.yaml`/`.json` file may come first, followe
 logic lives in `hf_hem.pipelines.semantic_segmentation`.
 """
 
-import logging
 import sys
 
-from hf_hem.pipelines import PushToHubError, end_distributed
-from hf_hem.pipelines.semantic_segmentation import parse_semantic_segmentation_args, run_semantic_segmentation
+from hf_hem.pipelines import parse_semantic_segmentation_args, run_script, run_semantic_segmentation
 
 
 def main(argv=None) -> int:
     """Parse the arguments (flags, or a config file then flags), train, evaluate, save and push; 1 if the push failed."""
-    model_args, data_args, training_args = parse_semantic_segmentation_args(argv)
-    try:
-        run_semantic_segmentation(model_args, data_args, training_args)
-    except PushToHubError as error:
-        logging.getLogger("hf_hem").error(str(error))
-        print(f"error: {error}", file=sys.stderr)
-        end_distributed(wait=False)
-        return 1
-    except BaseException:
-        end_distributed(wait=False)
-        raise
-    end_distributed()
-    return 0
+    return run_script(parse_semantic_segmentation_args, run_semantic_segmentation, argv)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """End-to-end pipelines: the logic behind the scripts in `scripts/` and the `hf-hem` commands."""
 
-from ._common import BaseModelArguments, PushToHubError, end_distributed
+from ._common import BaseModelArguments, PushToHubError, end_distributed, run_script
 from .image_classification import (
     EMBEDDED_DATASET_NAME,
     EMBEDDED_TRAINING_DEFAULTS,
@@ -69,6 +69,7 @@ __all__ = [
     "peek_data_arguments",
     "peek_segmentation_data_arguments",
     "run_image_classification",
+    "run_script",
     "run_semantic_segmentation",
     "scratch_model_config",
     "scratch_segformer_config",

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -111,6 +111,27 @@ def end_distributed(wait: bool = True) -> None:
         if wait:
             torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+
+
+def run_script(parse_args: Callable, run: Callable, argv: Sequence[str] | None = None) -> int:
+    """The `main()` of a pipeline script: parse, train, evaluate, save and push; 1 if the push failed.
+
+    The process group of a multi-process launch is torn down at the end (see [`end_distributed`]). A failed push
+    leaves the model saved locally and prints the error, which names the folder.
+    """
+    model_args, data_args, training_args = parse_args(argv)
+    try:
+        run(model_args, data_args, training_args)
+    except PushToHubError as error:
+        logging.getLogger("hf_hem").error(str(error))
+        print(f"error: {error}", file=sys.stderr)
+        end_distributed(wait=False)
+        return 1
+    except BaseException:
+        end_distributed(wait=False)
+        raise
+    end_distributed()
+    return 0
 
 
 def read_config_file(path: str) -> dict[str, Any]:
