@@ -448,3 +448,12 @@ def test_accelerate_launch_trains_every_architecture(tmp_path, model_type):
     assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 2  # 2 processes x 16 images
     results = json.loads((output_dir / "all_results.json").read_text())
     assert results["eval_samples"] == 40 and 0.0 <= results["eval_accuracy"] <= 1.0
+
+
+def test_help_lists_model_data_and_training_flags(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _script_main()(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--dataset_name", "--model_name_or_path", "--loss_name", "--learning_rate", "--output_dir"):
+        assert flag in text, flag

@@ -510,3 +510,12 @@ def test_accelerate_launch_two_cpu_processes(tmp_path):
     # Both processes stream their share of the validation set; gathered, every pixel is counted once.
     matrix = np.load(output_dir / "predictions.npz")["confusion_matrix"]
     assert matrix.sum() == _labelled_validation_pixels(40, 32)
+
+
+def test_help_lists_model_data_and_training_flags(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _script_main()(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--dataset_name", "--model_name_or_path", "--loss_name", "--learning_rate", "--output_dir"):
+        assert flag in text, flag

@@ -169,7 +169,8 @@ def peek_dataclass(data_class, argv: Sequence[str] | None = None, file_values: d
     if file_values is None:
         argv, file_values = split_config_file(argv)
     # Constructing HEMConfig sets up devices (and a process group under a launcher), so only this dataclass is parsed.
-    parser = HfArgumentParser(data_class)
+    # No -h of its own: `--help` must reach the full parser, which lists every flag.
+    parser = HfArgumentParser(data_class, add_help=False)
     names = {f.name for f in fields(data_class)}
     parser.set_defaults(**{key: value for key, value in file_values.items() if key in names})
     namespace, _ = parser.parse_known_args(list(argv))
