@@ -11,8 +11,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "HEMConfig": "trainer",
     "HEMTrainer": "trainer",
-    "HEMLossFunction": "trainer",
-    "hem_loss_func": "trainer",
+    "HEMLossFunction": "losses.loss_func",
+    "hem_loss_func": "losses.loss_func",
     "count_labels": "counting",
     "pixel_histogram": "counting",
     "generate_model_card": "cards",

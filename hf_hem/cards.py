@@ -13,6 +13,7 @@ and `push_to_hub` with the same keyword arguments.
 
 import importlib.metadata
 import importlib.resources
+import logging
 import math
 import os
 import re
@@ -23,9 +24,23 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from transformers import TrainerCallback
+
+from .losses.registry import LOSS_SPECS, CardText, loss_spec
 
 
-__all__ = ["generate_model_card", "training_summary_from_args", "write_model_card"]
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "HEMModelCardCallback",
+    "card_loss_settings",
+    "card_task_for_model",
+    "card_worthy_metrics",
+    "generate_model_card",
+    "latest_eval_metrics",
+    "training_summary_from_args",
+    "write_model_card",
+]
 
 #: File name of the packaged template (inside `hf_hem/model_cards/` when installed, `model_cards/` in a checkout).
 MODEL_CARD_TEMPLATE = "hem_model_card.md"
@@ -36,7 +51,7 @@ class _TaskInfo:
     pipeline_tag: str  # Hub pipeline tag, also the model-index task type
     task_name: str  # human-readable task, used in prose and as model-index task name
     auto_model_class: str  # class the quick start loads the checkpoint with
-    kind: str  # "classification" or "segmentation": selects the quick-start post-processing
+    kind: str  # "classification", "segmentation", "text-classification" or "token-classification": the quick start
 
 
 _TASKS = {
@@ -46,55 +61,19 @@ _TASKS = {
     "image-segmentation": _TaskInfo(
         "image-segmentation", "semantic segmentation", "AutoModelForSemanticSegmentation", "segmentation"
     ),
+    "text-classification": _TaskInfo(
+        "text-classification", "text classification", "AutoModelForSequenceClassification", "text-classification"
+    ),
+    "token-classification": _TaskInfo(
+        "token-classification", "token classification", "AutoModelForTokenClassification", "token-classification"
+    ),
 }
 # The Hub has no "semantic-segmentation" pipeline tag; semantic segmentation models use "image-segmentation".
 _TASK_ALIASES = {"semantic-segmentation": "image-segmentation"}
 
 
-@dataclass(frozen=True)
-class _LossInfo:
-    display: str
-    tag: str
-    hem_family: bool
-    sentence: str
-
-
-_LOSSES = {
-    "hem": _LossInfo("HEM", "hem-loss", True, "The model was trained with HEM: one margin μ shared by all classes."),
-    "hem+": _LossInfo(
-        "HEM+",
-        "hem-plus-loss",
-        True,
-        "The model was trained with HEM+: each target class has its own margin μ_c, computed from its training count.",
-    ),
-    "ce": _LossInfo(
-        "cross-entropy",
-        "cross-entropy-loss",
-        False,
-        "The model was trained with cross-entropy, as a baseline for comparison with HEM.",
-    ),
-    "logitnorm": _LossInfo(
-        "LogitNorm",
-        "logitnorm-loss",
-        False,
-        "The model was trained with LogitNorm (cross-entropy on L2-normalised logits), as a baseline for HEM.",
-    ),
-    "logit_adjusted": _LossInfo(
-        "logit-adjusted cross-entropy",
-        "logit-adjusted-loss",
-        False,
-        "The model was trained with logit-adjusted cross-entropy (class priors from the training counts), "
-        "as a baseline for HEM+.",
-    ),
-    "focal": _LossInfo("focal", "focal-loss", False, "The model was trained with focal loss, as a baseline for HEM."),
-    "dice": _LossInfo("Dice", "dice-loss", False, "The model was trained with Dice loss, as a baseline for HEM."),
-    "mm": _LossInfo(
-        "multi-class margin",
-        "multi-margin-loss",
-        False,
-        "The model was trained with the multi-class margin loss, the ablation HEM starts from.",
-    ),
-}
+# What a card says about each loss comes from the registry's table (`LossSpec.card`): one home per loss fact.
+_LOSSES = {name: spec.card for name, spec in LOSS_SPECS.items()}
 _LOSS_ALIASES = {
     "hem_plus": "hem+",
     "hem-plus": "hem+",
@@ -103,9 +82,9 @@ _LOSS_ALIASES = {
     "cross-entropy": "ce",
     "logit_norm": "logitnorm",
     "logit-norm": "logitnorm",
-    "la": "logit_adjusted",
-    "logit-adjusted": "logit_adjusted",
-    "logit_adjustment": "logit_adjusted",
+    "logit_adjusted": "la",
+    "logit-adjusted": "la",
+    "logit_adjustment": "la",
     "multi_margin": "mm",
 }
 
@@ -115,6 +94,9 @@ _METRICS = {
     "top5_accuracy": ("top_5_accuracy", "Top-5 accuracy"),
     "balanced_accuracy": ("balanced_accuracy", "Balanced accuracy"),
     "f1": ("f1", "F1"),
+    # Entity-level scores of token classification (micro-averaged over entities, CoNLL conventions).
+    "precision": ("precision", "Precision"),
+    "recall": ("recall", "Recall"),
     "macro_f1": ("f1", "Macro F1"),
     "mean_iou": ("mean_iou", "Mean IoU"),
     "mean_accuracy": ("mean_accuracy", "Mean class accuracy"),
@@ -212,7 +194,7 @@ def _format_value(value: Any) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _normalize_loss_name(loss_name: str) -> tuple[str, _LossInfo]:
+def _normalize_loss_name(loss_name: str) -> tuple[str, CardText]:
     if not isinstance(loss_name, str) or not loss_name.strip():
         raise ValueError(f"`loss_name` must be a non-empty string such as 'hem' or 'hem+', got {loss_name!r}.")
     key = loss_name.strip().lower()
@@ -221,12 +203,12 @@ def _normalize_loss_name(loss_name: str) -> tuple[str, _LossInfo]:
         return key, _LOSSES[key]
     # A loss this module does not know (e.g. a new entry of the loss registry) still gets an honest card.
     slug = re.sub(r"[^a-z0-9]+", "-", key).strip("-")
-    return key, _LossInfo(
+    return key, CardText(
         loss_name, f"{slug}-loss", key.startswith("hem"), f"The model was trained with the `{loss_name}` loss."
     )
 
 
-def _loss_tags(loss_info: _LossInfo, extra_tags: Sequence[str] | None) -> list[str]:
+def _loss_tags(loss_info: CardText, extra_tags: Sequence[str] | None) -> list[str]:
     tags = ["hf-hem"]
     if loss_info.hem_family:
         tags.append("hem-loss")
@@ -592,3 +574,118 @@ def training_summary_from_args(args: Any) -> dict[str, Any]:
     if precision is not None:
         summary["mixed_precision"] = precision
     return summary
+
+
+# ---- what a trainer knows for its card, and the callback that writes it while training runs ----
+
+# Model classes the HEM card can describe, by class-name suffix -> card task (the Hub pipeline tag).
+# `ForSequenceClassification` is not listed: audio classifiers (`Wav2Vec2ForSequenceClassification`, ...) end in it
+# too, and would get a text card; the text pipeline names its task in `card_kwargs`.
+CARD_TASKS = (
+    ("ForSemanticSegmentation", "image-segmentation"),
+    ("ForImageClassification", "image-classification"),
+    ("ForTokenClassification", "token-classification"),
+)
+CARD_TASK_TAGS = {
+    "image-classification": ["image-classification", "vision"],
+    "image-segmentation": ["image-segmentation", "vision"],
+    "text-classification": ["text-classification", "nlp"],
+    "token-classification": ["token-classification", "nlp"],
+}
+
+
+def card_task_for_model(model) -> str | None:
+    """The card task (Hub pipeline tag) of a model, from its class name; `None` for models the card cannot describe."""
+    name = type(model).__name__
+    return next((task for suffix, task in CARD_TASKS if name.endswith(suffix)), None)
+
+
+def latest_eval_metrics(log_history: list[dict]) -> dict[str, float]:
+    """The `eval_*` entries of the most recent evaluation in a Trainer's `state.log_history` (`{}` if none)."""
+    for entry in reversed(log_history):
+        if any(key.startswith("eval_") for key in entry):
+            return {key: value for key, value in entry.items() if key.startswith("eval_")}
+    return {}
+
+
+def card_worthy_metrics(metrics: Mapping | None) -> dict[str, float]:
+    """Finite scalar `eval_*` metrics, without the `hem/*` training diagnostics and the Trainer's bookkeeping."""
+    selected = {}
+    for key, value in (metrics or {}).items():
+        short = key[len("eval_") :] if key.startswith("eval_") else None
+        if short is None or "/" in short or short in _BOOKKEEPING_METRICS:
+            continue
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            selected[key] = float(value)
+    return selected
+
+
+def card_loss_settings(
+    loss_name: str, *, margins, class_counts, num_margin_samples: float | None, options: Any
+) -> dict[str, Any]:
+    """What the card shows about the loss: the margins actually used, their scale and counts, the loss options.
+
+    Args:
+        loss_name (`str`): a registry name.
+        margins (`torch.Tensor`, *optional*): the margins in use.
+        class_counts (*optional*): the counts behind them.
+        num_margin_samples (`float`, *optional*): `S` of the margin formula.
+        options: the `HEMConfig` (read: `margin`, `margin_scale`, `per_class_margins` and the spec's
+            `config_arguments`).
+    """
+    spec = loss_spec(loss_name)
+    per_class = bool(getattr(options, "per_class_margins", False))
+    settings: dict[str, Any] = {}
+    if spec.margin_loss and margins is not None:
+        if per_class or bool((margins != margins[0]).any()):
+            settings["margins"] = [float(value) for value in margins]
+        else:
+            settings["margin"] = float(margins[0])
+        if getattr(options, "margin", None) is None:
+            settings["margin_scale"] = getattr(options, "margin_scale", 2000.0)
+            if class_counts is not None:
+                settings["num_train_samples"] = int(num_margin_samples or sum(int(c) for c in class_counts))
+    for config_field, argument in spec.config_arguments.items():
+        if argument in spec.card_settings:
+            settings[argument] = getattr(options, config_field)
+    if class_counts is not None and (spec.needs_class_counts or per_class):
+        settings["class_counts"] = [int(value) for value in class_counts]
+    return settings
+
+
+class HEMModelCardCallback(TrainerCallback):
+    """Writes the HEM model card (`README.md`) into the output folder when training starts and at every save.
+
+    At every save the card goes into the new `checkpoint-*` folder and into the output folder, which is what
+    checkpoint pushes (`hub_strategy`) upload, so the Hub never shows the stock Trainer card while training runs.
+    Only the main process writes. [`HEMTrainer`] adds this callback itself.
+
+    Args:
+        card_kwargs (`Callable[[dict[str, float]], dict | None]`): Given the latest evaluation metrics (`eval_*` keys,
+            may be empty), returns the keyword arguments of [`write_model_card`], or `None` to write no card (e.g.
+            [`HEMTrainer.model_card_kwargs`]).
+    """
+
+    def __init__(self, card_kwargs):
+        self.card_kwargs = card_kwargs
+
+    def _write(self, folders: list[str], metrics: dict) -> None:
+        try:
+            kwargs = self.card_kwargs(metrics)
+            if kwargs is None:
+                return
+            for folder in folders:
+                write_model_card(folder, **kwargs)
+        except Exception as error:  # a card must never stop a long training run; the final card still raises
+            logger.warning(f"Could not write the HEM model card into {folders} ({type(error).__name__}: {error}).")
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and args.should_save and args.output_dir:
+            self._write([args.output_dir], {})
+
+    def on_save(self, args, state, control, **kwargs):
+        if not (state.is_world_process_zero and args.should_save and args.output_dir):
+            return
+        checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        folders = [checkpoint, args.output_dir] if os.path.isdir(checkpoint) else [args.output_dir]
+        self._write(folders, latest_eval_metrics(state.log_history))

@@ -72,3 +72,64 @@ def margins_from_counts(
         )
         margins[~present] = margins[present].max()
     return torch.as_tensor(margins, dtype=torch.float32)
+
+
+def resolve_margins(
+    num_classes: int,
+    *,
+    margin: float | None = None,
+    class_counts=None,
+    scale: float = 2000.0,
+    per_class: bool = False,
+    num_samples: float | None = None,
+) -> torch.Tensor | None:
+    """`(num_classes,)` margins from a fixed margin or from class counts; `None` when neither is known.
+
+    The one place where the trainer, [`hem_loss_func`] and the task suite turn their settings into margins: a fixed
+    `margin` is repeated per class, otherwise [`margins_from_counts`] applies the paper's rule.
+
+    Args:
+        num_classes (`int`): number of classes (checked against `len(class_counts)`).
+        margin (`float`, *optional*): one fixed margin, finite and >= 0.
+        class_counts (*optional*): training samples (segmentation: labelled pixels) per class.
+        scale (`float`, defaults to 2000.0): the paper's `M`.
+        per_class (`bool`, defaults to `False`): HEM+ margins (one per target class).
+        num_samples (`float`, *optional*): `S`; defaults to `sum(class_counts)`.
+    """
+    if margin is not None:
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin < 0:
+            raise ValueError(f"margin must be a finite number >= 0, got {margin!r}.")
+        return torch.full((max(int(num_classes), 1),), float(margin), dtype=torch.float32)
+    if class_counts is None:
+        return None
+    return margins_from_counts(
+        class_counts, scale=scale, per_class=per_class, num_classes=num_classes or None, num_samples=num_samples
+    )
+
+
+# Keys written into a model config, so checkpoints and Hub downloads carry the margins they were trained with.
+CONFIG_KEYS = ("hem_loss", "hem_margins", "hem_class_counts", "hem_margin_scale", "hem_num_margin_samples")
+
+
+def store_margins_in_config(
+    config, loss_name: str, margins: torch.Tensor | None, class_counts, margin_scale: float, num_samples
+) -> None:
+    """Writes the loss, margins, counts, `M` and `S` into `config` (`CONFIG_KEYS`); a no-op without a config."""
+    if config is None:
+        return
+    config.hem_loss = loss_name
+    config.hem_margins = None if margins is None else [float(m) for m in margins.tolist()]
+    config.hem_class_counts = None if class_counts is None else [int(c) for c in class_counts]
+    config.hem_margin_scale = float(margin_scale)
+    config.hem_num_margin_samples = num_samples
+
+
+def stored_margins(stored, num_classes: int, source: str) -> torch.Tensor | None:
+    """The margins an earlier HEM run stored (a config object or a `config.json` dict), checked; `None` if none."""
+    values = stored.get("hem_margins") if isinstance(stored, dict) else getattr(stored, "hem_margins", None)
+    if values is None:
+        return None
+    margins = torch.as_tensor(values, dtype=torch.float32)
+    if margins.numel() != num_classes:
+        raise ValueError(f"{source} holds {margins.numel()} margins but the model has num_labels={num_classes}.")
+    return margins

@@ -1,7 +1,9 @@
-"""Session-wide test set-up."""
+"""Session-wide test set-up, and the fixtures the test files share (the shared plain functions are in helpers.py)."""
 
+import importlib
 import os
 
+import pytest
 import torch
 
 
@@ -10,3 +12,24 @@ import torch
 # Without a GPU the Triton kernels are tested on that interpreter; with one they run for real.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture
+def single_torch_thread():
+    """One intra-op thread for the test: tiny models run faster on one, and far steadier when other jobs share the
+    cores. Opt in per file with `pytestmark = pytest.mark.usefixtures("single_torch_thread")`."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def interpreted_triton(monkeypatch):
+    """The Triton backend module, imported while TRITON_INTERPRET=1 (set above without a GPU), installed as the
+    kernels' Triton module for the duration of the test."""
+    from hf_hem.losses.kernels import _function
+
+    module = importlib.import_module("hf_hem.losses.kernels._triton")
+    monkeypatch.setattr(_function, "_triton_module", module)
+    return module

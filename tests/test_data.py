@@ -1,8 +1,9 @@
 """Tests of hf_hem.data: embedded datasets, NumPy/PIL transforms, segmentation loading and the pixel histogram."""
 
-import io
+import functools
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -22,6 +23,7 @@ from hf_hem.data import (
     DIGIT_NAMES,
     UndecodableImageError,
     ade20k_id2label,
+    bounded_map,
     build_classification_transforms,
     build_segmentation_transforms,
     collate_fn,
@@ -30,7 +32,7 @@ from hf_hem.data import (
     load_digits_dataset,
     load_digits_segmentation_dataset,
     load_segmentation_dataset,
-    pixel_histogram,
+    mask_histogram,
     random_resized_crop_box,
     read_id2label,
     reduce_labels,
@@ -39,48 +41,17 @@ from hf_hem.data import (
 from hf_hem.data import segmentation as segmentation_module
 
 
+try:  # tests/ may or may not become a package
+    from .helpers import ade_examples, ade_features, png_bytes, reduce_ade_labels, write_ade_parquet
+except ImportError:
+    from helpers import ade_examples, ade_features, png_bytes, reduce_ade_labels, write_ade_parquet
+
+
 datasets.disable_progress_bars()
 
-ADE_FEATURES = datasets.Features(
-    {"image": datasets.Image(), "annotation": datasets.Image(), "scene_category": datasets.Value("int64")}
-)
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    PIL.Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def ade_like_examples(num_examples: int, height: int = 12, width: int = 16, seed: int = 0):
-    """Random RGB images and raw ADE masks (0 background, 1..150 classes, a band of 255) as numpy arrays."""
-    rng = np.random.default_rng(seed)
-    images = [rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8) for _ in range(num_examples)]
-    masks = []
-    for _ in range(num_examples):
-        mask = rng.integers(0, 151, size=(height, width)).astype(np.uint8)
-        mask[0, :3] = (0, 1, 150)  # make sure the edge values are present in every mask
-        mask[-1, -2:] = 255
-        masks.append(mask)
-    return images, masks
-
-
-def write_ade_parquet(path, images, masks, scene_category=7):
-    rows = {
-        "image": [{"bytes": png_bytes(image), "path": f"ADE_{i:05d}.jpg"} for i, image in enumerate(images)],
-        "annotation": [{"bytes": png_bytes(mask), "path": f"ADE_{i:05d}.png"} for i, mask in enumerate(masks)],
-        "scene_category": [scene_category] * len(images),
-    }
-    datasets.Dataset.from_dict(rows, features=ADE_FEATURES).to_parquet(str(path))
-    return str(path)
-
-
-def expected_reduced(mask: np.ndarray) -> np.ndarray:
-    """reduce_labels written out value by value, independently of the implementation."""
-    expected = np.empty_like(mask)
-    for (row, col), value in np.ndenumerate(mask):
-        expected[row, col] = 255 if value in (0, 255) else value - 1
-    return expected
+ADE_FEATURES = ade_features()
+# 12x16 ADE-style examples with two ignored (255) pixels at the end of every mask.
+ade_like_examples = functools.partial(ade_examples, size=(12, 16), ignored_pixels=2)
 
 
 @pytest.fixture(scope="module")
@@ -312,7 +283,7 @@ def test_augmentation_differs_between_dataloader_workers():
 def test_eval_segmentation_transform_matches_segformer_processor():
     transformers = pytest.importorskip("transformers")
     processor = transformers.SegformerImageProcessorPil(size={"height": 24, "width": 32}, do_reduce_labels=True)
-    images, masks = ade_like_examples(3, height=37, width=53)
+    images, masks = ade_like_examples(3, size=(37, 53))
     pil_images, pil_masks = [PIL.Image.fromarray(i) for i in images], [PIL.Image.fromarray(m) for m in masks]
     expected = processor(images=pil_images, segmentation_maps=pil_masks, return_tensors="np")
     transform = build_segmentation_transforms(processor, train=False, num_labels=150)
@@ -445,11 +416,11 @@ def test_local_parquet_in_ade_schema_reduce_labels_pixel_by_pixel(tmp_path):
     )
     for index in range(6):
         labels = train[index]["labels"]
-        np.testing.assert_array_equal(labels, expected_reduced(masks[index]))
+        np.testing.assert_array_equal(labels, reduce_ade_labels(masks[index]))
         assert labels[0, 0] == 255 and labels[0, 1] == 0 and labels[0, 2] == 149 and labels[-1, -1] == 255
     # The pixel histogram of the same data agrees with a brute-force count.
-    counts, num_images = pixel_histogram(train, 150, reduce_labels=True, progress=False)
-    brute = np.bincount(np.concatenate([expected_reduced(m).ravel() for m in masks]), minlength=256)[:150]
+    counts, num_images = mask_histogram(train, 150, reduce_labels=True, progress=False)
+    brute = np.bincount(np.concatenate([reduce_ade_labels(m).ravel() for m in masks]), minlength=256)[:150]
     assert num_images == 6
     np.testing.assert_array_equal(counts, brute)
 
@@ -544,24 +515,39 @@ def test_load_segmentation_dataset_bad_arguments(tmp_path):
 # Pixel histogram
 
 
+def test_bounded_map_keeps_order_and_reads_at_most_max_in_flight_ahead():
+    pulled = []
+
+    def items():
+        for index in range(20):
+            pulled.append(index)
+            yield index
+
+    with ThreadPoolExecutor(2) as pool:
+        results = bounded_map(pool, lambda value: value * value, items(), max_in_flight=3)
+        assert next(results) == 0 and len(pulled) == 3
+        assert list(results) == [index * index for index in range(1, 20)]
+    assert segmentation_module._bounded_map is bounded_map  # the old name, until every caller has moved
+
+
 def test_pixel_histogram_matches_brute_force_and_ignores_set_transform(digit_scenes):
     train = digit_scenes["train"]
     masks = [np.asarray(m) for m in train["annotation"]]
     brute = np.bincount(np.concatenate([m.ravel() for m in masks]), minlength=11)
     train.set_transform(lambda batch: (_ for _ in ()).throw(AssertionError("transform must not run")))
-    counts, num_images = pixel_histogram(train, 10, reduce_labels=True, progress=False, num_threads=2)
+    counts, num_images = mask_histogram(train, 10, reduce_labels=True, progress=False, num_threads=2)
     train.reset_format()
     assert num_images == 48 and counts.dtype == np.int64 and counts.shape == (10,)
     np.testing.assert_array_equal(counts, brute[1:11])
-    raw_counts, _ = pixel_histogram(train, 11, ignore_index=None, progress=False)
+    raw_counts, _ = mask_histogram(train, 11, ignore_index=None, progress=False)
     np.testing.assert_array_equal(raw_counts, brute)
     # Streaming and plain iterables give the same counts.
-    streamed, streamed_images = pixel_histogram(train.to_iterable_dataset(), 10, reduce_labels=True, progress=False)
+    streamed, streamed_images = mask_histogram(train.to_iterable_dataset(), 10, reduce_labels=True, progress=False)
     np.testing.assert_array_equal(streamed, counts)
-    listed, _ = pixel_histogram(masks, 10, reduce_labels=True, progress=False)
+    listed, _ = mask_histogram(masks, 10, reduce_labels=True, progress=False)
     np.testing.assert_array_equal(listed, counts)
     assert streamed_images == 48
-    subset, subset_images = pixel_histogram(train.select([3, 5]), 10, reduce_labels=True, progress=False)
+    subset, subset_images = mask_histogram(train.select([3, 5]), 10, reduce_labels=True, progress=False)
     np.testing.assert_array_equal(
         subset, np.bincount(np.concatenate([masks[3].ravel(), masks[5].ravel()]), minlength=11)[1:]
     )
@@ -570,7 +556,7 @@ def test_pixel_histogram_matches_brute_force_and_ignores_set_transform(digit_sce
 
 def test_pixel_histogram_wide_masks_and_bad_values():
     sixteen_bit = [np.array([[0, 300], [299, 5]], dtype=np.uint16), np.array([[300, 300]], dtype=np.uint16)]
-    counts, _ = pixel_histogram(sixteen_bit, 301, ignore_index=None, progress=False)
+    counts, _ = mask_histogram(sixteen_bit, 301, ignore_index=None, progress=False)
     assert counts[300] == 3 and counts[299] == 1 and counts.sum() == 6
     masks = [
         np.zeros((2, 2), dtype=np.uint8),
@@ -578,18 +564,18 @@ def test_pixel_histogram_wide_masks_and_bad_values():
         np.array([[3, 250], [255, 2]], dtype=np.uint8),
     ]
     with pytest.raises(ValueError, match=r"example 2 has values \[3, 250\]"):
-        pixel_histogram(masks, 3, progress=False)
+        mask_histogram(masks, 3, progress=False)
     with pytest.raises(ValueError, match="ignore_index 3 is also"):
-        pixel_histogram(masks, 3, ignore_index=3, reduce_labels=True, progress=False)
+        mask_histogram(masks, 3, ignore_index=3, reduce_labels=True, progress=False)
     with pytest.raises(ValueError, match="DatasetDict"):
-        pixel_histogram(datasets.DatasetDict({"train": datasets.Dataset.from_dict({"annotation": [1]})}), 3)
+        mask_histogram(datasets.DatasetDict({"train": datasets.Dataset.from_dict({"annotation": [1]})}), 3)
 
 
 def test_pixel_histogram_names_or_skips_undecodable_masks(caplog):
     good = {"bytes": png_bytes(np.full((4, 4), 2, dtype=np.uint8)), "path": "fine.png"}
     broken = {"bytes": b"not an image", "path": "ADE_val_00000002.png"}
     with pytest.raises(UndecodableImageError, match="ADE_val_00000002.png"):
-        pixel_histogram([good, broken, good], 5, progress=False)
-    counts, num_images = pixel_histogram([good, broken, good], 5, progress=False, skip_bad=True)
+        mask_histogram([good, broken, good], 5, progress=False)
+    counts, num_images = mask_histogram([good, broken, good], 5, progress=False, skip_bad=True)
     assert num_images == 2 and counts[2] == 32
     assert "skipped 1 undecodable" in caplog.text

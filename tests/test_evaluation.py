@@ -390,6 +390,12 @@ def test_mean_std_and_format():
     assert mean == 0.5 and math.isnan(std)
     assert format_mean_std(0.91234, 0.0041) == "0.912 ± 0.004"
     assert format_mean_std(0.5, float("nan")) == "0.500"
+    assert format_mean_std(float("nan"), 0.1) == "n/a" and format_mean_std(2.25, digits=1) == "2.2"
+    # A seed where the metric is undefined is left out when asked, an error otherwise.
+    assert mean_std([0.5, float("nan"), None, 0.7], omit_nonfinite=True) == pytest.approx((0.6, math.sqrt(0.02)))
+    assert all(math.isnan(value) for value in mean_std([float("nan")], omit_nonfinite=True))
+    with pytest.raises(ValueError, match="finite"):
+        mean_std([0.5, float("nan")])
 
 
 def test_welch_t_test_hand_computed():
@@ -503,6 +509,80 @@ def test_train_with_hem_trainer_learns_with_the_same_recipe():
         get_train_fn("jax")
 
 
+@pytest.mark.parametrize("backend", ["torch", "hf"])
+def test_train_model_records_learning_curves_with_both_backends(backend):
+    from hf_hem.evaluation.curves import check_convergence, curves_from_history
+    from hf_hem.evaluation.training import _violating_count, build_resnet, predict_logits, train_model
+
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(60) % 3
+    images = 0.1 * torch.rand((60, 1, 8, 8), generator=generator)
+    for label in range(3):
+        images[labels == label, :, 2 * label : 2 * label + 2] += 0.9
+    model = build_resnet(3, 1, seed=0, embedding_size=8, hidden_sizes=(8,), depths=(1,))
+    calls, history = [], []
+
+    def eval_fn(model):
+        calls.append(model.training)  # evaluated in eval mode, and training resumes in train mode
+        return {"accuracy": float((predict_logits(model, images).argmax(1) == labels.numpy()).mean())}
+
+    train_model(
+        model, (images, labels), "hem", 0, epochs=12, batch_size=20, learning_rate=0.1, backend=backend,
+        eval_fn=eval_fn, history=history,
+    )  # fmt: skip
+    assert [entry["epoch"] for entry in history] == list(range(1, 13)) and calls == [False] * 12
+    assert all(0.0 <= entry["hem/violating_fraction"] <= 1.0 and entry["loss"] >= 0.0 for entry in history)
+    curves = curves_from_history(history)
+    assert set(curves) == {"loss", "hem/violating_fraction", "accuracy"}
+    assert curves["accuracy"]["value"][-1] > 0.9 and check_convergence(curves["accuracy"]["value"]).window == 3
+    # Without `history` nothing is evaluated; without `eval_fn` only the training values are recorded.
+    train_model(model, (images, labels), "ce", 0, epochs=1, eval_fn=eval_fn, backend=backend)
+    assert len(calls) == 12
+    ce_history = []
+    train_model(model, (images, labels), "ce", 0, epochs=2, backend=backend, history=ce_history)
+    assert len(ce_history) == 2 and all(
+        {"epoch", "loss"} <= set(entry) <= {"epoch", "loss", "hem/violating_fraction"} for entry in ce_history
+    )
+    # The violating count: margin 0.5 per sample; only the second sample's runner-up is within its margin.
+    logits = torch.tensor([[3.0, 1.0, 0.0], [1.0, 1.2, 0.0]])
+    assert _violating_count(logits, torch.tensor([0, 1]), torch.tensor(0.5)) == 1
+    assert _violating_count(logits, torch.tensor([0, 1]), torch.tensor([2.5, 0.1, 0.1])) == 1
+
+
+def test_loss_kwargs_mean_hem_config_fields_for_both_backends():
+    import dataclasses
+
+    from hf_hem.evaluation.training import LOSS_KWARGS, build_resnet, loss_for_training, train_model
+    from hf_hem.trainer import HEMConfig
+
+    assert set(LOSS_KWARGS) <= {field.name for field in dataclasses.fields(HEMConfig)}
+    assert loss_for_training("la", [5, 3, 1], loss_kwargs={"la_tau": 1.5}).tau == 1.5
+    # A field of another loss is ignored, as HEMConfig ignores it.
+    assert loss_for_training("focal", [1, 1], loss_kwargs={"focal_gamma": 1.0, "la_tau": 9.0}).gamma == 1.0
+    assert loss_for_training("logitnorm", [1, 1], loss_kwargs={"logitnorm_temperature": 0.1}).temperature == 0.1
+    torch.testing.assert_close(
+        loss_for_training("hem", [4, 4], loss_kwargs={"margin": 0.25}).margin, torch.tensor(0.25)
+    )
+    per_class = loss_for_training("mm", [100, 25, 4], loss_kwargs={"per_class_margins": True})
+    torch.testing.assert_close(per_class.margin, loss_for_training("hem+", [100, 25, 4]).margin)
+    with pytest.raises(ValueError, match="not HEMConfig loss fields"):
+        loss_for_training("la", [1, 1], loss_kwargs={"tau": 1.0})
+    with pytest.raises(ValueError, match="per-class margins come from the class counts"):
+        loss_for_training("hem+", [1, 1], loss_kwargs={"margin": 0.5})
+
+    labels = torch.arange(12) % 3
+    images = torch.rand((12, 1, 8, 8), generator=torch.Generator().manual_seed(0))
+    model = build_resnet(3, 1, seed=0, embedding_size=8, hidden_sizes=(8,), depths=(1,))
+    trained = train_model(
+        model, (images, labels), "hem", seed=0, epochs=1, batch_size=6, backend="hf", loss_kwargs={"margin": 0.25}
+    )
+    assert trained.config.hem_margins == pytest.approx([0.25] * 3)
+    with pytest.raises(ValueError, match="not HEMConfig loss fields"):
+        train_model(model, (images, labels), "la", seed=0, epochs=1, backend="hf", loss_kwargs={"tau": 1.0})
+    with pytest.raises(ValueError, match="backend"):
+        train_model(model, (images, labels), "ce", seed=0, epochs=1, backend="jax")
+
+
 def test_settings_validation():
     from hf_hem.evaluation.tasks import BenchmarkSettings
 
@@ -570,6 +650,11 @@ def test_run_benchmark_end_to_end_and_resumes(task, tmp_path):
     assert first["table"] in report and "Welch" in report and "hem vs ce" in report
     pngs = list(task_dir.glob("*.png"))
     assert pngs and all(f"]({png.name})" in report for png in pngs)
+    # Every run recorded its learning curve; the headline table says whether each loss converged.
+    assert (task_dir / "learning_curves.png").is_file() and " | converged |" in report
+    assert all(run["details"]["curves"][get_task(task).curve_metric]["value"] for run in results["runs"])
+    assert results["convergence"]["criterion"]["metric"] == get_task(task).curve_metric
+    assert set(results["convergence"]["losses"]) == {"ce", "hem"}
 
     second = run()  # everything finished: nothing is retrained, numbers are identical
     assert len(calls) == 4 * trainings_per_run and second["num_reused"] == 4

@@ -1,7 +1,6 @@
 """Model cards (`hf_hem.cards`) and the Hub round trip through the loopback server (`tests/hub_server.py`)."""
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -17,12 +16,13 @@ from hf_hem.cards import generate_model_card, training_summary_from_args, write_
 
 
 try:  # tests/ may or may not become a package
+    from .helpers import with_repo_on_pythonpath
     from .hub_server import DUMMY_TOKEN, LoopbackHub, git_blob_sha1, hub_client_env, run_hub_server
 except ImportError:
+    from helpers import with_repo_on_pythonpath
     from hub_server import DUMMY_TOKEN, LoopbackHub, git_blob_sha1, hub_client_env, run_hub_server
 
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 CITATION_AUTHORS = 'author={Spratling, M. W. and Sch{\\"u}tt, H. H.}'
 
 
@@ -164,7 +164,7 @@ def test_baseline_card_is_not_tagged_as_hem():
     ("kwargs", "message"),
     [
         ({"model_name": ""}, "model_name"),
-        ({"model_name": "m", "task": "text-classification"}, "task"),
+        ({"model_name": "m", "task": "audio-classification"}, "task"),
         ({"model_name": "m", "metrics": {"accuracy": "high"}}, "accuracy"),
         ({"model_name": "m", "metrics": {"per_category_iou": [0.1, 0.2]}}, "per_class_table"),
         ({"model_name": "m", "metrics": {"accuracy": 0.1, "eval_accuracy": 0.2}}, "twice"),
@@ -276,19 +276,16 @@ _CLIENT_SCRIPT = textwrap.dedent(
 
     import torch
     from huggingface_hub import HfApi, ModelCard, snapshot_download
-    from transformers import AutoModelForImageClassification, ViTConfig, ViTForImageClassification
+    from transformers import AutoModelForImageClassification
 
     from hf_hem.cards import write_model_card
+    from helpers import tiny_vit  # tests/helpers.py, on PYTHONPATH
 
     work = Path(sys.argv[1])
-    torch.manual_seed(0)
     labels = ["circle", "square", "triangle"]
-    config = ViTConfig(
-        image_size=8, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=32, num_labels=3, id2label=dict(enumerate(labels)),
-        label2id={label: index for index, label in enumerate(labels)},
+    model = tiny_vit(
+        num_labels=3, id2label=dict(enumerate(labels)), label2id={label: index for index, label in enumerate(labels)}
     )
-    model = ViTForImageClassification(config)
     model.save_pretrained(work / "local")
     write_model_card(
         work / "local",
@@ -345,8 +342,7 @@ def test_push_and_download_through_loopback_hub(tmp_path):
     script = tmp_path / "client.py"
     script.write_text(_CLIENT_SCRIPT)
     with LoopbackHub(tmp_path / "hub") as hub:
-        env = hub_client_env(hub.endpoint, hf_home=tmp_path / "hf_home")
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        env = with_repo_on_pythonpath(hub_client_env(hub.endpoint, hf_home=tmp_path / "hf_home"), tests_dir=True)
         completed = subprocess.run(
             [sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=240
         )

@@ -4,10 +4,8 @@ The runs are tiny (64 training images, one epoch) so that the file stays fast: t
 (data, model, trainer, metrics, cards, Hub), not what the model learns.
 """
 
-import importlib.util
 import json
 import math
-import os
 import subprocess
 import sys
 import textwrap
@@ -22,14 +20,14 @@ from huggingface_hub import ModelCard
 
 
 try:  # tests/ may or may not become a package
+    from .helpers import ACCELERATE_CPU_CONFIG, REPO_ROOT, offline_env, script_main
     from .hub_server import LoopbackHub, hub_client_env
 except ImportError:
+    from helpers import ACCELERATE_CPU_CONFIG, REPO_ROOT, offline_env, script_main
     from hub_server import LoopbackHub, hub_client_env
 
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "scripts" / "run_image_classification.py"
-ACCELERATE_CONFIG = REPO_ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"
 TINY = [
     "--max_train_samples", "64",
     "--max_eval_samples", "40",
@@ -47,26 +45,13 @@ REJECTION_KEYS = (
 )
 
 
-def _script_main():
-    spec = importlib.util.spec_from_file_location("run_image_classification_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
-def _offline_env(**extra) -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1", **extra)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    return env
-
-
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """One tiny in-process run of the script on the embedded digits, digits 8 and 9 held out, with a checkpoint."""
     output_dir = tmp_path_factory.mktemp("digits") / "resnet-hem"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HF_HUB_OFFLINE", "1")
-        exit_code = _script_main()(
+        exit_code = script_main(SCRIPT)(
             [*TINY, "--unknown_classes", "8", "9", "--save_strategy", "epoch", "--output_dir", str(output_dir)]
         )
     assert exit_code == 0
@@ -166,7 +151,7 @@ def test_yaml_config_trains_every_architecture(tmp_path, monkeypatch, model_type
         )
     )
     # Flags after the file override it.
-    assert _script_main()([str(config), "--num_train_epochs", "1"]) == 0
+    assert script_main(SCRIPT)([str(config), "--num_train_epochs", "1"]) == 0
     model_config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert model_config["model_type"] == model_type
     assert model_config["hem_loss"] == loss_name
@@ -219,7 +204,7 @@ def test_bad_arguments_are_rejected(argv, message, capsys):
 def test_unknown_class_name_is_checked(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ValueError, match=r"unknown class '42'.*classes: \['0', '1'"):
-        _script_main()([*TINY, "--unknown_classes", "42", "--output_dir", str(tmp_path)])
+        script_main(SCRIPT)([*TINY, "--unknown_classes", "42", "--output_dir", str(tmp_path)])
 
 
 def test_config_file_with_unknown_key_is_rejected(tmp_path):
@@ -266,7 +251,7 @@ def test_script_runs_as_subprocess_on_image_folders_with_ood_set(tmp_path):
         "--learning_rate", "1e-3", "--horizontal_flip", "false",
         "--output_dir", str(output_dir),
     ]  # fmt: skip
-    completed = subprocess.run(command, env=_offline_env(), capture_output=True, text=True, timeout=300)
+    completed = subprocess.run(command, env=offline_env(), capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-4000:]
     results = json.loads((output_dir / "all_results.json").read_text())
     assert results["train_samples"] == 36 and results["eval_samples"] == 18 and results["eval_ood_samples"] == 8
@@ -284,7 +269,7 @@ def test_image_folder_without_validation_split_holds_out_part_of_train(tmp_path,
     _write_image_folders(tmp_path / "data")
     output_dir = tmp_path / "out"
     argv = [*TINY, "--train_dir", str(tmp_path / "data" / "train"), "--train_val_split", "0.25"]
-    assert _script_main()([*argv, "--model_type", "vit", "--output_dir", str(output_dir)]) == 0
+    assert script_main(SCRIPT)([*argv, "--model_type", "vit", "--output_dir", str(output_dir)]) == 0
     results = json.loads((output_dir / "all_results.json").read_text())
     assert results["train_samples"] + results["eval_samples"] == 36  # 12 images of each of 3 classes
     assert results["eval_samples"] == 9  # a stratified quarter: 3 per class
@@ -321,7 +306,7 @@ def test_push_to_loopback_hub_and_round_trip(tmp_path):
     output_dir = tmp_path / "out"
     token = "hf_pushTokenThatMustStayOutOfFiles"  # the loopback Hub accepts any token
     with LoopbackHub(tmp_path / "hub") as hub:
-        env = hub_client_env(hub.endpoint, hf_home=tmp_path / "hf_home", base_env=_offline_env())
+        env = hub_client_env(hub.endpoint, hf_home=tmp_path / "hf_home", base_env=offline_env())
         env.pop("HF_TOKEN")
         command = [
             sys.executable, str(SCRIPT), *TINY, "--unknown_classes", "8", "9",
@@ -331,7 +316,7 @@ def test_push_to_loopback_hub_and_round_trip(tmp_path):
         trained = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
         assert trained.returncode == 0, trained.stderr[-4000:]
         # A fresh cache: everything below comes from the server.
-        download_env = hub_client_env(hub.endpoint, hf_home=tmp_path / "hf_home_2", base_env=_offline_env())
+        download_env = hub_client_env(hub.endpoint, hf_home=tmp_path / "hf_home_2", base_env=offline_env())
         downloaded = subprocess.run(
             [sys.executable, "-c", _DOWNLOAD_SCRIPT, "user/digits-hem"],
             env=download_env,
@@ -390,7 +375,7 @@ def test_failed_push_keeps_the_model_and_exits_nonzero(tmp_path):
     Thread(target=server.serve_forever, daemon=True).start()
     try:
         endpoint = f"http://127.0.0.1:{server.server_address[1]}"
-        env = hub_client_env(endpoint, hf_home=tmp_path / "hf_home", base_env=_offline_env())
+        env = hub_client_env(endpoint, hf_home=tmp_path / "hf_home", base_env=offline_env())
         env["HF_TOKEN"] = secret
         output_dir = tmp_path / "out"
         command = [
@@ -417,10 +402,10 @@ def test_failed_push_keeps_the_model_and_exits_nonzero(tmp_path):
 def test_accelerate_launch_two_cpu_processes(tmp_path):
     output_dir = tmp_path / "out"
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIG),
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CPU_CONFIG),
         str(SCRIPT), *TINY, "--unknown_classes", "8", "9", "--output_dir", str(output_dir),
     ]  # fmt: skip
-    completed = subprocess.run(command, env=_offline_env(), capture_output=True, text=True, timeout=400)
+    completed = subprocess.run(command, env=offline_env(), capture_output=True, text=True, timeout=400)
     assert completed.returncode == 0, completed.stderr[-4000:]
     state = json.loads((output_dir / "trainer_state.json").read_text())
     # Two processes share the 64 images: 2 steps of 2 x 16 images, not 4 steps of 16.
@@ -439,10 +424,10 @@ def test_accelerate_launch_two_cpu_processes(tmp_path):
 def test_accelerate_launch_trains_every_architecture(tmp_path, model_type):
     output_dir = tmp_path / "out"
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIG),
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CPU_CONFIG),
         str(SCRIPT), *TINY, "--model_type", model_type, "--loss_name", "hem", "--output_dir", str(output_dir),
     ]  # fmt: skip
-    completed = subprocess.run(command, env=_offline_env(), capture_output=True, text=True, timeout=400)
+    completed = subprocess.run(command, env=offline_env(), capture_output=True, text=True, timeout=400)
     assert completed.returncode == 0, completed.stderr[-4000:]
     assert json.loads((output_dir / "config.json").read_text())["model_type"] == model_type
     assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 2  # 2 processes x 16 images
@@ -452,7 +437,7 @@ def test_accelerate_launch_trains_every_architecture(tmp_path, model_type):
 
 def test_help_lists_model_data_and_training_flags(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        _script_main()(["--help"])
+        script_main(SCRIPT)(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     for flag in ("--dataset_name", "--model_name_or_path", "--loss_name", "--learning_rate", "--output_dir"):

@@ -1,6 +1,5 @@
 """Fused kernels (C++ on CPU, chunked torch, Triton) against the reference implementation of the margin family."""
 
-import importlib
 import os
 
 import pytest
@@ -8,13 +7,32 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hf_hem import hem_loss, mm_loss, mm_maz_loss, mm_thres_loss
+from hf_hem import hem_loss
 from hf_hem.losses import kernels
 from hf_hem.losses.hem import _margin_family_loss_reference
-from hf_hem.losses.kernels import _function
+from hf_hem.losses.kernels import _function, _portable
 
 
-FUNCTIONS = {"hem": hem_loss, "mm": mm_loss, "mm+maz": mm_maz_loss, "mm+thres": mm_thres_loss}
+try:  # tests/ may or may not become a package
+    from .helpers import (
+        MARGIN_LOSSES,
+        gradcheck_inputs,
+        method_page_batch,
+        requires_cuda,
+        requires_triton,
+        requires_triton_interpreter,
+    )
+except ImportError:
+    from helpers import (
+        MARGIN_LOSSES,
+        gradcheck_inputs,
+        method_page_batch,
+        requires_cuda,
+        requires_triton,
+        requires_triton_interpreter,
+    )
+
+
 CPU_BACKENDS = ["torch"] + (["cpu"] if kernels.cpu_kernel.load() is not None else [])
 SHAPES = {
     "rows": (37, 10),
@@ -49,10 +67,12 @@ def make_margin(kind, num_classes, dtype=torch.float32):
     return (torch.arange(num_classes, dtype=dtype) % 7 + 1) / 16
 
 
-def loss_and_grad(function, logits, labels, margin, reduction, implementation, ignore_index=-100, weights=None):
+def loss_and_grad(
+    function, logits, labels, margin, reduction, implementation, ignore_index=-100, weights=None, **kwargs
+):
     leaf = logits.detach().clone().requires_grad_()
     loss = function(
-        leaf, labels, margin, ignore_index=ignore_index, reduction=reduction, implementation=implementation
+        leaf, labels, margin, ignore_index=ignore_index, reduction=reduction, implementation=implementation, **kwargs
     )
     scalar = loss if weights is None else (loss * weights).sum()
     if reduction == "none" and weights is None:
@@ -73,7 +93,7 @@ def assert_same(fused, reference, atol=1e-6, rtol=1e-6):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("name", list(FUNCTIONS))
+@pytest.mark.parametrize("name", list(MARGIN_LOSSES))
 @pytest.mark.parametrize("shape_name", list(SHAPES))
 @pytest.mark.parametrize("margin_kind", ["scalar", "per-class"])
 @pytest.mark.parametrize("ignore", ["none", "some", "all"])
@@ -83,8 +103,8 @@ def test_fused_equals_reference(backend, name, shape_name, margin_kind, ignore):
     logits, labels = make_inputs(shape, seed=seed, ignore=ignore)
     margin = make_margin(margin_kind, shape[1])
     for reduction in ("mean", "sum", "none"):
-        fused = loss_and_grad(FUNCTIONS[name], logits, labels, margin, reduction, backend)
-        reference = loss_and_grad(FUNCTIONS[name], logits, labels, margin, reduction, "reference")
+        fused = loss_and_grad(MARGIN_LOSSES[name], logits, labels, margin, reduction, backend)
+        reference = loss_and_grad(MARGIN_LOSSES[name], logits, labels, margin, reduction, "reference")
         assert_same(fused, reference)
 
 
@@ -93,8 +113,8 @@ def test_fused_equals_reference(backend, name, shape_name, margin_kind, ignore):
 def test_fused_equals_reference_on_continuous_logits(backend, shape):
     logits, labels = make_inputs(shape, seed=5, quantized=False, ignore="some", ignore_index=255)
     for name in ("hem", "mm+maz"):
-        fused = loss_and_grad(FUNCTIONS[name], logits, labels, 0.1, "mean", backend, ignore_index=255)
-        reference = loss_and_grad(FUNCTIONS[name], logits, labels, 0.1, "mean", "reference", ignore_index=255)
+        fused = loss_and_grad(MARGIN_LOSSES[name], logits, labels, 0.1, "mean", backend, ignore_index=255)
+        reference = loss_and_grad(MARGIN_LOSSES[name], logits, labels, 0.1, "mean", "reference", ignore_index=255)
         assert_same(fused, reference)
 
 
@@ -103,7 +123,7 @@ def test_per_sample_grad_output_for_reduction_none(backend):
     # A caller may weight the per-sample losses arbitrarily (the trainer sums and divides them itself).
     logits, labels = make_inputs((4, 6, 5, 3), seed=11)
     weights = torch.randn(labels.shape, generator=torch.Generator().manual_seed(2))
-    for function in FUNCTIONS.values():
+    for function in MARGIN_LOSSES.values():
         fused = loss_and_grad(function, logits, labels, 0.25, "none", backend, weights=weights)
         reference = loss_and_grad(function, logits, labels, 0.25, "none", "reference", weights=weights)
         assert_same(fused, reference)
@@ -137,17 +157,13 @@ def test_half_precision_computed_in_float32_with_gradient_in_logits_dtype(backen
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("name", list(FUNCTIONS))
+@pytest.mark.parametrize("name", list(MARGIN_LOSSES))
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_gradcheck_float64(backend, name, reduction):
-    generator = torch.Generator().manual_seed(0)
-    logits = torch.randn(6, 5, 3, generator=generator, dtype=torch.float64, requires_grad=True)
-    labels = torch.randint(0, 5, (6, 3), generator=generator)
-    labels[0, 0] = -100
-    margin = torch.linspace(0.1, 0.9, 5, dtype=torch.float64)
+    logits, labels, margin = gradcheck_inputs()
 
     def function(x):
-        return FUNCTIONS[name](x, labels, margin, reduction=reduction, implementation=backend)
+        return MARGIN_LOSSES[name](x, labels, margin, reduction=reduction, implementation=backend)
 
     assert torch.autograd.gradcheck(function, (logits,), eps=1e-6, atol=1e-5)
 
@@ -159,7 +175,7 @@ def test_gradcheck_float64(backend, name, reduction):
 def test_all_ignored_and_empty_batches_give_zero_and_zero_gradient(backend):
     for shape in ((4, 3), (2, 3, 4, 4), (0, 3)):
         logits, labels = make_inputs(shape, ignore="all")
-        for name, function in FUNCTIONS.items():
+        for name, function in MARGIN_LOSSES.items():
             loss, grad = loss_and_grad(function, logits, labels, 0.5, "mean", backend)
             assert loss.item() == 0.0 and torch.count_nonzero(grad) == 0, (shape, name)
 
@@ -174,8 +190,7 @@ def test_satisfied_margins_give_zero_gradient(backend):
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_method_page_vector(backend):
-    logits = torch.tensor([[2.0, 1.9, 2.3, 0.0], [3, 0, 0, 0], [1.0, 1.1, 0.5, 0.8]])
-    labels = torch.tensor([0, 0, 1])
+    logits, labels = method_page_batch()
     per_sample, _ = loss_and_grad(hem_loss, logits, labels, 0.2, "none", backend)
     loss, grad = loss_and_grad(hem_loss, logits, labels, 0.2, "mean", backend)
     torch.testing.assert_close(per_sample, torch.tensor([0.5, 0.0, 0.1]), atol=1e-6, rtol=0)
@@ -188,7 +203,7 @@ def test_method_page_vector(backend):
 def test_nan_logit_poisons_its_sample_as_in_the_reference(backend):
     logits, labels = make_inputs((4, 5), ignore="none")
     logits[1, (labels[1] + 1) % 5] = float("nan")
-    for function in FUNCTIONS.values():
+    for function in MARGIN_LOSSES.values():
         fused = function(logits, labels, 0.25, reduction="none", implementation=backend)
         reference = function(logits, labels, 0.25, reduction="none", implementation="reference")
         torch.testing.assert_close(fused, reference, equal_nan=True)
@@ -243,13 +258,13 @@ def test_default_path_is_fused_and_equals_reference():
     num_classes=st.integers(2, 40),
     spatial=st.lists(st.integers(1, 5), max_size=2),
     batch=st.integers(1, 6),
-    name=st.sampled_from(list(FUNCTIONS)),
+    name=st.sampled_from(list(MARGIN_LOSSES)),
 )
 def test_random_shapes_agree(seed, num_classes, spatial, batch, name):
     logits, labels = make_inputs((batch, num_classes, *spatial), seed=seed)
     for backend in CPU_BACKENDS:
-        fused = loss_and_grad(FUNCTIONS[name], logits, labels, 0.25, "mean", backend)
-        reference = loss_and_grad(FUNCTIONS[name], logits, labels, 0.25, "mean", "reference")
+        fused = loss_and_grad(MARGIN_LOSSES[name], logits, labels, 0.25, "mean", backend)
+        reference = loss_and_grad(MARGIN_LOSSES[name], logits, labels, 0.25, "mean", "reference")
         assert_same(fused, reference)
 
 
@@ -263,30 +278,240 @@ def test_reference_function_is_the_definition():
     )
 
 
+# ---------------------------------------------------------------- classes last (class_dim=-1, token classification)
+
+
+def classes_last_inputs(shape, seed=0, **kwargs):
+    """Contiguous `(N, d1, ..., C)` logits (as a token classification head gives them) and `(N, d1, ...)` labels,
+    with some `-100` labels."""
+    num_classes = shape[-1]
+    logits, labels = make_inputs((shape[0], num_classes, *shape[1:-1]), seed=seed, **kwargs)
+    labels.view(-1)[0] = -100  # at least one ignored position, whatever the draw
+    return logits.movedim(1, -1).contiguous(), labels
+
+
+def same_layout(tensor, other):
+    """Same strides in every dimension that has more than one element (the stride of a size-1 one is arbitrary)."""
+    return tensor.shape == other.shape and all(
+        size == 1 or a == b for size, a, b in zip(tensor.shape, tensor.stride(), other.stride())
+    )
+
+
+def assert_classes_last_equals_classes_first(function, logits, labels, margin, backend, atol=1e-6, rtol=1e-6):
+    """`class_dim=-1` (and its positive spelling) on `logits` equals `class_dim=1` on the moved, contiguous logits,
+    for every reduction; the gradient has the input's layout."""
+    classes_first = logits.movedim(-1, 1).contiguous()
+    for class_dim in (-1, logits.dim() - 1):
+        for reduction in ("none", "mean", "sum"):
+            last = loss_and_grad(function, logits, labels, margin, reduction, backend, class_dim=class_dim)
+            first = loss_and_grad(function, classes_first, labels, margin, reduction, backend)
+            assert_same(last, (first[0], first[1].movedim(1, -1)), atol=atol, rtol=rtol)
+            assert same_layout(last[1], logits)
+            if reduction == "none":
+                assert last[0].shape == labels.shape
+
+
+CLASSES_LAST_SHAPES = {"tokens": (3, 11, 7), "one token": (5, 1, 1000), "image": (2, 6, 3, 4)}
+
+
+@pytest.mark.parametrize("backend", ["reference", *CPU_BACKENDS])
+@pytest.mark.parametrize("name", list(MARGIN_LOSSES))
+@pytest.mark.parametrize("shape_name", list(CLASSES_LAST_SHAPES))
+@pytest.mark.parametrize("margin_kind", ["scalar", "per-class"])
+def test_classes_last_equals_classes_first(backend, name, shape_name, margin_kind):
+    shape = CLASSES_LAST_SHAPES[shape_name]
+    logits, labels = classes_last_inputs(shape, seed=list(CLASSES_LAST_SHAPES).index(shape_name))
+    assert (labels == -100).any() and (labels != -100).any()
+    margin = make_margin(margin_kind, shape[-1])
+    assert_classes_last_equals_classes_first(MARGIN_LOSSES[name], logits, labels, margin, backend)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_classes_last_on_continuous_logits_equals_reference(backend):
+    logits, labels = classes_last_inputs((4, 33, 150), seed=14, quantized=False)
+    for name in ("hem", "mm+maz"):
+        for reduction in ("none", "mean"):
+            fused = loss_and_grad(MARGIN_LOSSES[name], logits, labels, 0.1, reduction, backend, class_dim=-1)
+            reference = loss_and_grad(MARGIN_LOSSES[name], logits, labels, 0.1, reduction, "reference", class_dim=-1)
+            assert_same(fused, reference)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("layout", ["transposed view", "sliced", "bfloat16"])
+def test_classes_last_non_contiguous_and_half_logits(backend, layout):
+    tokens, labels = classes_last_inputs((3, 9, 6), seed=15)
+    if layout == "transposed view":
+        # Strides of a contiguous (N, C, L) tensor: read in place as (N, C, L) tiles.
+        leaf = tokens.movedim(-1, 1).contiguous().movedim(1, -1).requires_grad_()
+        logits = leaf
+    elif layout == "sliced":
+        # Every other class of a wider tensor: no layout the kernels read, so one contiguous copy is made.
+        leaf = torch.stack([tokens, torch.zeros_like(tokens)], dim=-1).flatten(-2).requires_grad_()
+        logits = leaf[..., ::2]
+    else:
+        leaf = tokens.to(torch.bfloat16).requires_grad_()
+        logits = leaf
+    rtol = 8e-3 if layout == "bfloat16" else 1e-6  # one rounding of the gradient to bfloat16
+    for reduction in ("none", "mean"):
+        leaf.grad = None
+        loss = hem_loss(logits, labels, 0.25, reduction=reduction, implementation=backend, class_dim=-1)
+        loss.sum().backward()
+        grad = leaf.grad[..., ::2] if layout == "sliced" else leaf.grad
+        assert grad.dtype == logits.dtype and loss.dtype == torch.float32
+        if layout != "sliced":
+            assert same_layout(grad, logits)
+        expected = loss_and_grad(hem_loss, logits, labels, 0.25, reduction, "reference", class_dim=-1)
+        assert_same((loss.detach(), grad), expected, rtol=rtol)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_classes_last_gradcheck_float64(backend, reduction):
+    logits, labels, margin = gradcheck_inputs()
+    tokens = logits.detach().movedim(1, -1).contiguous().requires_grad_()  # (N, L, C)
+
+    def function(x):
+        return hem_loss(x, labels, margin, reduction=reduction, implementation=backend, class_dim=-1)
+
+    assert torch.autograd.gradcheck(function, (tokens,), eps=1e-6, atol=1e-5)
+
+
+def test_group_logits_views_classes_last_logits_as_rows():
+    tokens = torch.randn(3, 11, 7)
+    grouped = kernels.group_logits(tokens, class_dim=-1)
+    assert grouped.shape == (33, 7, 1) and grouped.data_ptr() == tokens.data_ptr() and grouped.is_contiguous()
+    torch.testing.assert_close(grouped[:, :, 0], tokens.reshape(-1, 7), rtol=0, atol=0)
+    # Classes-last strides over a contiguous (N, C, L) tensor: (N, C, L) tiles of the same storage.
+    transposed = torch.randn(3, 7, 11).movedim(1, -1)
+    grouped = kernels.group_logits(transposed, class_dim=2)
+    assert grouped.shape == (3, 7, 11) and grouped.data_ptr() == transposed.data_ptr()
+    with pytest.raises(ValueError, match="class_dim=0 is not supported"):
+        kernels.group_logits(tokens, class_dim=0)
+
+
+def test_resolve_implementation_reads_the_class_dimension():
+    expected = "cpu" if "cpu" in CPU_BACKENDS else "torch"
+    assert kernels.resolve_implementation(torch.randn(2, 5, 3), 0.2, class_dim=-1) == expected
+    # No classes: the reference handles the degenerate case; an unsupported class_dim is left to it to report.
+    assert kernels.resolve_implementation(torch.randn(2, 5, 0), 0.2, class_dim=-1) == "reference"
+    assert kernels.resolve_implementation(torch.randn(2, 5, 3, 4), 0.2, class_dim=2) == "reference"
+
+
+# The no-copy checks: what the kernels get must be a view of the caller's logits. Each detector is also shown to fire
+# on a path that does copy (a `group_logits` that makes the transposed copy), so the checks can fail.
+
+
+def record_backend_inputs(monkeypatch, module):
+    """Wraps `module.forward` / `module.backward` (a backend of `hf_hem.losses.kernels`) to record the logits each
+    receives."""
+    seen = {}
+    for step in ("forward", "backward"):
+        original = getattr(module, step)
+
+        def wrapper(grouped, *args, _original=original, _step=step, **kwargs):
+            seen[_step] = grouped
+            return _original(grouped, *args, **kwargs)
+
+        monkeypatch.setattr(module, step, wrapper)
+    return seen
+
+
+def shares_memory(view, tensor):
+    return view.untyped_storage().data_ptr() == tensor.untyped_storage().data_ptr()
+
+
+def copy_in_group_logits(monkeypatch):
+    """Makes `group_logits` build the transposed contiguous copy a naive implementation would."""
+    original = _function.group_logits
+
+    def copying(logits, class_dim=1):
+        return original(logits.movedim(class_dim, 1).contiguous())
+
+    monkeypatch.setattr(_function, "group_logits", copying)
+
+
+def backend_module(backend, triton_module=None):
+    return {"cpu": kernels.cpu_kernel, "torch": _portable}.get(backend, triton_module)
+
+
+def check_backends_see_the_input(backend, monkeypatch, triton_module=None, copy=False):
+    if copy:
+        copy_in_group_logits(monkeypatch)
+    seen = record_backend_inputs(monkeypatch, backend_module(backend, triton_module))
+    tokens, labels = classes_last_inputs((3, 11, 7), seed=16)
+    leaf = tokens.clone().requires_grad_()
+    weights = torch.rand(labels.shape, generator=torch.Generator().manual_seed(3))
+    (hem_loss(leaf, labels, 0.25, reduction="none", implementation=backend, class_dim=-1) * weights).sum().backward()
+    assert set(seen) == {"forward", "backward"}
+    assert same_layout(leaf.grad, leaf)
+    return [shares_memory(grouped, leaf) and grouped.data_ptr() == leaf.data_ptr() for grouped in seen.values()]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_classes_last_logits_reach_the_kernels_without_a_copy(backend, monkeypatch):
+    assert check_backends_see_the_input(backend, monkeypatch) == [True, True]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_the_storage_check_sees_a_transposed_copy(backend, monkeypatch):
+    assert check_backends_see_the_input(backend, monkeypatch, copy=True) == [False, False]
+
+
+class FullSizeAllocations(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records every operation whose output holds at least `numel` elements in memory of its own (not a view or an
+    in-place update of an input): the copies and buffers of the logits' size that a call makes."""
+
+    def __init__(self, numel):
+        super().__init__()
+        self.numel, self.operations = numel, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        output = func(*args, **(kwargs or {}))
+        inputs = torch.utils._pytree.tree_flatten((args, kwargs))[0]
+        storages = {t.untyped_storage().data_ptr() for t in inputs if isinstance(t, torch.Tensor)}
+        for tensor in torch.utils._pytree.tree_flatten(output)[0]:
+            if isinstance(tensor, torch.Tensor) and tensor.numel() >= self.numel:
+                if tensor.untyped_storage().data_ptr() not in storages:
+                    self.operations.append(str(func))
+        return output
+
+
+def full_size_allocations(backend, monkeypatch, copy=False):
+    """Full-size allocations of forward and of backward of HEM on contiguous (N, L, C) logits with class_dim=-1."""
+    # Chunks smaller than the logits, so that the portable backend's per-chunk buffers are not counted.
+    monkeypatch.setitem(_portable.CHUNK_ELEMENTS, "cpu", 64)
+    if copy:
+        copy_in_group_logits(monkeypatch)
+    tokens, labels = classes_last_inputs((3, 11, 7), seed=16)
+    leaf = tokens.clone().requires_grad_()
+    with FullSizeAllocations(tokens.numel()) as forward:
+        loss = hem_loss(leaf, labels, 0.25, implementation=backend, class_dim=-1)
+    with FullSizeAllocations(tokens.numel()) as backward:
+        loss.backward()
+    return forward.operations, backward.operations
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_classes_last_makes_no_full_size_copy(backend, monkeypatch):
+    forward, backward = full_size_allocations(backend, monkeypatch)
+    # Forward allocates nothing of the logits' size; backward only the gradient itself, already in the input layout.
+    assert forward == [] and len(backward) == 1, (forward, backward)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_the_allocation_check_sees_a_transposed_copy(backend, monkeypatch):
+    forward, _ = full_size_allocations(backend, monkeypatch, copy=True)
+    assert forward != []
+
+
 # ---------------------------------------------------------------- Triton (interpreter on CPU, real kernel on CUDA)
 
-triton_missing = pytest.mark.skipif(
-    not kernels.triton_available(), reason="triton is not installed (pip install triton to run these tests)"
-)
+# The `interpreted_triton` fixture is in tests/conftest.py.
 
 
-interpreter_off = pytest.mark.skipif(
-    os.environ.get("TRITON_INTERPRET") != "1",
-    reason="the Triton interpreter is off (tests/conftest.py turns it on without a GPU)",
-)
-
-
-@pytest.fixture
-def interpreted_triton(monkeypatch):
-    """The Triton module, imported while TRITON_INTERPRET=1 (set for the session by tests/conftest.py without a GPU)."""
-    module = importlib.import_module("hf_hem.losses.kernels._triton")
-    monkeypatch.setattr(_function, "_triton_module", module)
-    return module
-
-
-@triton_missing
-@interpreter_off
-@pytest.mark.parametrize("name", list(FUNCTIONS))
+@requires_triton
+@requires_triton_interpreter
+@pytest.mark.parametrize("name", list(MARGIN_LOSSES))
 @pytest.mark.parametrize("shape_name", ["rows", "imagenet-like rows", "image", "volume"])
 @pytest.mark.parametrize("margin_kind", ["scalar", "per-class"])
 def test_triton_interpreted_equals_reference(interpreted_triton, name, shape_name, margin_kind):
@@ -294,13 +519,13 @@ def test_triton_interpreted_equals_reference(interpreted_triton, name, shape_nam
     logits, labels = make_inputs(shape, seed=7, ignore="some")
     margin = make_margin(margin_kind, shape[1])
     for reduction in ("mean", "none"):
-        fused = loss_and_grad(FUNCTIONS[name], logits, labels, margin, reduction, "triton")
-        reference = loss_and_grad(FUNCTIONS[name], logits, labels, margin, reduction, "reference")
+        fused = loss_and_grad(MARGIN_LOSSES[name], logits, labels, margin, reduction, "triton")
+        reference = loss_and_grad(MARGIN_LOSSES[name], logits, labels, margin, reduction, "reference")
         assert_same(fused, reference)
 
 
-@triton_missing
-@interpreter_off
+@requires_triton
+@requires_triton_interpreter
 def test_triton_interpreted_edge_cases(interpreted_triton):
     # Several program blocks along samples and classes, bfloat16 input, all-ignored rows, bad labels.
     logits, labels = make_inputs((2, 37, 13, 11), seed=8, quantized=False, ignore="some", ignore_index=255)
@@ -318,24 +543,41 @@ def test_triton_interpreted_edge_cases(interpreted_triton):
         hem_loss(torch.randn(2, 3), torch.tensor([0, 3]), implementation="triton")
 
 
+@requires_triton
+@requires_triton_interpreter
+@pytest.mark.parametrize("name", list(MARGIN_LOSSES))
+@pytest.mark.parametrize("shape_name", ["tokens", "image"])
+def test_triton_interpreted_classes_last_equals_classes_first(interpreted_triton, name, shape_name):
+    shape = CLASSES_LAST_SHAPES[shape_name]
+    logits, labels = classes_last_inputs(shape, seed=17)
+    assert (labels == -100).any()
+    assert_classes_last_equals_classes_first(MARGIN_LOSSES[name], logits, labels, 0.25, "triton")
+    reference = loss_and_grad(MARGIN_LOSSES[name], logits, labels, 0.25, "none", "reference", class_dim=-1)
+    assert_same(loss_and_grad(MARGIN_LOSSES[name], logits, labels, 0.25, "none", "triton", class_dim=-1), reference)
+
+
+@requires_triton
+@requires_triton_interpreter
+def test_triton_interpreted_classes_last_without_a_copy(interpreted_triton, monkeypatch):
+    assert check_backends_see_the_input("triton", monkeypatch, interpreted_triton) == [True, True]
+    assert check_backends_see_the_input("triton", monkeypatch, interpreted_triton, copy=True) == [False, False]
+
+
 def test_triton_requires_cuda_or_interpreter(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ValueError, match="implementation='triton' needs"):
         hem_loss(torch.randn(2, 3), torch.tensor([0, 1]), implementation="triton")
 
 
-cuda_missing = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-@cuda_missing
-@triton_missing
+@requires_cuda
+@requires_triton
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(64, 1000), (2, 150, 64, 48), (3, 19, 33, 17)])
 def test_triton_cuda_equals_reference(dtype, shape):
     logits, labels = make_inputs(shape, seed=1, ignore="some", ignore_index=255, dtype=dtype)
     logits, labels = logits.cuda(), labels.cuda()
     assert kernels.resolve_implementation(logits, 0.2) == "triton"
-    for function in FUNCTIONS.values():
+    for function in MARGIN_LOSSES.values():
         for reduction in ("mean", "none"):
             fused = loss_and_grad(function, logits, labels, 0.25, reduction, "auto", ignore_index=255)
             reference = loss_and_grad(function, logits, labels, 0.25, reduction, "reference", ignore_index=255)
@@ -364,8 +606,8 @@ def compare_configs_with_portable(triton_module, logits, labels, configs, atol=1
             )
 
 
-@triton_missing
-@interpreter_off
+@requires_triton
+@requires_triton_interpreter
 @pytest.mark.parametrize("shape", [(5, 37, 1), (2, 37, 45)])
 def test_triton_interpreted_every_block_configuration(interpreted_triton, shape):
     # Blocks smaller than the class count use the class loop; the autotuner may pick any of these on CUDA.
@@ -375,8 +617,8 @@ def test_triton_interpreted_every_block_configuration(interpreted_triton, shape)
     compare_configs_with_portable(interpreted_triton, logits, labels.reshape(-1), configs)
 
 
-@cuda_missing
-@triton_missing
+@requires_cuda
+@requires_triton
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(300, 1000, 1), (2, 150, 1000), (3, 19, 561)])
 def test_triton_cuda_every_block_configuration(dtype, shape):
@@ -389,8 +631,8 @@ def test_triton_cuda_every_block_configuration(dtype, shape):
     )
 
 
-@cuda_missing
-@triton_missing
+@requires_cuda
+@requires_triton
 def test_triton_cuda_label_checks(monkeypatch):
     import subprocess
     import sys

@@ -9,8 +9,30 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import hf_hem
-from hf_hem import get_loss, hem_loss, margins_from_counts, mm_loss, mm_maz_loss, mm_thres_loss
-from hf_hem.losses import LOSS_NAMES
+from hf_hem import get_loss, hem_loss, margins_from_counts, mm_loss
+from hf_hem.losses import (
+    LOSS_NAMES,
+    CrossEntropyLoss,
+    DiceLoss,
+    FocalLoss,
+    HEMLoss,
+    LogitAdjustedLoss,
+    LogitNormLoss,
+    MMLoss,
+    MMMazLoss,
+    MMThresLoss,
+    cross_entropy_loss,
+    dice_loss,
+    focal_loss,
+    logit_adjusted_loss,
+    logitnorm_loss,
+)
+
+
+try:  # tests/ may or may not become a package
+    from .helpers import MARGIN_LOSSES, gradcheck_inputs, method_page_batch
+except ImportError:
+    from helpers import MARGIN_LOSSES, gradcheck_inputs, method_page_batch
 
 
 # ---------------------------------------------------------------- test vectors of the method page
@@ -25,8 +47,8 @@ def test_single_sample_vector():
 
 
 def test_batch_vector():
-    logits = torch.tensor([[2.0, 1.9, 2.3, 0.0], [3, 0, 0, 0], [1.0, 1.1, 0.5, 0.8]], requires_grad=True)
-    labels = torch.tensor([0, 0, 1])
+    logits, labels = method_page_batch()
+    logits.requires_grad_()
     per_sample = hem_loss(logits, labels, margin=0.2, reduction="none")
     torch.testing.assert_close(per_sample, torch.tensor([0.5, 0.0, 0.1]), atol=1e-6, rtol=0)
     loss = hem_loss(logits, labels, margin=0.2)
@@ -54,9 +76,8 @@ def test_error_level_vectors(errors, expected):
     # Errors of exactly 0 sit on the hinge; nudge them below so that they are clearly satisfied.
     logits = torch.where(torch.tensor(errors) == 0, logits - 1e-3, logits)
     logits[0, 0] = 0.0
-    functions = {"mm": mm_loss, "hem": hem_loss, "mm+maz": mm_maz_loss, "mm+thres": mm_thres_loss}
     for name, value in expected.items():
-        assert functions[name](logits, labels, margin=0.2).item() == pytest.approx(value, abs=1e-9), name
+        assert MARGIN_LOSSES[name](logits, labels, margin=0.2).item() == pytest.approx(value, abs=1e-9), name
 
 
 def test_batch_of_errors_vector():
@@ -68,14 +89,11 @@ def test_batch_of_errors_vector():
 # ---------------------------------------------------------------- gradients
 
 
-@pytest.mark.parametrize("function", [hem_loss, mm_loss, mm_maz_loss, mm_thres_loss])
+@pytest.mark.parametrize("function", list(MARGIN_LOSSES.values()))
 @pytest.mark.parametrize("per_class", [False, True])
 def test_gradcheck_margin_family(function, per_class):
-    generator = torch.Generator().manual_seed(0)
-    logits = torch.randn(6, 5, 3, generator=generator, dtype=torch.float64, requires_grad=True)
-    labels = torch.randint(0, 5, (6, 3), generator=generator)
-    labels[0, 0] = -100
-    margin = torch.linspace(0.1, 0.9, 5, dtype=torch.float64) if per_class else 0.5
+    logits, labels, margins = gradcheck_inputs()
+    margin = margins if per_class else 0.5
     assert torch.autograd.gradcheck(lambda x: function(x, labels, margin), (logits,), eps=1e-6, atol=1e-5)
 
 
@@ -126,7 +144,7 @@ def test_ignored_positions_do_not_change_the_loss(logits, seed):
     extra = torch.randn(3, 4, generator=generator, dtype=torch.float64) * 5
     full_logits = torch.cat([logits, extra])
     full_labels = torch.cat([labels, torch.full((3,), -100)])
-    for function in (hem_loss, mm_loss, mm_maz_loss, mm_thres_loss):
+    for function in MARGIN_LOSSES.values():
         torch.testing.assert_close(function(full_logits, full_labels, 0.3), function(logits, labels, 0.3))
 
 
@@ -158,7 +176,7 @@ def test_mm_equals_multi_margin_loss(logits, seed, margin):
     torch.testing.assert_close(mm_loss(logits, labels, margin), expected, atol=1e-9, rtol=1e-9)
 
 
-@pytest.mark.parametrize("function", [hem_loss, mm_loss, mm_maz_loss, mm_thres_loss])
+@pytest.mark.parametrize("function", list(MARGIN_LOSSES.values()))
 def test_fully_separated_batch_gives_zero_loss_and_gradient(function):
     labels = torch.tensor([0, 1, 2, 1])
     logits = (F.one_hot(labels, 3).double() * 5.0).requires_grad_()
@@ -316,3 +334,137 @@ def test_bad_reduction():
 def test_float_labels_are_rejected():
     with pytest.raises(ValueError, match="integer tensor"):
         hem_loss(torch.randn(2, 3), torch.tensor([0.0, 1.0]))
+
+
+# ---------------------------------------------------------------- classes last (class_dim=-1, token classification)
+# The margin losses on every backend are checked in test_kernels.py; here the baselines, the modules and the errors.
+
+BASELINES = {
+    "ce": cross_entropy_loss,
+    "logitnorm": logitnorm_loss,
+    "la": lambda logits, labels, **kwargs: logit_adjusted_loss(logits, labels, [5, 1, 3, 2, 4], **kwargs),
+    "focal": focal_loss,
+    "dice": dice_loss,
+}
+
+
+def token_batch(shape=(3, 7, 5), seed=0, dtype=torch.float64):
+    """`(N, L, C)` logits as a token classification head gives them and `(N, L)` labels with `-100` padding."""
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(shape, generator=generator, dtype=dtype) * 2
+    labels = torch.randint(0, shape[-1], shape[:-1], generator=generator)
+    labels[0, -2:] = -100
+    labels[1, 0] = -100
+    return logits, labels
+
+
+def loss_and_grad(function, logits, labels, reduction, **kwargs):
+    leaf = logits.detach().clone().requires_grad_()
+    loss = function(leaf, labels, reduction=reduction, **kwargs)
+    weights = torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype).view(loss.shape)
+    (loss * weights).sum().backward()
+    return loss.detach(), leaf.grad
+
+
+@pytest.mark.parametrize("name", list(BASELINES) + list(MARGIN_LOSSES))
+@pytest.mark.parametrize("shape", [(3, 7, 5), (2, 3, 4, 5)])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_classes_last_equals_classes_first(name, shape, reduction):
+    function = BASELINES.get(name) or MARGIN_LOSSES[name]
+    logits, labels = token_batch(shape)
+    last_loss, last_grad = loss_and_grad(function, logits, labels, reduction, class_dim=-1)
+    first_loss, first_grad = loss_and_grad(function, logits.movedim(-1, 1).contiguous(), labels, reduction)
+    torch.testing.assert_close(last_loss, first_loss, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(last_grad, first_grad.movedim(1, -1), atol=1e-6, rtol=1e-6)
+    assert last_grad.is_contiguous()
+    if reduction == "none":
+        assert last_loss.shape == ((shape[0],) if name == "dice" else labels.shape)
+    # The positive spelling of the last dimension is the same.
+    positive, _ = loss_and_grad(function, logits, labels, reduction, class_dim=len(shape) - 1)
+    torch.testing.assert_close(positive, last_loss, atol=0, rtol=0)
+
+
+def test_classes_last_two_dim_logits_are_the_default():
+    # For (N, C) logits the last dimension is dimension 1.
+    logits, labels = token_batch()
+    logits, labels = logits[:, 0], labels[:, 0]
+    assert (labels == -100).any()
+    for function in (*BASELINES.values(), *MARGIN_LOSSES.values()):
+        torch.testing.assert_close(function(logits, labels, class_dim=-1), function(logits, labels))
+
+
+MODULES = {
+    "ce": lambda **kwargs: CrossEntropyLoss(**kwargs),
+    "logitnorm": lambda **kwargs: LogitNormLoss(0.5, **kwargs),
+    "la": lambda **kwargs: LogitAdjustedLoss([5, 1, 3, 2, 4], **kwargs),
+    "focal": lambda **kwargs: FocalLoss(1.5, **kwargs),
+    "dice": lambda **kwargs: DiceLoss(**kwargs),
+    "hem": lambda **kwargs: HEMLoss(0.3, **kwargs),
+    "hem+": lambda **kwargs: HEMLoss.from_label_counts([50, 10, 30, 20, 40], **kwargs),
+    "mm": lambda **kwargs: MMLoss(0.3, **kwargs),
+    "mm+maz": lambda **kwargs: MMMazLoss(0.3, **kwargs),
+    "mm+thres": lambda **kwargs: MMThresLoss(0.3, **kwargs),
+}
+
+
+@pytest.mark.parametrize("name", list(MODULES))
+def test_modules_take_class_dim(name):
+    logits, labels = token_batch()
+    last = MODULES[name](class_dim=-1, reduction="none")
+    first = MODULES[name](reduction="none")
+    assert last.class_dim == -1 and first.class_dim == 1
+    torch.testing.assert_close(last(logits, labels), first(logits.movedim(-1, 1), labels))
+    # Shown only when it is not the default.
+    assert "class_dim=-1" in repr(last) and "class_dim" not in repr(first)
+
+
+@pytest.mark.parametrize("class_dim", [0, 2, -2, -4])
+def test_unsupported_class_dim_is_named(class_dim):
+    logits, labels = torch.randn(2, 3, 4, 5), torch.zeros(2, 3, 4, dtype=torch.long)
+    for function in (*BASELINES.values(), *MARGIN_LOSSES.values()):
+        with pytest.raises(ValueError, match=rf"class_dim={class_dim} is not supported.*expected 1 .*last"):
+            function(logits, labels, class_dim=class_dim)
+    for implementation in ("reference", "torch"):
+        with pytest.raises(ValueError, match=rf"class_dim={class_dim} is not supported"):
+            hem_loss(logits, labels, class_dim=class_dim, implementation=implementation)
+
+
+@pytest.mark.parametrize("class_dim", [1.0, True, "last", None])
+def test_class_dim_must_be_an_int(class_dim):
+    with pytest.raises(ValueError, match="class_dim must be an int"):
+        hem_loss(torch.randn(2, 3), torch.tensor([0, 1]), class_dim=class_dim)
+    with pytest.raises(ValueError, match="class_dim must be an int"):
+        cross_entropy_loss(torch.randn(2, 3), torch.tensor([0, 1]), class_dim=class_dim)
+
+
+@pytest.mark.parametrize("name", list(MODULES))
+def test_modules_reject_class_dim_zero_when_built(name):
+    with pytest.raises(ValueError, match="class_dim=0 is not supported"):
+        MODULES[name](class_dim=0)
+    with pytest.raises(ValueError, match="class_dim must be an int"):
+        MODULES[name](class_dim=-1.0)
+
+
+def test_classes_last_shape_mismatch_names_both_shapes_and_class_dim():
+    logits = torch.randn(3, 7, 5)
+    # (N, C) labels for (N, L, C) logits: the mistake of forgetting the class dimension is last.
+    for labels, class_dim in ((torch.zeros(3, 5, dtype=torch.long), -1), (torch.zeros(3, 7, dtype=torch.long), 1)):
+        for function in (*BASELINES.values(), *MARGIN_LOSSES.values()):
+            pattern = (
+                rf"labels shape {re_shape(labels.shape)} does not match logits shape \(3, 7, 5\) with "
+                rf"class_dim={class_dim}: expected labels of shape {re_shape((3, 7) if class_dim == -1 else (3, 5))}"
+            )
+            with pytest.raises(ValueError, match=pattern):
+                function(logits, labels, class_dim=class_dim)
+
+
+def re_shape(shape):
+    return str(tuple(shape)).replace("(", r"\(").replace(")", r"\)")
+
+
+def test_classes_last_label_checks_still_apply():
+    logits = torch.randn(2, 4, 3)
+    with pytest.raises(ValueError, match=r"\[3\].*\[0, 3\)"):
+        hem_loss(logits, torch.tensor([[0, 1, 3, -100], [0, 0, 0, 0]]), class_dim=-1)
+    with pytest.raises(ValueError, match="integer tensor"):
+        hem_loss(logits, torch.zeros(2, 4), class_dim=-1)

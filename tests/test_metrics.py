@@ -6,14 +6,12 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import average_precision_score, balanced_accuracy_score, roc_auc_score, roc_curve
 
-import hf_hem
 from hf_hem.metrics import (
     StreamingConfusionMatrix,
     accuracy,
@@ -36,8 +34,13 @@ from hf_hem.metrics import (
 )
 
 
+try:  # tests/ may or may not become a package
+    from .helpers import REPO_ROOT, with_repo_on_pythonpath
+except ImportError:
+    from helpers import REPO_ROOT, with_repo_on_pythonpath
+
+
 HAS_EVALUATE = importlib.util.find_spec("evaluate") is not None
-REPO_ROOT = Path(hf_hem.__file__).resolve().parents[1]
 
 # --- classification -------------------------------------------------------------------------------------------------
 
@@ -315,7 +318,7 @@ def test_evaluate_modules_match_numpy_offline(tmp_path):
     # A fresh interpreter, so the offline variables and the empty caches are in place before evaluate is imported.
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_EVALUATE_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
     env["HF_MODULES_CACHE"] = str(tmp_path / "modules")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env = with_repo_on_pythonpath(env)
     completed = subprocess.run(
         [sys.executable, "-c", _EVALUATE_SCRIPT], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
     )

@@ -4,8 +4,6 @@ The runs are tiny (tens of 32×32 images, a SegFormer of a few thousand paramete
 trainer, streaming metrics, cards, Hub and launchers fit together, and that training moves in the right direction.
 """
 
-import importlib.util
-import io
 import json
 import os
 import re
@@ -21,7 +19,6 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import datasets  # noqa: E402
-import PIL.Image  # noqa: E402
 from huggingface_hub import ModelCard  # noqa: E402
 from transformers import PretrainedConfig, PreTrainedModel  # noqa: E402
 from transformers.modeling_outputs import SemanticSegmenterOutput  # noqa: E402
@@ -35,23 +32,41 @@ from hf_hem.pipelines.semantic_segmentation import (  # noqa: E402
     parse_semantic_segmentation_args,
     upsample_and_argmax,
 )
-from hf_hem.trainer import HEMConfig, HEMTrainer  # noqa: E402
+from hf_hem.trainer import HEMTrainer  # noqa: E402
 
 
 try:  # tests/ may or may not become a package
+    from .helpers import (
+        ACCELERATE_CPU_CONFIG,
+        REPO_ROOT,
+        ade_examples,
+        hem_args,
+        offline_env,
+        reduce_ade_labels,
+        script_main,
+        tiny_segformer,
+        write_ade_parquet,
+    )
     from .hub_server import LoopbackHub, hub_client_env
 except ImportError:
+    from helpers import (
+        ACCELERATE_CPU_CONFIG,
+        REPO_ROOT,
+        ade_examples,
+        hem_args,
+        offline_env,
+        reduce_ade_labels,
+        script_main,
+        tiny_segformer,
+        write_ade_parquet,
+    )
     from hub_server import LoopbackHub, hub_client_env
 
 
 datasets.disable_progress_bars()
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "scripts" / "run_semantic_segmentation.py"
-ACCELERATE_CONFIG = REPO_ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"
-ADE_FEATURES = datasets.Features(
-    {"image": datasets.Image(), "annotation": datasets.Image(), "scene_category": datasets.Value("int64")}
-)
 # The embedded digit scenes at 32 px: 40 images (32 train, 8 validation), one quick epoch, no evaluation per epoch.
 TINY = [
     "--num_embedded_images", "40",
@@ -66,69 +81,6 @@ TINY = [
 ]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def single_torch_thread():
-    """Tiny models: one intra-op thread is faster, and far steadier when other jobs share the cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def _script_main():
-    spec = importlib.util.spec_from_file_location("run_semantic_segmentation_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
-def _offline_env(**extra) -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1", **extra)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    return env
-
-
-def _png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    PIL.Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def ade_examples(count: int, size: int = 32, seed: int = 0, num_values: int = 151):
-    """Random RGB images and raw ADE masks (0 background, 1..150 classes, a corner of 255) as arrays."""
-    rng = np.random.default_rng(seed)
-    images = [rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8) for _ in range(count)]
-    masks = []
-    for _ in range(count):
-        mask = rng.integers(0, num_values, size=(size, size)).astype(np.uint8)
-        mask[0, :3] = (0, 1, num_values - 1)  # the edge values, in every mask
-        mask[-1, -1] = 255
-        masks.append(mask)
-    return images, masks
-
-
-def write_ade_parquet(path, images, masks, *, image_bytes=None) -> str:
-    """A parquet file in the ADE20K schema of the Hub's conversion (`image`, `annotation`, `scene_category`)."""
-    encoded_images = [_png(image) for image in images]
-    for index, data in (image_bytes or {}).items():
-        encoded_images[index] = data
-    rows = {
-        "image": [{"bytes": data, "path": f"ADE_{i:05d}.jpg"} for i, data in enumerate(encoded_images)],
-        "annotation": [{"bytes": _png(mask), "path": f"ADE_{i:05d}.png"} for i, mask in enumerate(masks)],
-        "scene_category": [3] * len(images),
-    }
-    datasets.Dataset.from_dict(rows, features=ADE_FEATURES).to_parquet(str(path))
-    return str(path)
-
-
-def reduced(mask: np.ndarray) -> np.ndarray:
-    """ADE20K's label reduction written out value by value, independently of the implementation."""
-    expected = np.empty(mask.shape, dtype=np.int64)
-    for (row, col), value in np.ndenumerate(mask):
-        expected[row, col] = 255 if value in (0, 255) else value - 1
-    return expected
-
-
 def _history(output_dir: Path) -> list[dict]:
     return json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
 
@@ -140,8 +92,12 @@ def ade_files(tmp_path_factory):
     train_images, train_masks = ade_examples(12, seed=0)
     val_images, val_masks = ade_examples(6, seed=1)
     return {
-        "train": write_ade_parquet(folder / "train-00000-of-00001.parquet", train_images, train_masks),
-        "validation": write_ade_parquet(folder / "validation-00000-of-00001.parquet", val_images, val_masks),
+        "train": write_ade_parquet(
+            folder / "train-00000-of-00001.parquet", train_images, train_masks, scene_category=3
+        ),
+        "validation": write_ade_parquet(
+            folder / "validation-00000-of-00001.parquet", val_images, val_masks, scene_category=3
+        ),
         "train_masks": train_masks,
         "validation_masks": val_masks,
         "cache": str(folder / "cache"),
@@ -186,20 +142,22 @@ def test_local_ade_parquet_and_the_hub_dataset_load_the_same(ade_files, fake_ade
 def test_ade20k_end_to_end_reduce_labels_pixel_by_pixel_margins_and_card(ade_files, fake_ade20k_hub, tmp_path):
     output_dir = tmp_path / "ade-hem-plus"
     argv = [*TINY, "--dataset_name", "scene_parse_150", "--loss_name", "hem+", "--output_dir", str(output_dir)]
-    assert _script_main()(argv) == 0
+    assert script_main(SCRIPT)(argv) == 0
 
     config = json.loads((output_dir / "config.json").read_text())
     assert len(config["id2label"]) == 150 and config["id2label"]["0"] == "wall" and config["id2label"]["149"] == "flag"
     # HEM+ margins from the pixel histogram of the reduced training masks, S = number of training images.
-    brute = np.bincount(np.concatenate([reduced(m).ravel() for m in ade_files["train_masks"]]), minlength=256)
+    brute = np.bincount(
+        np.concatenate([reduce_ade_labels(m).ravel() for m in ade_files["train_masks"]]), minlength=256
+    )
     assert config["hem_class_counts"] == brute[:150].tolist()
     assert config["hem_num_margin_samples"] == 12
 
     # Evaluation at the native 32x32 size: the labels the metrics saw are the reduced masks, pixel by pixel.
     stored = np.load(output_dir / "predictions.npz")
     for index in range(4):
-        np.testing.assert_array_equal(stored["labels"][index], reduced(ade_files["validation_masks"][index]))
-    labelled = sum(int((reduced(m) != 255).sum()) for m in ade_files["validation_masks"])
+        np.testing.assert_array_equal(stored["labels"][index], reduce_ade_labels(ade_files["validation_masks"][index]))
+    labelled = sum(int((reduce_ade_labels(m) != 255).sum()) for m in ade_files["validation_masks"])
     assert stored["confusion_matrix"].shape == (150, 150) and stored["confusion_matrix"].sum() == labelled
     assert stored["predictions"].shape == stored["labels"].shape == (4, 32, 32)
 
@@ -230,7 +188,7 @@ def test_tiny_segformer_trains_with_each_loss(tmp_path, loss_name):
         *TINY, "--num_embedded_images", "150", "--num_train_epochs", "4", "--do_reduce_labels", "false",
         "--loss_name", loss_name, "--output_dir", str(output_dir),
     ]  # fmt: skip
-    assert _script_main()(argv) == 0
+    assert script_main(SCRIPT)(argv) == 0
     steps = [entry for entry in _history(output_dir) if "loss" in entry and "hem/accuracy" in entry]
     assert len(steps) == 60
 
@@ -280,15 +238,12 @@ def test_streamed_miou_matches_a_hand_computed_confusion_matrix(tmp_path):
     metrics = SegmentationMetrics(3, ignore_index=255, id2label={0: "a", 1: "b", 2: "c"})
     trainer = HEMTrainer(
         model=_FixedLogits(config),
-        args=HEMConfig(
-            output_dir=str(tmp_path),
+        args=hem_args(
+            tmp_path,
             loss_name="ce",
             per_device_eval_batch_size=2,  # two batches, the second one short: the matrix must stream across them
             batch_eval_metrics=True,
             label_names=["labels"],  # the fixed-logits model takes no labels, so the Trainer cannot find them
-            use_cpu=True,
-            report_to="none",
-            disable_tqdm=True,
         ),
         eval_dataset=dataset.with_format("torch"),
         compute_metrics=metrics,
@@ -328,9 +283,9 @@ def _bad_data(tmp_path, **changes) -> list[str]:
         masks[1][4, 4], masks[1][5, 5] = changes["bad_values"]
     if "broken_image" in changes:
         image_bytes[changes["broken_image"]] = b"these bytes are no JPEG"
-    train = write_ade_parquet(tmp_path / "train.parquet", images, masks, image_bytes=image_bytes)
+    train = write_ade_parquet(tmp_path / "train.parquet", images, masks, scene_category=3, image_bytes=image_bytes)
     val_images, val_masks = ade_examples(3, size=32, num_values=3, seed=1)
-    validation = write_ade_parquet(tmp_path / "validation.parquet", val_images, val_masks)
+    validation = write_ade_parquet(tmp_path / "validation.parquet", val_images, val_masks, scene_category=3)
     id2label = tmp_path / "id2label.json"
     id2label.write_text(json.dumps({"0": "a", "1": "b", "2": "c"}))
     return [
@@ -343,24 +298,24 @@ def test_mask_of_another_size_is_named(tmp_path):
     with pytest.raises(
         ValueError, match=r"example 2 \(ADE_00002.jpg\): mask size 24x16 .* differs from image size 32x32"
     ):
-        _script_main()([*_bad_data(tmp_path, small_mask=2), "--loss_name", "ce"])
+        script_main(SCRIPT)([*_bad_data(tmp_path, small_mask=2), "--loss_name", "ce"])
 
 
 def test_label_values_out_of_range_are_listed(tmp_path):
     argv = _bad_data(tmp_path, bad_values=(7, 200))
     # HEM counts the training masks before training: the pixel histogram names the example and the values.
     with pytest.raises(ValueError, match=r"example 1 has values \[7, 200\] outside \[0, 3\)"):
-        _script_main()(argv)
+        script_main(SCRIPT)(argv)
     # CE counts nothing: the training transform finds them.
     with pytest.raises(ValueError, match=r"example 1 \(ADE_00001.jpg\) has label values \[7, 200\] outside 0..2"):
-        _script_main()([*argv, "--loss_name", "ce"])
+        script_main(SCRIPT)([*argv, "--loss_name", "ce"])
 
 
 def test_undecodable_image_is_named_or_skipped_with_a_count(tmp_path):
     argv = _bad_data(tmp_path, broken_image=3)
     with pytest.raises(UndecodableImageError, match="ADE_00003.jpg"):
-        _script_main()([*argv, "--loss_name", "ce"])
-    assert _script_main()([*argv, "--skip_bad_examples", "true"]) == 0
+        script_main(SCRIPT)([*argv, "--loss_name", "ce"])
+    assert script_main(SCRIPT)([*argv, "--skip_bad_examples", "true"]) == 0
     results = json.loads((tmp_path / "out" / "all_results.json").read_text())
     assert results["train_skipped_examples"] == 1 and results["eval_skipped_examples"] == 0
     assert results["train_samples"] == 5
@@ -383,22 +338,11 @@ def test_bad_arguments_are_rejected(capsys):
 
 # ------------------------------------------------------------------------------------------------ trainer and cards
 def test_hem_trainer_writes_the_hem_card_for_segmenters_and_keeps_the_token_out_of_its_args(tmp_path, monkeypatch):
-    from transformers import (
-        BertConfig,
-        BertForSequenceClassification,
-        SegformerConfig,
-        SegformerForSemanticSegmentation,
-    )
+    from transformers import BertConfig, BertForSequenceClassification
 
     monkeypatch.setenv("HF_TOKEN", "restored-after-the-test")
-    config = SegformerConfig(
-        hidden_sizes=[8, 16], depths=[1, 1], num_encoder_blocks=2, sr_ratios=[2, 1], num_attention_heads=[1, 1],
-        patch_sizes=[3, 3], strides=[2, 2], mlp_ratios=[2, 2], decoder_hidden_size=8, num_labels=3,
-    )  # fmt: skip
-    args = HEMConfig(
-        output_dir=str(tmp_path / "segformer"), margin=0.5, use_cpu=True, report_to="none", hub_token="hf_secret"
-    )
-    trainer = HEMTrainer(model=SegformerForSemanticSegmentation(config), args=args, card_kwargs={"dataset_name": "d"})
+    args = hem_args(tmp_path / "segformer", margin=0.5, hub_token="hf_secret")
+    trainer = HEMTrainer(model=tiny_segformer(num_labels=3), args=args, card_kwargs={"dataset_name": "d"})
     assert os.environ["HF_TOKEN"] == "hf_secret" and trainer.args.hub_token is None
     trainer.card_metrics = {"eval_mean_iou": 0.25, "eval_hem/violating_fraction": 0.5, "eval_runtime": 1.0}
     trainer.create_model_card()
@@ -411,7 +355,7 @@ def test_hem_trainer_writes_the_hem_card_for_segmenters_and_keeps_the_token_out_
     bert = BertForSequenceClassification(
         BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8)
     )
-    other = HEMTrainer(model=bert, args=HEMConfig(output_dir=str(tmp_path / "bert"), margin=0.5, report_to="none"))
+    other = HEMTrainer(model=bert, args=hem_args(tmp_path / "bert", margin=0.5))
     assert other.model_card_kwargs({}) is None
     other.create_model_card()
     assert "generated_from_trainer" in (tmp_path / "bert" / "README.md").read_text()
@@ -419,7 +363,7 @@ def test_hem_trainer_writes_the_hem_card_for_segmenters_and_keeps_the_token_out_
 
 def test_one_pixel_histogram_behind_both_names():
     from hf_hem.counting import pixel_histogram as counts_only
-    from hf_hem.data import pixel_histogram
+    from hf_hem.data import mask_histogram as pixel_histogram
 
     masks = torch.tensor([[[0, 1], [-100, 2]], [[2, 2], [1, -100]]])
     counts, num_images = pixel_histogram([masks], 3, ignore_index=-100, progress=False)  # one (B, H, W) batch
@@ -441,14 +385,29 @@ def test_compare_segmentation_writes_report_and_mask_pictures(tmp_path, monkeypa
     output_dir = tmp_path / "compare"
     flags = [flag for flag in TINY if flag not in ("--disable_tqdm", "true", "--log_level", "error")]
     assert (
-        cli_main(["compare", "--task", "segmentation", "--output_dir", str(output_dir), "--no_progress", *flags]) == 0
+        cli_main(
+            [
+                "compare",
+                "--task",
+                "segmentation",
+                "--losses",
+                "ce,hem,dice",
+                "--seeds",
+                "0",
+                "--output_dir",
+                str(output_dir),
+                "--no_progress",
+                *flags,
+            ]
+        )  # fmt: skip
+        == 0
     )
     report = (output_dir / "report.md").read_text()
     assert report.startswith("# hf-hem compare: `ce` vs `hem` vs `dice`")
     assert "| Metric | better | `ce` | `hem` | `dice` |" in report
     assert "| Mean IoU | ↑ |" in report and "| Margin μ | |" in report
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
-    assert set(links) == {"segmentation_masks.png", "per_class_iou.png"}
+    assert set(links) == {"segmentation_masks.png", "per_class_iou.png", "learning_curves.png"}
     for link in links:
         content = (output_dir / link).read_bytes()
         assert content.startswith(b"\x89PNG\r\n\x1a\n") and len(content) > 5_000, link
@@ -468,7 +427,7 @@ def test_script_subprocess_pushes_the_hem_card_to_a_loopback_hub(tmp_path):
     output_dir = tmp_path / "out"
     token = "hf_segmentationTokenThatMustStayOutOfFiles"
     with LoopbackHub(tmp_path / "hub") as hub:
-        env = hub_client_env(hub.endpoint, hf_home=tmp_path / "hf_home", base_env=_offline_env())
+        env = hub_client_env(hub.endpoint, hf_home=tmp_path / "hf_home", base_env=offline_env())
         env.pop("HF_TOKEN")
         command = [
             sys.executable, str(SCRIPT), *TINY, "--output_dir", str(output_dir),
@@ -496,10 +455,10 @@ def test_script_subprocess_pushes_the_hem_card_to_a_loopback_hub(tmp_path):
 def test_accelerate_launch_two_cpu_processes(tmp_path):
     output_dir = tmp_path / "out"
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIG),
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CPU_CONFIG),
         str(SCRIPT), *TINY, "--loss_name", "hem+", "--output_dir", str(output_dir),
     ]  # fmt: skip
-    completed = subprocess.run(command, env=_offline_env(), capture_output=True, text=True, timeout=400)
+    completed = subprocess.run(command, env=offline_env(), capture_output=True, text=True, timeout=400)
     assert completed.returncode == 0, completed.stderr[-4000:]
     state = json.loads((output_dir / "trainer_state.json").read_text())
     assert state["global_step"] == 2  # 32 training images, 2 processes x batch 8 per step
@@ -514,7 +473,7 @@ def test_accelerate_launch_two_cpu_processes(tmp_path):
 
 def test_help_lists_model_data_and_training_flags(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        _script_main()(["--help"])
+        script_main(SCRIPT)(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     for flag in ("--dataset_name", "--model_name_or_path", "--loss_name", "--learning_rate", "--output_dir"):

@@ -131,3 +131,68 @@ def test_two_processes_match_one_process_on_the_concatenated_batch(tmp_path):
             torch.testing.assert_close(saved["gradients"][name], gradient, rtol=0, atol=1e-6, msg=f"{case}: {name}")
         # The logged loss is the loss of the global batch, not a per-rank or rescaled value.
         assert saved["logged_loss"] == pytest.approx(expected_loss, rel=1e-6), case
+
+
+ACCUMULATION_SCRIPT = REPO_ROOT / "tests" / "scripts" / "ddp_accumulation_check.py"
+
+
+def test_two_processes_with_accumulation_and_skipping_are_exact(tmp_path):
+    """2 processes x 2 micro-batches x 16 = one process on the batch of 64, for HEM, HEM+, CE and exact skipping.
+
+    Global batches 0 and 2 (rank 0's two micro-batches) hold only satisfied class-0 images: rank 0 has nothing to
+    backpropagate, rank 1 does; the step must neither hang nor average wrongly.
+    """
+    model = tiny_vit()
+    model.config.to_json_file(tmp_path / "config.json")
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    generator = torch.Generator().manual_seed(1)
+    pixel_values = torch.randn(64, 3, 8, 8, generator=generator) * 0.5
+    mixed = torch.randint(0, 3, (16,), generator=generator)
+    others = torch.randint(1, 3, (16,), generator=generator)
+    labels = torch.cat([torch.zeros(16, dtype=torch.long), mixed, torch.zeros(16, dtype=torch.long), others])
+    torch.save({"pixel_values": pixel_values, "labels": labels}, tmp_path / "data.pt")
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        str(ACCUMULATION_SCRIPT),
+        str(tmp_path),
+    ]
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"launch failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+
+    model.train()
+    with torch.no_grad():
+        counts = np.bincount(labels.numpy(), minlength=3)
+        mu = float(margins_from_counts(counts, scale=MARGIN_SCALE, per_class=False)[0])
+        per_sample = hem_loss(model(pixel_values=pixel_values).logits, labels, mu, reduction="none")
+    assert (per_sample[:16] == 0).all() and (per_sample[32:48] == 0).all() and (per_sample > 0).any()
+    for case, reference_case in (("hem", "hem"), ("hem_plus", "hem_plus"), ("ce", "ce"), ("hem_exact", "hem")):
+        saved = torch.load(tmp_path / f"{case}.pt")
+        assert saved["world_size"] == 2
+        rank0 = torch.load(tmp_path / f"{case}_rank0_labels.pt")
+        torch.testing.assert_close(rank0, torch.cat([labels[:16], labels[32:48]]))  # the layout the test relies on
+        expected, expected_loss, _ = reference_gradients(model, pixel_values, labels, reference_case)
+        for name, gradient in expected.items():
+            difference = (saved["gradients"][name] - gradient).norm() / gradient.norm().clamp_min(1e-12)
+            assert difference < 1e-6 or (saved["gradients"][name] - gradient).abs().max() < 1e-7, (case, name)
+        assert saved["logged_loss"] == pytest.approx(expected_loss, rel=1e-6), case
+    assert torch.load(tmp_path / "hem_exact.pt")["skipped_fraction"] >= 0.5

@@ -1,18 +1,36 @@
 """Margin-family losses on bilinearly upsampled logits (`upsample_logits=True`), against the reference."""
 
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_hem import HEMConfig, HEMLoss, HEMTrainer, hem_loss, mm_loss, mm_maz_loss, mm_thres_loss
+from hf_hem import HEMLoss, HEMTrainer, hem_loss
 from hf_hem.losses import kernels
-from hf_hem.losses.kernels import _function
-from hf_hem.losses.kernels._upsample import bilinear_axis, row_blocks, upsampled_margin_family_loss
+from hf_hem.losses.hem import needs_upsampling
+from hf_hem.losses.kernels import row_blocks, upsampled_margin_family_loss
+from hf_hem.losses.kernels._upsample import bilinear_axis
 
 
-FUNCTIONS = {"hem": hem_loss, "mm": mm_loss, "mm+maz": mm_maz_loss, "mm+thres": mm_thres_loss}
+try:  # tests/ may or may not become a package
+    from .helpers import (
+        MARGIN_LOSSES,
+        hem_args,
+        requires_cuda,
+        requires_triton,
+        requires_triton_interpreter,
+        tiny_segformer,
+    )
+except ImportError:
+    from helpers import (
+        MARGIN_LOSSES,
+        hem_args,
+        requires_cuda,
+        requires_triton,
+        requires_triton_interpreter,
+        tiny_segformer,
+    )
+
+
 # (logits (N, C, h, w), labels (H, W)): SegFormer's 4x, odd ratios, a downsampling axis, one source row.
 SHAPES = {
     "quarter": ((2, 5, 4, 6), (16, 24)),
@@ -56,7 +74,7 @@ def test_bilinear_axis_is_f_interpolate(size):
 
 
 @pytest.mark.parametrize("backend", ["cpu", "torch"])
-@pytest.mark.parametrize("name", list(FUNCTIONS))
+@pytest.mark.parametrize("name", list(MARGIN_LOSSES))
 @pytest.mark.parametrize("shape_name", list(SHAPES))
 @pytest.mark.parametrize("margin_kind", ["scalar", "per-class"])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -66,7 +84,7 @@ def test_upsampled_equals_reference_float64(backend, name, shape_name, margin_ki
     shape, label_size = SHAPES[shape_name]
     logits, labels = make_inputs(shape, label_size, seed=len(shape_name))
     margin = 0.3 if margin_kind == "scalar" else torch.linspace(0.1, 0.9, shape[1], dtype=torch.float64)
-    function = FUNCTIONS[name]
+    function = MARGIN_LOSSES[name]
     # A small block forces several blocks of rows, each with its own source rows.
     fused = loss_and_grad(
         lambda *a, **k: upsampled_margin_family_loss(
@@ -88,9 +106,9 @@ def test_upsampled_equals_reference_float64(backend, name, shape_name, margin_ki
     torch.testing.assert_close(public, reference, atol=1e-10, rtol=0)
 
 
-@pytest.mark.parametrize("name", list(FUNCTIONS))
+@pytest.mark.parametrize("name", list(MARGIN_LOSSES))
 def test_upsampled_float32_and_bfloat16(name):
-    function = FUNCTIONS[name]
+    function = MARGIN_LOSSES[name]
     logits, labels = make_inputs((2, 9, 8, 8), (32, 32), dtype=torch.float32, seed=3)
     fused = loss_and_grad(function, logits, labels, 0.2, "mean", upsample_logits=True)
     reference = loss_and_grad(
@@ -173,14 +191,28 @@ def test_bad_input_is_named():
     assert loss.item() == 0.0 and torch.count_nonzero(grad) == 0
 
 
-@pytest.mark.skipif(
-    not kernels.triton_available() or os.environ.get("TRITON_INTERPRET") != "1",
-    reason="needs triton and the interpreter (tests/conftest.py turns it on without a GPU)",
-)
-def test_triton_interpreted_upsampled_equals_reference(monkeypatch):
-    import importlib
+@pytest.mark.parametrize("class_dim", [-1, 3, 2])
+def test_upsampling_needs_class_dim_one(class_dim):
+    # Only (N, C, h, w) logits are upsampled: any other class dimension is an error, not a silent no-op.
+    logits, labels = torch.randn(2, 4, 4, 3), torch.zeros(2, 8, 8, dtype=torch.long)
+    for function in MARGIN_LOSSES.values():
+        with pytest.raises(ValueError, match=rf"upsample_logits=True .*class_dim=1 only, got class_dim={class_dim}"):
+            function(logits, labels, 0.2, upsample_logits=True, class_dim=class_dim)
+    with pytest.raises(ValueError, match=rf"upsample_logits=True .*got class_dim={class_dim}"):
+        HEMLoss(0.2, upsample_logits=True, class_dim=class_dim)
+    with pytest.raises(ValueError, match=rf"upsample_logits=True .*got class_dim={class_dim}"):
+        HEMLoss.from_label_counts([1, 2, 3], upsample_logits=True, class_dim=class_dim)
+    assert not needs_upsampling(logits, labels, class_dim=class_dim)
+    # Classes last without upsampling is an ordinary per-pixel loss of matching shapes.
+    same_size = torch.randint(0, 3, (2, 4, 4))
+    torch.testing.assert_close(
+        hem_loss(logits, same_size, 0.2, class_dim=-1), hem_loss(logits.movedim(-1, 1), same_size, 0.2)
+    )
 
-    monkeypatch.setattr(_function, "_triton_module", importlib.import_module("hf_hem.losses.kernels._triton"))
+
+@requires_triton
+@requires_triton_interpreter
+def test_triton_interpreted_upsampled_equals_reference(interpreted_triton):
     logits, labels = make_inputs((2, 6, 5, 4), (13, 9), dtype=torch.float32, seed=5)
     fused = loss_and_grad(hem_loss, logits, labels, 0.3, "mean", upsample_logits=True, implementation="triton")
     reference = loss_and_grad(
@@ -190,41 +222,30 @@ def test_triton_interpreted_upsampled_equals_reference(monkeypatch):
 
 
 def test_hem_trainer_upsampling_in_the_loss_changes_nothing_but_memory(tmp_path):
-    from transformers import SegformerConfig, SegformerForSemanticSegmentation
-
-    config = SegformerConfig(
-        num_labels=4,
-        num_encoder_blocks=2,
-        depths=[1, 1],
-        sr_ratios=[2, 1],
-        hidden_sizes=[8, 16],
-        num_attention_heads=[1, 2],
-        decoder_hidden_size=16,
-        semantic_loss_ignore_index=255,
-    )
-    torch.manual_seed(0)
-    model = SegformerForSemanticSegmentation(config)
+    # SegFormer's own first stage (7x7 patches, stride 4): logits at a quarter of the label size, as in real models.
+    model = tiny_segformer(num_labels=4, patch_sizes=[7, 3], strides=[4, 2], semantic_loss_ignore_index=255)
     pixel_values = torch.randn(3, 3, 32, 32)
     labels = torch.randint(0, 4, (3, 32, 32))
     labels[:, :4] = 255
     results = []
     for fused in (False, True):
-        args = HEMConfig(
-            output_dir=str(tmp_path / f"out-{fused}"),
+        args = hem_args(
+            tmp_path / f"out-{fused}",
             loss_name="hem+",
             class_counts=[100, 200, 300, 400],
             num_margin_samples=50,
             upsample_logits_in_loss=fused,
-            report_to="none",
-            use_cpu=True,
         )
         trainer = HEMTrainer(model=model, args=args)
         model.zero_grad()
         loss = trainer.compute_loss(model, {"pixel_values": pixel_values, "labels": labels})
         loss.backward()
-        grads = [parameter.grad.clone() for parameter in model.parameters() if parameter.grad is not None]
-        stats = trainer._stat_sums.pop("train")
-        results.append((loss.detach(), grads, stats))
+        # A training micro-batch adds its count, loss sum and statistics to the accumulation window, and returns the
+        # unnormalised sum: the step divides the gradients by the window's count.
+        stats, trainer._window = trainer._window, None
+        count = float(stats[0])
+        grads = [parameter.grad / count for parameter in model.parameters() if parameter.grad is not None]
+        results.append((loss.detach() / count, grads, stats))
     (loss_a, grads_a, stats_a), (loss_b, grads_b, stats_b) = results
     torch.testing.assert_close(loss_b, loss_a, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(stats_b, stats_a, atol=1e-3, rtol=1e-6)
@@ -232,7 +253,7 @@ def test_hem_trainer_upsampling_in_the_loss_changes_nothing_but_memory(tmp_path)
         torch.testing.assert_close(grad_b, grad_a, atol=1e-6, rtol=1e-4)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@requires_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_upsampled_equals_reference(dtype):
     logits, labels = make_inputs((2, 19, 16, 16), (64, 64), dtype=torch.float32, seed=9)

@@ -22,6 +22,7 @@ import numpy as np
 from datasets import Dataset, DatasetDict
 from datasets import Image as ImageFeature
 
+from .columns import pick_column
 from .transforms import UndecodableImageError, decode_image, decode_mask
 
 
@@ -29,8 +30,9 @@ __all__ = [
     "ADE20K_DATASET_NAMES",
     "ADE20K_HUB_ID",
     "ade20k_id2label",
+    "bounded_map",
     "load_segmentation_dataset",
-    "pixel_histogram",
+    "mask_histogram",
     "read_id2label",
 ]
 
@@ -262,7 +264,7 @@ def load_segmentation_dataset(
         seed (`int`, *optional*, defaults to 0): Seed of that split.
         decode (`bool`, *optional*, defaults to `True`): Whether the `image`/`annotation` columns decode to PIL
             images. `False` leaves `{bytes, path}` dicts, which the segmentation transforms and
-            [`pixel_histogram`] decode themselves, naming (or skipping) undecodable files.
+            [`mask_histogram`] decode themselves, naming (or skipping) undecodable files.
         add_example_index (`bool`, *optional*, defaults to `True`): Add the `example_index` column.
 
     Returns:
@@ -338,17 +340,7 @@ def load_segmentation_dataset(
 
 
 def _resolve_mask_column(column_names: Sequence[str], requested: str | None) -> str:
-    if requested is not None:
-        if requested not in column_names:
-            raise ValueError(f"the dataset has no mask column {requested!r}; columns present: {list(column_names)}.")
-        return requested
-    for name in MASK_COLUMN_CANDIDATES:
-        if name in column_names:
-            return name
-    raise ValueError(
-        f"no mask column found (looked for {list(MASK_COLUMN_CANDIDATES)}); columns present: {list(column_names)}. "
-        "Pass mask_column=..."
-    )
+    return pick_column(column_names, requested, MASK_COLUMN_CANDIDATES, "mask", hint="Pass mask_column=...")
 
 
 def _mask_values(data, mask_column: str | None, batch_size: int) -> tuple[Iterator, int | None]:
@@ -435,8 +427,21 @@ def _value_counts(array: np.ndarray, largest_allowed: int, ignore_index: int | N
     return np.bincount(values, minlength=largest_allowed + 1).astype(np.int64, copy=False), []
 
 
-def _bounded_map(pool: ThreadPoolExecutor, function, items: Iterable, max_in_flight: int) -> Iterator:
-    """Like `pool.map`, in order, but never more than `max_in_flight` items pending: memory stays flat on streams."""
+def bounded_map(pool: ThreadPoolExecutor, function, items: Iterable, max_in_flight: int) -> Iterator:
+    """Like `pool.map`, in order, but never more than `max_in_flight` items pending: memory stays flat on streams.
+
+    `pool.map` submits every item before yielding the first result, so on a stream it would read (and hold) the
+    whole stream at once.
+
+    Args:
+        pool (`ThreadPoolExecutor`): the pool the calls run on.
+        function (`Callable`): called as `function(item)`.
+        items (`Iterable`): consumed lazily, at most `max_in_flight` items ahead of the caller.
+        max_in_flight (`int`): most submitted calls whose results have not been yielded yet.
+
+    Returns:
+        `Iterator`: the results, in the order of `items`.
+    """
     pending = deque()
     for item in items:
         pending.append(pool.submit(function, item))
@@ -446,6 +451,10 @@ def _bounded_map(pool: ThreadPoolExecutor, function, items: Iterable, max_in_fli
         yield pending.popleft().result()
 
 
+# The old private name, kept until every caller uses `bounded_map`.
+_bounded_map = bounded_map
+
+
 def _describe_values(values: list, limit: int = 10) -> str:
     shown = ", ".join(str(int(value)) for value in values[:limit])
     return f"[{shown}{', ...' if len(values) > limit else ''}]" + (
@@ -453,7 +462,7 @@ def _describe_values(values: list, limit: int = 10) -> str:
     )
 
 
-def pixel_histogram(
+def mask_histogram(
     dataset_or_iterable,
     num_classes: int,
     ignore_index: int | None = 255,
@@ -512,9 +521,9 @@ def pixel_histogram(
     Example:
 
     ```python
-    >>> from hf_hem.data import load_digits_segmentation_dataset, pixel_histogram
+    >>> from hf_hem.data import load_digits_segmentation_dataset, mask_histogram
     >>> data = load_digits_segmentation_dataset(num_images=50)
-    >>> counts, num_images = pixel_histogram(data["train"], num_classes=10, reduce_labels=True, progress=False)
+    >>> counts, num_images = mask_histogram(data["train"], num_classes=10, reduce_labels=True, progress=False)
     >>> counts.shape, num_images
     ((10,), 40)
     ```
@@ -603,7 +612,7 @@ def pixel_histogram(
         tqdm(total=total, desc=desc, unit="mask", disable=not progress) as bar,
     ):
         try:
-            for index, class_counts, masks in _bounded_map(pool, count_one, items, max_in_flight=8 * num_threads):
+            for index, class_counts, masks in bounded_map(pool, count_one, items, max_in_flight=8 * num_threads):
                 if class_counts is None:
                     skipped.append(index)
                 else:
@@ -615,5 +624,5 @@ def pixel_histogram(
             pool.shutdown(wait=True, cancel_futures=True)
             raise
     if skipped:
-        logger.warning("pixel_histogram skipped %d undecodable masks (examples %s).", len(skipped), skipped[:10])
+        logger.warning("mask_histogram skipped %d undecodable masks (examples %s).", len(skipped), skipped[:10])
     return counts, num_images

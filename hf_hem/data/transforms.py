@@ -508,18 +508,14 @@ def build_classification_transforms(
     size=None,
     image_mean: Sequence[float] | None = None,
     image_std: Sequence[float] | None = None,
-    image_column: str = "image",
-    label_column: str | None = "label",
-    crop_scale: tuple[float, float] = (0.08, 1.0),
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
-    horizontal_flip: bool = True,
-    seed: int | None = None,
+    **transform_kwargs,
 ) -> ClassificationTransform:
     """A batch transform for `dataset.set_transform` in image classification.
 
     It reproduces the transformers example's torchvision pipeline with PIL and NumPy: `RandomResizedCrop` +
     `RandomHorizontalFlip` for training, `Resize` + `CenterCrop` for evaluation, then `Normalize` with the image
-    processor's statistics.
+    processor's statistics. The arguments after `image_std` are the keyword arguments of
+    [`ClassificationTransform`], with its defaults.
 
     Args:
         image_processor (`transformers.BaseImageProcessor`, *optional*): Gives the size and statistics.
@@ -552,16 +548,7 @@ def build_classification_transforms(
     ```
     """
     settings = resolve_image_settings(image_processor, size=size, image_mean=image_mean, image_std=image_std)
-    return ClassificationTransform(
-        settings,
-        train=train,
-        image_column=image_column,
-        label_column=label_column,
-        crop_scale=crop_scale,
-        crop_ratio=crop_ratio,
-        horizontal_flip=horizontal_flip,
-        seed=seed,
-    )
+    return ClassificationTransform(settings, train=train, **transform_kwargs)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -700,19 +687,11 @@ def build_segmentation_transforms(
     image_processor=None,
     *,
     train: bool,
-    num_labels: int | None = None,
     do_reduce_labels: bool | None = None,
-    ignore_index: int = 255,
     size=None,
     image_mean: Sequence[float] | None = None,
     image_std: Sequence[float] | None = None,
-    scale_range: tuple[float, float] = (0.5, 2.0),
-    horizontal_flip: bool = True,
-    image_column: str = "image",
-    mask_column: str = "annotation",
-    index_column: str | None = "example_index",
-    skip_bad: bool = False,
-    seed: int | None = None,
+    **transform_kwargs,
 ) -> SegmentationTransform:
     """A paired image/mask batch transform for `dataset.set_transform` in semantic segmentation.
 
@@ -729,6 +708,9 @@ def build_segmentation_transforms(
     with `skip_bad=True`, is left out of the batch and counted in `num_skipped`. To catch undecodable files here
     rather than inside `datasets`, load the columns with `datasets.Image(decode=False)`
     (`load_segmentation_dataset(..., decode=False)`): this transform decodes them itself.
+
+    The arguments other than `image_processor`, `do_reduce_labels`, `size`, `image_mean` and `image_std` are the
+    keyword arguments of [`SegmentationTransform`], with its defaults.
 
     Args:
         image_processor (`transformers.BaseImageProcessor`, *optional*): Gives the size, statistics and the default
@@ -757,20 +739,7 @@ def build_segmentation_transforms(
     settings = resolve_image_settings(image_processor, size=size, image_mean=image_mean, image_std=image_std)
     if do_reduce_labels is None:
         do_reduce_labels = bool(getattr(image_processor, "do_reduce_labels", False))
-    return SegmentationTransform(
-        settings,
-        train=train,
-        num_labels=num_labels,
-        do_reduce_labels=do_reduce_labels,
-        ignore_index=ignore_index,
-        scale_range=scale_range,
-        horizontal_flip=horizontal_flip,
-        image_column=image_column,
-        mask_column=mask_column,
-        index_column=index_column,
-        skip_bad=skip_bad,
-        seed=seed,
-    )
+    return SegmentationTransform(settings, train=train, do_reduce_labels=do_reduce_labels, **transform_kwargs)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -28,17 +28,6 @@ class ArraySplits:
         return len(self.class_names)
 
 
-def _pick_column(columns, candidates, given, what):
-    if given is not None:
-        if given not in columns:
-            raise ValueError(f"{what} column {given!r} is not in the dataset's columns {list(columns)}.")
-        return given
-    for candidate in candidates:
-        if candidate in columns:
-            return candidate
-    raise ValueError(f"no {what} column found among {list(columns)}; pass it explicitly (tried {list(candidates)}).")
-
-
 def _images_to_array(images, image_size: int, num_channels: int) -> np.ndarray:
     from PIL import Image
 
@@ -77,8 +66,11 @@ def dataset_to_arrays(
     """
     if num_channels not in (1, 3):
         raise ValueError(f"`num_channels` must be 1 or 3, got {num_channels!r}.")
-    image_column = _pick_column(dataset.column_names, _IMAGE_COLUMNS, image_column, "image")
-    label_column = _pick_column(dataset.column_names, _LABEL_COLUMNS, label_column, "label")
+    # Imported on use, like the embedded digits below: `hf_hem.data` pulls in datasets and torch.
+    from ..data.columns import pick_column
+
+    image_column = pick_column(dataset.column_names, image_column, _IMAGE_COLUMNS, "image")
+    label_column = pick_column(dataset.column_names, label_column, _LABEL_COLUMNS, "label")
     if max_samples is not None and max_samples < len(dataset):
         chosen = np.sort(np.random.default_rng(seed).choice(len(dataset), size=max_samples, replace=False))
         dataset = dataset.select(chosen.tolist())
@@ -124,6 +116,8 @@ def load_benchmark_data(
     else:
         from datasets import load_dataset
 
+        from ..data.columns import pick_column
+
         splits = load_dataset(dataset)
         test_name = next((name for name in _TEST_SPLITS if name in splits), None)
         if "train" not in splits or test_name is None:
@@ -131,7 +125,7 @@ def load_benchmark_data(
                 f"dataset {dataset!r} needs a 'train' split and one of {_TEST_SPLITS}; has {list(splits)}."
             )
         train_split, test_split = splits["train"], splits[test_name]
-        label_name = _pick_column(train_split.column_names, _LABEL_COLUMNS, label_column, "label")
+        label_name = pick_column(train_split.column_names, label_column, _LABEL_COLUMNS, "label")
         feature = train_split.features[label_name]
         class_names = tuple(getattr(feature, "names", None) or map(str, sorted(set(train_split[label_name]))))
     train_images, train_labels = dataset_to_arrays(

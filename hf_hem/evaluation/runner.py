@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import json
@@ -15,11 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .curves import DEFAULT_CRITERION, convergence_cell, plot_learning_curves, run_convergence
 from .stats import format_p_value, markdown_table, summarize
 from .tasks import BenchmarkSettings, BenchmarkTask, RunContext, get_task, headline_table
 
 
-RUN_FORMAT_VERSION = 1
+# 2: runs record their learning curves (`details["curves"]`); runs of version 1 have none and are redone.
+RUN_FORMAT_VERSION = 2
 # Metrics where lower is better; every other metric is higher-is-better.
 _LOWER_IS_BETTER = re.compile(r"(fpr\d*$|ece$|forgetting$)")
 
@@ -152,8 +155,63 @@ def _statistics_note(num_seeds: int, baseline: str | None) -> str:
     )
 
 
-def _write_report(path, task, settings, results, plots, plot_error, command):
+def _convergence(task: BenchmarkTask, runs: list, losses: list) -> dict:
+    """`{loss: [Convergence per seed]}` of the task's `curve_metric` (see `hf_hem.evaluation.curves`)."""
+    return {
+        loss: [
+            run_convergence(
+                run.get("details", {}).get("curves") or {},
+                task.curve_metric,
+                run.get("details", {}).get("curve_segments"),
+            )
+            for run in runs
+            if run["loss"] == loss
+        ]
+        for loss in losses
+    }
+
+
+def _curves_plot(task: BenchmarkTask, runs: list, losses: list, output_dir: Path) -> list:
+    """The learning-curve PNG of the task (`[(caption, file name)]`, or `[]` when no run recorded curves)."""
+    curves = {
+        loss: [run.get("details", {}).get("curves") or {} for run in runs if run["loss"] == loss] for loss in losses
+    }
+    metrics = [
+        ("loss", "training loss"),
+        ("hem/violating_fraction", "violating fraction (training)"),
+        (task.curve_metric, task.curve_label),
+    ]
+    # Further evaluated metrics (e.g. the held-out AUROC of `ood`) get a panel too.
+    for run_curves in (c for group in curves.values() for c in group):
+        for key in run_curves:
+            if key not in {metric for metric, _ in metrics}:
+                metrics.append((key, task.metric_labels.get(key, key)))
+    name = "learning_curves.png"
+    if plot_learning_curves(curves, metrics, output_dir / name) is None:
+        return []
+    return [("Learning curves: every epoch of every run, mean over seeds, band ± one std", name)]
+
+
+def _curves_note(task: BenchmarkTask, convergence: dict) -> str:
+    text = (
+        f"`converged`: {DEFAULT_CRITERION.describe(f'the {task.curve_label}')} (evaluated after every epoch; the "
+        "spread is the largest over seeds)."
+    )
+    if task.name == "continual":
+        text += " Each task's training is checked on its own, and every task must pass."
+    unconverged = [loss for loss, results in convergence.items() if any(r.converged is False for r in results)]
+    if unconverged:
+        text += (
+            " **Not converged**: " + ", ".join(f"`{loss}`" for loss in unconverged) + "; their numbers compare "
+            "unfinished runs."
+        )
+    return text
+
+
+def _write_report(path, task, settings, results, plots, plot_error, command, convergence=None):
     seeds = results["seeds"]
+    convergence = convergence or {}
+    cells = {loss: convergence_cell(found) for loss, found in convergence.items()} if convergence else None
     lines = [
         f"# HEM benchmark — {task.title}",
         "",
@@ -168,9 +226,11 @@ def _write_report(path, task, settings, results, plots, plot_error, command):
         "",
         _statistics_note(len(seeds), results["baseline"]),
         "",
-        headline_table(task, results["summary"]),
+        headline_table(task, results["summary"], cells),
         "",
     ]
+    if convergence:
+        lines += [_curves_note(task, convergence), ""]
     verdicts = _verdicts(task, results["summary"], results["baseline"])
     if verdicts:
         lines += ["### Summary against the baseline", "", *verdicts, ""]
@@ -229,8 +289,8 @@ def run_benchmark(
         settings ([`BenchmarkSettings`] or `dict`, *optional*): settings, or overrides of the defaults.
         baseline (`str`, *optional*, defaults to `"ce"`): loss the others are tested against; ignored when absent.
         train_fn (*optional*): `train_fn(model, (images, labels), loss_name, seed, **training_kwargs) -> model`;
-            defaults to `HEMTrainer` ([`train_with_hem_trainer`]) or, with `settings.trainer="torch"`, the plain
-            loop [`train_model`].
+            defaults to [`train_model`] with the backend `settings.trainer` names: `"hf"`, the `HEMTrainer`
+            ([`train_with_hem_trainer`]), or `"torch"`, the plain loop.
         model_fn (*optional*): `model_fn(num_labels, num_channels, seed) -> model`; defaults to the tiny ResNet.
         progress (`bool`, defaults to `True`): tqdm progress bars.
         rerun (`bool`, defaults to `False`): redo runs even when finished.
@@ -322,15 +382,21 @@ def _run_benchmark(task, losses, seeds, output_dir, settings, baseline, train_fn
         "summary": summary,
         "runs": runs,
     }
+    convergence = _convergence(task, runs, losses)
+    results["convergence"] = {
+        "criterion": {**dataclasses.asdict(DEFAULT_CRITERION), "metric": task.curve_metric},
+        "losses": {loss: [found._asdict() for found in found_list] for loss, found_list in convergence.items()},
+    }
     plots, plot_error = [], None
     try:
         import matplotlib
 
         matplotlib.use("Agg")  # files only; never needs a display
-        plots = task.plots(summary, runs, task_dir, settings)
+        plots = _curves_plot(task, runs, losses, task_dir) + task.plots(summary, runs, task_dir, settings)
     except Exception as error:  # a failed plot must not lose the numbers, which are already on disk
         plot_error = f"{type(error).__name__}: {error}"
         warnings.warn(f"plotting the {task.name} results failed: {plot_error}", stacklevel=2)
     _write_json(task_dir / "results.json", results)
-    _write_report(task_dir / "report.md", task, settings, results, plots, plot_error, command)
-    return {**results, "table": headline_table(task, summary), "output_dir": str(task_dir)}
+    _write_report(task_dir / "report.md", task, settings, results, plots, plot_error, command, convergence)
+    cells = {loss: convergence_cell(found) for loss, found in convergence.items()}
+    return {**results, "table": headline_table(task, summary, cells), "output_dir": str(task_dir)}

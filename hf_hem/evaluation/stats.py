@@ -1,4 +1,9 @@
-"""Across-seed statistics and markdown tables: mean ± std, Welch's t-test against a baseline."""
+"""Across-seed statistics and markdown tables: mean ± std, Welch's t-test against a baseline.
+
+One convention for every report of the library (`hf-hem benchmark` and `hf-hem compare`): the spread is the sample
+standard deviation (`ddof=1`), which is NaN for a single seed and then shown as the mean alone; a value that is
+missing or undefined prints as [`MISSING_VALUE`] (`"n/a"`).
+"""
 
 from __future__ import annotations
 
@@ -17,12 +22,23 @@ def _finite_values(values, name: str = "values") -> np.ndarray:
     return array
 
 
-def mean_std(values) -> tuple[float, float]:
+#: How a missing or undefined value prints in every table.
+MISSING_VALUE = "n/a"
+
+
+def mean_std(values, omit_nonfinite: bool = False) -> tuple[float, float]:
     """Mean and sample standard deviation (`ddof=1`) of per-seed values.
+
+    Args:
+        values (array-like of `float`): per-seed values.
+        omit_nonfinite (`bool`, *optional*, defaults to `False`): leave out `None`, NaN and infinite values (a metric
+            undefined in one seed) instead of raising; only the remaining seeds count.
 
     Returns:
         `tuple[float, float]`: `(mean, std)`; `std` is NaN for a single value, both are NaN for none.
     """
+    if omit_nonfinite:
+        values = [value for value in values if value is not None and math.isfinite(value)]
     array = _finite_values(values)
     if array.size == 0:
         return float("nan"), float("nan")
@@ -68,10 +84,10 @@ def welch_t_test(values, baseline_values) -> WelchResult:
     return WelchResult(float(result.statistic), float(result.pvalue), "")
 
 
-def format_mean_std(mean: float, std: float, digits: int = 3) -> str:
-    """`"0.912 ± 0.004"`; a NaN std prints as `"0.912"` alone, a NaN mean as `"n/a"`."""
+def format_mean_std(mean: float, std: float = math.nan, digits: int = 3) -> str:
+    """`"0.912 ± 0.004"`; a NaN std (one seed) prints as `"0.912"` alone, a NaN mean as [`MISSING_VALUE`]."""
     if math.isnan(mean):
-        return "n/a"
+        return MISSING_VALUE
     if math.isnan(std):
         return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
@@ -80,7 +96,7 @@ def format_mean_std(mean: float, std: float, digits: int = 3) -> str:
 def format_p_value(p_value: float) -> str:
     """`"p=0.031"`, `"p<0.001"`, or `"p=n/a"` for NaN."""
     if math.isnan(p_value):
-        return "p=n/a"
+        return f"p={MISSING_VALUE}"
     return "p<0.001" if p_value < 0.001 else f"p={p_value:.3f}"
 
 
@@ -142,6 +158,7 @@ def comparison_table(
     metrics: Sequence[str] | None = None,
     digits: int = 3,
     metric_labels: Mapping[str, str] | None = None,
+    extra_columns: Mapping[str, Mapping[str, str]] | None = None,
 ) -> str:
     """Markdown table, one row per method, one column per metric: `mean ± std (p=…)` with p against the baseline.
 
@@ -150,6 +167,9 @@ def comparison_table(
         metrics (`Sequence[str]`, *optional*): columns, in order; defaults to the first method's metrics.
         digits (`int`, defaults to 3): decimals.
         metric_labels (`Mapping[str, str]`, *optional*): column titles for metric keys.
+        extra_columns (`Mapping[str, Mapping[str, str]]`, *optional*): more columns after the metrics,
+            `extra_columns[title][method]` = the cell (e.g. whether the runs converged); a missing cell is
+            [`MISSING_VALUE`].
 
     Returns:
         `str`: the table.
@@ -164,11 +184,13 @@ def comparison_table(
         for metric in metrics:
             entry = entries.get(metric)
             if entry is None:
-                row.append("n/a")
+                row.append(MISSING_VALUE)
                 continue
             cell = format_mean_std(entry["mean"], entry["std"], digits)
             if entry.get("note") not in ("baseline", "no baseline"):
                 cell += f" ({format_p_value(entry['p_value'])})"
             row.append(cell)
+        row += [column.get(method, MISSING_VALUE) for column in (extra_columns or {}).values()]
         rows.append(row)
-    return markdown_table(["loss", *(labels.get(metric, metric) for metric in metrics)], rows)
+    headers = ["loss", *(labels.get(metric, metric) for metric in metrics), *(extra_columns or {})]
+    return markdown_table(headers, rows)

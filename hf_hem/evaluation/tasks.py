@@ -1,14 +1,16 @@
 """The five benchmark tasks. Each turns one (loss, seed) pair into a flat dict of metrics plus details.
 
-A task trains through `train_fn` (by default [`train_model`]) and builds models through `model_fn` (by default the
-tiny ResNet of [`build_resnet`]), so both can be swapped. The data split is fixed by `split_seed`; the run's `seed`
-sets the weight initialisation, the batch order and, for `imbalance`, which samples the long-tailed subset keeps.
-Synthetic OOD sets and corrupted test sets depend on `split_seed` only, so every loss and seed sees the same inputs.
+A task trains through `train_fn` (by default [`train_model`], with the backend `settings.trainer` names) and builds
+models through `model_fn` (by default the tiny ResNet of [`build_resnet`]), so both can be swapped. The data split
+is fixed by `split_seed`; the run's `seed` sets the weight initialisation, the batch order and, for `imbalance`,
+which samples the long-tailed subset keeps. Synthetic OOD sets and corrupted test sets depend on `split_seed` only,
+so every loss and seed sees the same inputs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,7 @@ from ..metrics import (
 from .benchmark_data import ArraySplits, load_benchmark_data
 from .continual import average_accuracy, class_incremental_splits, forgetting
 from .corruptions import CORRUPTIONS, MAX_SEVERITY, corrupt
+from .curves import curves_from_history
 from .imbalance import IMBALANCE_PROFILES, long_tailed_indices, shot_thresholds
 from .ood_sets import SYNTHETIC_OOD_KINDS, natural_image_patches, split_known_unknown, synthetic_ood_sets
 from .stats import comparison_table
@@ -192,8 +195,25 @@ class RunContext:
     def new_model(self, num_labels: int, seed: int):
         return self.model_fn(num_labels, self.settings.num_channels, seed)
 
-    def train(self, model, images, labels, loss_name, seed, epochs=None, num_classes=None, class_counts=None):
+    def train(
+        self,
+        model,
+        images,
+        labels,
+        loss_name,
+        seed,
+        epochs=None,
+        num_classes=None,
+        class_counts=None,
+        curve_fn=None,
+        history=None,
+    ):
+        """Trains `model` with the settings' recipe; with `history`, `curve_fn(model)` is evaluated after every epoch
+        and each epoch's entry appended to it (see [`train_model`]), when `train_fn` takes a `history` argument."""
         s = self.settings
+        extra = {}
+        if history is not None and _accepts_history(self.train_fn):
+            extra = {"eval_fn": curve_fn, "history": history}
         return self.train_fn(
             model,
             (images, labels),
@@ -209,6 +229,7 @@ class RunContext:
             class_counts=class_counts,
             margin_scale=s.margin_scale,
             progress=self.progress,
+            **extra,
         )
 
     def logits(self, model, images) -> np.ndarray:
@@ -217,8 +238,21 @@ class RunContext:
         return predict_logits(model, images, self.settings.eval_batch_size)
 
 
+def _accepts_history(train_fn) -> bool:
+    """Whether a `train_fn` can record learning curves: it takes `history` (or any keyword)."""
+    try:
+        parameters = inspect.signature(train_fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "history" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
 class BenchmarkTask:
-    """Base class: a named task with its settings, headline metrics, extra report tables and plots."""
+    """Base class: a named task with its settings, headline metrics, extra report tables and plots.
+
+    `curve_metric` is the metric evaluated after every training epoch (on the test split: the curves show training
+    progress and select nothing) whose learning curve decides whether a run converged; `curve_label` names it.
+    """
 
     name: str = ""
     title: str = ""
@@ -226,6 +260,8 @@ class BenchmarkTask:
     settings_used: tuple = ()
     headline_metrics: tuple = ()
     metric_labels: dict = {}
+    curve_metric: str = "accuracy"
+    curve_label: str = "test accuracy"
 
     def fingerprint_settings(self, settings: BenchmarkSettings) -> dict:
         """The settings that change this task's numbers (a changed one makes finished runs stale)."""
@@ -242,6 +278,15 @@ class BenchmarkTask:
     def plots(self, summary: dict, runs: list, output_dir: Path, settings: BenchmarkSettings) -> list:
         """Writes PNGs into `output_dir`; returns `[(caption, file name), ...]`."""
         return []
+
+
+def _clean_accuracy(context: RunContext, data: ArraySplits):
+    """`curve_fn` of the tasks trained on the whole training split: accuracy on the clean test split."""
+
+    def curve_fn(model):
+        return {"accuracy": accuracy(context.logits(model, data.test_images).argmax(1), data.test_labels)}
+
+    return curve_fn
 
 
 def _prefixed(prefix: str, metrics: dict) -> dict:
@@ -291,8 +336,26 @@ class OODTask(BenchmarkTask):
         test_split = split_known_unknown(data.test_labels, settings.unknown_classes)
         num_known = len(train_split.class_map)
         model = context.new_model(num_known, seed)
-        context.train(model, data.train_images[train_split.known_indices], train_split.known_labels, loss_name, seed)
         known_images = data.test_images[test_split.known_indices]
+        held_out = data.test_images[test_split.unknown_indices]
+
+        def curve_fn(model):
+            known = context.logits(model, known_images)
+            values = {"accuracy": accuracy(known.argmax(1), test_split.known_labels)}
+            if len(held_out):
+                values["held_out/msp_auroc"] = rejection_metrics(known, context.logits(model, held_out))["msp_auroc"]
+            return values
+
+        history = []
+        context.train(
+            model,
+            data.train_images[train_split.known_indices],
+            train_split.known_labels,
+            loss_name,
+            seed,
+            curve_fn=curve_fn,
+            history=history,
+        )
         known_logits = context.logits(model, known_images)
         metrics = {"accuracy": accuracy(known_logits.argmax(1), test_split.known_labels)}
         unknown_sets = {"held_out": data.test_images[test_split.unknown_indices]}
@@ -311,7 +374,11 @@ class OODTask(BenchmarkTask):
         if far:
             for key in next(iter(far.values())):
                 metrics[f"far_mean/{key}"] = float(np.mean([result[key] for result in far.values()]))
-        details = {"class_map": {str(k): v for k, v in train_split.class_map.items()}, "ood_sets": list(unknown_sets)}
+        details = {
+            "class_map": {str(k): v for k, v in train_split.class_map.items()},
+            "ood_sets": list(unknown_sets),
+            "curves": curves_from_history(history),
+        }
         return {"metrics": metrics, "details": details}
 
     def _set_names(self, summary):
@@ -361,6 +428,8 @@ class ImbalanceTask(BenchmarkTask):
         "training samples. ECE is the expected calibration error (15 bins, lower is better)."
     )
     settings_used = ("epochs", "imbalance_ratio", "imbalance_profile")
+    curve_metric = "balanced_accuracy"
+    curve_label = "balanced test accuracy"
     headline_metrics = ("accuracy", "balanced_accuracy", "many_shot", "medium_shot", "few_shot", "ece")
     metric_labels = {
         "accuracy": "acc",
@@ -377,8 +446,24 @@ class ImbalanceTask(BenchmarkTask):
             data.train_labels, settings.imbalance_ratio, settings.imbalance_profile, seed=seed
         )
         model = context.new_model(data.num_classes, seed)
+
+        def curve_fn(model):
+            predicted = context.logits(model, data.test_images).argmax(1)
+            return {
+                "accuracy": accuracy(predicted, data.test_labels),
+                "balanced_accuracy": balanced_accuracy(predicted, data.test_labels, data.num_classes),
+            }
+
+        history = []
         context.train(
-            model, data.train_images[indices], data.train_labels[indices], loss_name, seed, class_counts=counts
+            model,
+            data.train_images[indices],
+            data.train_labels[indices],
+            loss_name,
+            seed,
+            class_counts=counts,
+            curve_fn=curve_fn,
+            history=history,
         )
         logits = context.logits(model, data.test_images)
         predictions = logits.argmax(1)
@@ -395,6 +480,7 @@ class ImbalanceTask(BenchmarkTask):
             "train_class_counts": counts.tolist(),
             "shot_thresholds": {"many": many, "few": few},
             "per_class_accuracy": [None if np.isnan(a) else float(a) for a in class_accuracy],
+            "curves": curves_from_history(history),
         }
         return {"metrics": metrics, "details": details}
 
@@ -435,6 +521,8 @@ class ContinualTask(BenchmarkTask):
         "the mean drop from each earlier task's best accuracy to its final accuracy (lower is better)."
     )
     settings_used = ("num_tasks", "continual_epochs", "continual_class_seed")
+    # Each task's own training: accuracy on that task's test images, among the classes seen so far.
+    curve_label = "current task's test accuracy (class-IL)"
     headline_metrics = (
         "final_average_accuracy",
         "forgetting",
@@ -460,9 +548,21 @@ class ContinualTask(BenchmarkTask):
         class_il = np.full((num_tasks, num_tasks), np.nan)
         task_il = np.full((num_tasks, num_tasks), np.nan)
         seen = np.zeros(num_classes, dtype=bool)
+        curves, segments = {}, []
         for task_index, task in enumerate(train_tasks):
             labels = data.train_labels[task.indices]
             counts = np.bincount(labels, minlength=num_classes)
+            current = np.zeros(num_classes, dtype=bool)
+            current[task.classes] = True
+            current |= seen
+            current_images = data.test_images[test_indices[task_index]]
+            current_labels = data.test_labels[test_indices[task_index]]
+
+            def curve_fn(model, current=current, current_images=current_images, current_labels=current_labels):
+                logits = np.where(current, context.logits(model, current_images), -np.inf)
+                return {"accuracy": accuracy(logits.argmax(1), current_labels)}
+
+            history = []
             with warnings.catch_warnings():
                 # HEM+ margins warn about the classes absent from this task; they are never targets here.
                 warnings.filterwarnings("ignore", message="classes .* have no training samples")
@@ -475,7 +575,18 @@ class ContinualTask(BenchmarkTask):
                     epochs=settings.continual_epochs,
                     num_classes=num_classes,
                     class_counts=counts,
+                    curve_fn=curve_fn,
+                    history=history,
                 )
+            # One curve over all tasks, epochs counted on; each task's stretch is checked for convergence alone.
+            offset = task_index * settings.continual_epochs
+            start = len(next(iter(curves.values()), {"epoch": []})["epoch"])
+            for key, curve in curves_from_history(history, epoch_offset=offset).items():
+                merged = curves.setdefault(key, {"epoch": [], "value": []})
+                merged["epoch"] += curve["epoch"]
+                merged["value"] += curve["value"]
+            if history:
+                segments.append([start, start + len(history)])
             seen[task.classes] = True
             for eval_index, indices in enumerate(test_indices):
                 logits = context.logits(model, data.test_images[indices])
@@ -495,6 +606,8 @@ class ContinualTask(BenchmarkTask):
             "acc_matrix": class_il.tolist(),
             "task_il_acc_matrix": task_il.tolist(),
             "task_classes": [c.tolist() for c in task_classes],
+            "curves": curves,
+            "curve_segments": segments,
         }
         return {"metrics": metrics, "details": details}
 
@@ -565,7 +678,16 @@ class AdversarialTask(BenchmarkTask):
 
         settings, data = context.settings, context.data()
         model = context.new_model(data.num_classes, seed)
-        context.train(model, data.train_images, data.train_labels, loss_name, seed)
+        history = []
+        context.train(
+            model,
+            data.train_images,
+            data.train_labels,
+            loss_name,
+            seed,
+            curve_fn=_clean_accuracy(context, data),
+            history=history,
+        )
         clean_logits = context.logits(model, data.test_images)
         metrics = {"clean_accuracy": accuracy(clean_logits.argmax(1), data.test_labels)}
         images, labels = torch.tensor(data.test_images), torch.tensor(data.test_labels)
@@ -582,7 +704,7 @@ class AdversarialTask(BenchmarkTask):
             metrics[f"{attack_name}_accuracy"] = accuracy(attacked_logits.argmax(1), data.test_labels)
             rejection = rejection_metrics(clean_logits, attacked_logits)
             metrics.update(_prefixed(attack_name, {k: v for k, v in rejection.items() if k.endswith("auroc")}))
-        return {"metrics": metrics, "details": {}}
+        return {"metrics": metrics, "details": {"curves": curves_from_history(history)}}
 
     def extra_tables(self, summary, settings):
         tables = []
@@ -627,7 +749,16 @@ class CorruptionsTask(BenchmarkTask):
     def run(self, loss_name, seed, context):
         settings, data = context.settings, context.data()
         model = context.new_model(data.num_classes, seed)
-        context.train(model, data.train_images, data.train_labels, loss_name, seed)
+        history = []
+        context.train(
+            model,
+            data.train_images,
+            data.train_labels,
+            loss_name,
+            seed,
+            curve_fn=_clean_accuracy(context, data),
+            history=history,
+        )
         metrics = {"clean_accuracy": accuracy(context.logits(model, data.test_images).argmax(1), data.test_labels)}
         everything = []
         for corruption in settings.corruptions:
@@ -640,7 +771,7 @@ class CorruptionsTask(BenchmarkTask):
             metrics[f"{corruption}/mean"] = float(np.mean(per_severity))
             everything.extend(per_severity)
         metrics["mean_corruption_accuracy"] = float(np.mean(everything))
-        return {"metrics": metrics, "details": {}}
+        return {"metrics": metrics, "details": {"curves": curves_from_history(history)}}
 
     def extra_tables(self, summary, settings):
         columns = [f"s{s}" for s in settings.severities]
@@ -728,11 +859,13 @@ def get_task(name: str) -> BenchmarkTask:
     return TASKS[name]
 
 
-def headline_table(task: BenchmarkTask, summary: dict) -> str:
-    """The task's main table: headline metrics per loss, mean ± std with Welch p-values against the baseline."""
+def headline_table(task: BenchmarkTask, summary: dict, convergence: dict | None = None) -> str:
+    """The task's main table: headline metrics per loss, mean ± std with Welch p-values against the baseline, and,
+    with `convergence` (`{loss: cell}`), whether the runs of each loss converged."""
     available = next(iter(summary.values()))
     metrics = [m for m in task.headline_metrics if m in available]
-    return comparison_table(summary, metrics, 3, task.metric_labels)
+    extra = {"converged": convergence} if convergence is not None else None
+    return comparison_table(summary, metrics, 3, task.metric_labels, extra_columns=extra)
 
 
 __all__ = [

@@ -1,19 +1,22 @@
 """Models, training and inference for the benchmark: a tiny transformers ResNet and one `train_model` entry point.
 
-Every task trains through [`train_model`], so swapping the training recipe (another optimiser, the `HEMTrainer`,
-a bigger model) means passing another function with the same signature to `run_benchmark(train_fn=...)`.
+Every task trains through [`train_model`]: one recipe, one meaning of `loss_kwargs` (HEMConfig's loss fields), and
+two backends, a plain PyTorch loop (`backend="torch"`) and the library's `HEMTrainer` (`backend="hf"`). Swapping the
+recipe itself (another optimiser, a bigger model) means passing another function with the same signature to
+`run_benchmark(train_fn=...)`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
 from ..losses import get_loss
 from ..losses.registry import COUNT_LOSS_NAMES, LOSS_NAMES, MARGIN_LOSS_NAMES
+from ..margins import margins_from_counts
 from .adversarial import model_logits
 
 
@@ -57,21 +60,73 @@ def build_resnet(
     return ResNetForImageClassification(config)
 
 
-def loss_for_training(loss_name: str, class_counts, margin_scale: float = 2000.0, loss_kwargs: dict | None = None):
-    """The loss module for `loss_name`, given the training set's class counts.
+#: HEMConfig's loss fields, the one meaning of `loss_kwargs` for both backends: the `"hf"` backend passes them to
+#: [`HEMConfig`] as they are; the `"torch"` backend sets the loss constructor argument named here, for the losses
+#: named here (`None`: every loss) and, like HEMConfig, ignores a field of another loss.
+_LOSS_FIELDS = {
+    "margin": ("margin", MARGIN_LOSS_NAMES),
+    "num_margin_samples": ("num_samples", MARGIN_LOSS_NAMES),
+    "logitnorm_temperature": ("temperature", ("logitnorm",)),
+    "la_tau": ("tau", ("la",)),
+    "focal_gamma": ("gamma", ("focal",)),
+    "dice_smooth": ("smooth", ("dice",)),
+    "loss_ignore_index": ("ignore_index", None),
+}
+#: The keys `loss_kwargs` accepts.
+LOSS_KWARGS = (*_LOSS_FIELDS, "per_class_margins")
 
-    Margin losses get margins from the counts with the paper's rule (`sqrt(M / S)`, per class for `hem+`), `la` gets
-    its priors from them; other losses ignore them. `loss_kwargs` override, e.g. `{"margin": 0.5}`.
-    """
+
+def _check_loss_kwargs(loss_name: str, loss_kwargs: dict | None) -> dict:
+    """`loss_kwargs` as a dict, after the checks HEMConfig makes too (so the torch backend rejects what it rejects)."""
     if loss_name not in LOSS_NAMES:
         raise ValueError(f"unknown loss {loss_name!r}; valid names are: {', '.join(LOSS_NAMES)}.")
-    kwargs = dict(loss_kwargs or {})
+    fields = dict(loss_kwargs or {})
+    unknown = sorted(set(fields) - set(LOSS_KWARGS))
+    if unknown:
+        raise ValueError(
+            f"loss_kwargs {unknown} are not HEMConfig loss fields; expected some of {', '.join(LOSS_KWARGS)} "
+            "(margin_scale and class_counts are arguments of their own)."
+        )
+    per_class = fields.get("per_class_margins")
+    if loss_name == "hem+" and per_class is False:
+        raise ValueError("per_class_margins=False contradicts loss_name='hem+'; use loss_name='hem' for one margin.")
+    if fields.get("margin") is not None and (loss_name == "hem+" or per_class):
+        raise ValueError(
+            f"margin={fields['margin']} with per-class margins (loss_name={loss_name!r}, per_class_margins="
+            f"{per_class}): per-class margins come from the class counts; leave margin unset."
+        )
+    return fields
+
+
+def loss_for_training(loss_name: str, class_counts, margin_scale: float = 2000.0, loss_kwargs: dict | None = None):
+    """The loss module for `loss_name`, given the training set's class counts, as the torch backend trains with it.
+
+    Margin losses get margins from the counts with the paper's rule (`sqrt(M / S)`, per class for `hem+` or with
+    `per_class_margins`), `la` gets its priors from them; other losses ignore them.
+
+    Args:
+        loss_name (`str`): a registry name (`ce`, `hem`, `hem+`, `la`, ...).
+        class_counts (array-like): training samples per class.
+        margin_scale (`float`, defaults to 2000.0): the paper's `M` in `mu = sqrt(M / S)`.
+        loss_kwargs (`dict`, *optional*): [`HEMConfig`] loss fields (see `LOSS_KWARGS`), e.g. `{"margin": 0.5}`,
+            `{"la_tau": 1.5}` or `{"per_class_margins": True}`.
+    """
+    fields = _check_loss_kwargs(loss_name, loss_kwargs)
+    kwargs = {
+        argument: fields[name]
+        for name, (argument, losses) in _LOSS_FIELDS.items()
+        if name in fields and (losses is None or loss_name in losses)
+    }
     counts = torch.as_tensor(np.asarray(class_counts), dtype=torch.float64)
     if loss_name in MARGIN_LOSS_NAMES:
-        kwargs.setdefault("class_counts", counts)
-        kwargs.setdefault("scale", margin_scale)
+        if kwargs.get("margin") is None and fields.get("per_class_margins") and loss_name != "hem+":
+            # get_loss derives per-class margins for `hem+` only; the other margin losses take them as a tensor.
+            num_samples = kwargs.pop("num_samples", None)
+            kwargs["margin"] = margins_from_counts(counts, scale=margin_scale, per_class=True, num_samples=num_samples)
+        else:
+            kwargs.update(class_counts=counts, scale=margin_scale)
     elif loss_name in COUNT_LOSS_NAMES:
-        kwargs.setdefault("class_counts", counts)
+        kwargs["class_counts"] = counts
     return get_loss(loss_name, **kwargs)
 
 
@@ -119,15 +174,22 @@ def train_model(
     margin_scale: float = 2000.0,
     loss_kwargs: dict | None = None,
     progress: bool = False,
+    backend: str = "torch",
+    output_dir: str | None = None,
+    eval_fn: Callable | None = None,
+    history: list | None = None,
 ):
-    """Trains `model` in place with the paper's recipe scaled down, in a plain PyTorch loop.
+    """Trains `model` in place with the paper's recipe scaled down, in a plain PyTorch loop or through `HEMTrainer`.
 
     SGD with momentum and weight decay; the learning rate drops 10x at each of `lr_decay_fractions` of the epochs
     (the paper's drops at epochs 100 and 105 of 110 are fractions 0.91 and 0.955), which matters for HEM: its
-    accuracy rises most after the late drop.
+    accuracy rises most after the late drop. Both backends run this recipe with the same optimiser, schedule and
+    loss settings; batch order comes from a seeded permutation (`"torch"`) or the Trainer's seeded sampler
+    (`"hf"`), so their numbers differ run for run but not in distribution.
 
     Args:
-        model: an image classifier called as in [`model_logits`] (a transformers model or an `nn.Module`).
+        model: an image classifier called as in [`model_logits`] (a transformers model or an `nn.Module`; the `"hf"`
+            backend needs a model that returns its logits from `pixel_values`, like the transformers ones).
         train_dataset (`tuple`): `(pixel_values, labels)` arrays or tensors, `(N, C, H, W)` float and `(N,)` int.
         loss_name (`str`): a registry name (`ce`, `hem`, `hem+`, `la`, ...).
         seed (`int`): seed of the batch order.
@@ -142,39 +204,195 @@ def train_model(
         class_counts (array-like, *optional*): counts that set margins / priors; defaults to the counts of
             `train_dataset` (pass them explicitly when training on part of a label space, e.g. continual learning).
         margin_scale (`float`, defaults to 2000.0): the paper's `M` in `mu = sqrt(M / S)`.
-        loss_kwargs (`dict`, *optional*): extra loss constructor arguments, e.g. `{"margin": 0.5}`.
+        loss_kwargs (`dict`, *optional*): [`HEMConfig`] loss fields, the same for both backends (see `LOSS_KWARGS`):
+            e.g. `{"margin": 0.5}`, `{"la_tau": 1.5}`, `{"focal_gamma": 1.0}`.
         progress (`bool`, defaults to `False`): show a tqdm bar over epochs.
+        backend (`str`, defaults to `"torch"`): `"torch"` (a plain PyTorch loop, the faster) or `"hf"` (through
+            [`HEMTrainer`] and [`HEMConfig`]).
+        output_dir (`str`, *optional*): the Trainer's folder with `backend="hf"` (a temporary folder by default;
+            nothing is saved); unused by the `"torch"` backend.
+        eval_fn (`Callable`, *optional*): `eval_fn(model) -> dict[str, float]`, called after every epoch (model in
+            eval mode, no gradients needed) when `history` is given: the points of the learning curves.
+        history (`list`, *optional*): receives one dict per epoch: `epoch` (1, 2, ...), `loss` (the mean training
+            loss of the epoch's batches), `hem/violating_fraction` (margin losses: the share of the epoch's training
+            samples that violated their margin when they were trained on), and the metrics of `eval_fn`.
 
     Returns:
         The trained model, in eval mode.
     """
-    from tqdm.auto import tqdm
-
+    if backend not in TRAINING_BACKENDS:
+        raise ValueError(f"unknown training backend {backend!r}; expected one of {TRAINING_BACKENDS}.")
     images, labels = _as_training_tensors(train_dataset)
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"`epochs` must be an integer >= 1, got {epochs!r}.")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")
+    loss_fields = _check_loss_kwargs(loss_name, loss_kwargs)
     if num_classes is None:
         config = getattr(model, "config", None)
         num_classes = getattr(config, "num_labels", None) or int(labels.max()) + 1
     if class_counts is None:
         class_counts = torch.bincount(labels, minlength=num_classes)
-    criterion = loss_for_training(loss_name, class_counts, margin_scale, loss_kwargs)
     parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
     optimizer = torch.optim.SGD(parameters, lr=learning_rate, momentum=momentum, weight_decay=weight_decay)
-    milestones = sorted({max(1, math.ceil(fraction * epochs)) for fraction in lr_decay_fractions if fraction < 1})
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+    decay_epochs = sorted({max(1, math.ceil(fraction * epochs)) for fraction in lr_decay_fractions if fraction < 1})
+    description = f"train {loss_name}"
+    if backend == "torch":
+        criterion = loss_for_training(loss_name, class_counts, margin_scale, loss_fields)
+        _run_torch_loop(
+            model,
+            images,
+            labels,
+            criterion,
+            optimizer,
+            decay_epochs,
+            seed,
+            epochs,
+            batch_size,
+            description,
+            progress,
+            eval_fn,
+            history,
+        )
+    else:
+        config = {
+            "loss_name": loss_name,
+            "class_counts": [int(count) for count in np.asarray(class_counts).tolist()],
+            "margin_scale": margin_scale,
+            "num_train_epochs": epochs,
+            "per_device_train_batch_size": batch_size,
+            "seed": seed,
+            **loss_fields,
+        }
+        _run_hem_trainer(
+            model, images, labels, optimizer, decay_epochs, config, description, progress, output_dir, eval_fn, history
+        )
+    return model.eval()
+
+
+def train_with_hem_trainer(model, train_dataset, loss_name: str, seed: int, **kwargs):
+    """[`train_model`] with `backend="hf"`: the recipe run through [`HEMTrainer`] and [`HEMConfig`].
+
+    A function of its own so that it can be passed as `run_benchmark(train_fn=...)`, as [`get_train_fn`]`("hf")`
+    does; takes every keyword argument of [`train_model`] but `backend`.
+
+    Returns:
+        The trained model, in eval mode.
+    """
+    return train_model(model, train_dataset, loss_name, seed, backend="hf", **kwargs)
+
+
+def _violating_count(logits: torch.Tensor, labels: torch.Tensor, margin: torch.Tensor) -> int:
+    """Samples whose margin is violated: some other class's logit is above `y_t - mu_t` (HEM's loss is > 0)."""
+    target = logits.gather(1, labels[:, None])
+    others = logits.scatter(1, labels[:, None], float("-inf"))
+    mu = margin[labels] if margin.dim() else margin
+    return int((others.max(dim=1).values - target[:, 0] + mu > 0).sum())
+
+
+def _record_epoch(history: list, epoch: int, model, eval_fn, train_values: dict) -> None:
+    entry = {"epoch": epoch, **train_values}
+    if eval_fn is not None:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            entry.update({key: float(value) for key, value in eval_fn(model).items()})
+        model.train(was_training)
+    history.append(entry)
+
+
+def _run_torch_loop(
+    model,
+    images,
+    labels,
+    criterion,
+    optimizer,
+    decay_epochs,
+    seed,
+    epochs,
+    batch_size,
+    description,
+    progress,
+    eval_fn=None,
+    history=None,
+) -> None:
+    from tqdm.auto import tqdm
+
+    # Stepped once per epoch, so the drops fall on the epochs themselves.
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=decay_epochs, gamma=0.1)
     generator = torch.Generator().manual_seed(seed)
+    margin = getattr(criterion, "margin", None)
     model.train()
-    for _ in tqdm(range(epochs), desc=f"train {loss_name}", leave=False, disable=not progress):
+    for epoch in tqdm(range(epochs), desc=description, leave=False, disable=not progress):
+        loss_sum, violating, seen = 0.0, 0, 0
         for batch in torch.randperm(labels.numel(), generator=generator).split(batch_size):
             optimizer.zero_grad(set_to_none=True)
-            loss = criterion(model_logits(model, images[batch]), labels[batch])
+            logits = model_logits(model, images[batch])
+            loss = criterion(logits, labels[batch])
             loss.backward()
             optimizer.step()
+            if history is not None:
+                loss_sum += float(loss.detach()) * batch.numel()
+                seen += batch.numel()
+                if torch.is_tensor(margin):
+                    violating += _violating_count(logits.detach(), labels[batch], margin.to(logits.device))
         scheduler.step()
-    return model.eval()
+        if history is not None:
+            train_values = {"loss": loss_sum / max(seen, 1)}
+            if torch.is_tensor(margin):
+                train_values["hem/violating_fraction"] = violating / max(seen, 1)
+            _record_epoch(history, epoch + 1, model, eval_fn, train_values)
+
+
+def _run_hem_trainer(
+    model, images, labels, optimizer, decay_epochs, config: dict, description, progress, output_dir, eval_fn, history
+) -> None:
+    import tempfile
+
+    from transformers import PrinterCallback
+
+    from ..trainer import HEMConfig, HEMTrainer
+
+    # The Trainer steps the scheduler after every optimiser step: the drops are counted in steps.
+    steps_per_epoch = math.ceil(labels.numel() / config["per_device_train_batch_size"])
+    milestones = [epoch * steps_per_epoch for epoch in decay_epochs]
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+    with tempfile.TemporaryDirectory() as temporary:
+        args = HEMConfig(
+            output_dir=output_dir or temporary,
+            use_cpu=not torch.cuda.is_available(),
+            save_strategy="no",
+            # One training log per epoch when curves are recorded: its `loss` and `hem/violating_fraction` are the
+            # epoch's means, the points of the training curves.
+            logging_strategy="epoch" if history is not None else "no",
+            report_to=[],
+            disable_tqdm=True,  # the Trainer's bars would print each run's log dict; an epoch bar replaces them
+            dataloader_num_workers=0,
+            **config,
+        )
+        trainer = HEMTrainer(
+            model=model, args=args, train_dataset=_PixelDataset(images, labels), optimizers=(optimizer, scheduler)
+        )
+        trainer.remove_callback(PrinterCallback)  # it prints the end-of-training summary of every run
+        if progress:
+            trainer.add_callback(_epoch_progress_callback(config["num_train_epochs"], description))
+        if history is not None:
+            trainer.add_callback(_history_callback(model, eval_fn, history))
+        trainer.train()
+
+
+def _history_callback(model, eval_fn, history: list):
+    """A `TrainerCallback` that turns each epoch's training log into an entry of `history` (see [`train_model`])."""
+    from transformers import TrainerCallback
+
+    class EpochHistory(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not logs or "loss" not in logs or "train_runtime" in logs:
+                return
+            values = {key: float(logs[key]) for key in ("loss", "hem/violating_fraction") if key in logs}
+            _record_epoch(history, round(state.epoch or 0), model, eval_fn, values)
+
+    return EpochHistory()
 
 
 @torch.no_grad()
@@ -223,80 +441,3 @@ class _PixelDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         return {"pixel_values": self.images[index], "labels": self.labels[index]}
-
-
-def train_with_hem_trainer(
-    model,
-    train_dataset,
-    loss_name: str,
-    seed: int,
-    *,
-    epochs: int = 40,
-    batch_size: int = 64,
-    learning_rate: float = 0.05,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    lr_decay_fractions: Sequence[float] = (0.91, 0.955),
-    num_classes: int | None = None,
-    class_counts=None,
-    margin_scale: float = 2000.0,
-    loss_kwargs: dict | None = None,
-    progress: bool = False,
-    output_dir: str | None = None,
-):
-    """[`train_model`]'s recipe run through [`HEMTrainer`] and [`HEMConfig`] instead of a plain loop.
-
-    Same signature and arguments as [`train_model`] (so it can be passed as `run_benchmark(train_fn=...)`), plus
-    `output_dir` for the Trainer (a temporary folder by default; nothing is saved). The optimiser and the 10x
-    learning-rate drops are the same; batch order comes from the Trainer's seeded sampler, so the numbers differ
-    from [`train_model`]'s run for run but not in distribution. `loss_kwargs` are `HEMConfig` fields
-    (e.g. `{"margin": 0.5}` or `{"la_tau": 1.5}`).
-
-    Returns:
-        The trained model, in eval mode.
-    """
-    import tempfile
-
-    from transformers import PrinterCallback
-
-    from ..trainer import HEMConfig, HEMTrainer
-
-    images, labels = _as_training_tensors(train_dataset)
-    if num_classes is None:
-        config = getattr(model, "config", None)
-        num_classes = getattr(config, "num_labels", None) or int(labels.max()) + 1
-    if class_counts is None:
-        class_counts = torch.bincount(labels, minlength=num_classes)
-    counts = [int(count) for count in np.asarray(class_counts).tolist()]
-    parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    optimizer = torch.optim.SGD(parameters, lr=learning_rate, momentum=momentum, weight_decay=weight_decay)
-    steps_per_epoch = math.ceil(labels.numel() / batch_size)
-    milestones = sorted(
-        {max(1, math.ceil(fraction * epochs)) * steps_per_epoch for fraction in lr_decay_fractions if fraction < 1}
-    )
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
-    with tempfile.TemporaryDirectory() as temporary:
-        args = HEMConfig(
-            output_dir=output_dir or temporary,
-            loss_name=loss_name,
-            class_counts=counts,
-            margin_scale=margin_scale,
-            num_train_epochs=epochs,
-            per_device_train_batch_size=batch_size,
-            seed=seed,
-            use_cpu=not torch.cuda.is_available(),
-            save_strategy="no",
-            logging_strategy="no",
-            report_to=[],
-            disable_tqdm=True,  # the Trainer's bars would print each run's log dict; an epoch bar replaces them
-            dataloader_num_workers=0,
-            **(loss_kwargs or {}),
-        )
-        trainer = HEMTrainer(
-            model=model, args=args, train_dataset=_PixelDataset(images, labels), optimizers=(optimizer, scheduler)
-        )
-        trainer.remove_callback(PrinterCallback)  # it prints the end-of-training summary of every run
-        if progress:
-            trainer.add_callback(_epoch_progress_callback(epochs, f"train {loss_name}"))
-        trainer.train()
-    return model.eval()

@@ -16,39 +16,104 @@ def check_reduction(reduction: str) -> None:
         raise ValueError(f"reduction={reduction!r} is not supported; expected one of {REDUCTIONS}.")
 
 
-def flatten_logits_and_labels(
-    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Checks `logits`/`labels` and views every position as one sample.
+def check_class_dim_argument(class_dim) -> int:
+    """Checks a `class_dim` argument before the logits are known (module constructors): an int that is not 0."""
+    if isinstance(class_dim, bool) or not isinstance(class_dim, int):
+        raise ValueError(
+            f"class_dim must be an int, got {class_dim!r}; expected 1 (logits (N, C, d1, ...)) or -1 "
+            "(class dimension last, logits (N, d1, ..., C))."
+        )
+    if class_dim == 0:
+        raise ValueError(
+            "class_dim=0 is not supported: dimension 0 is the batch; expected 1 (logits (N, C, d1, ...)) or -1 "
+            "(class dimension last, logits (N, d1, ..., C))."
+        )
+    return class_dim
 
-    Args:
-        logits (`torch.Tensor`): `(N, C)` or `(N, C, d1, ...)`, any floating dtype.
-        labels (`torch.Tensor`): `(N,)` or `(N, d1, ...)`, integer class indices or `ignore_index`.
-        ignore_index (`int`): label value of positions that take no part in the loss.
+
+def normalize_class_dim(class_dim, logits_shape) -> int:
+    """The class dimension of logits of shape `logits_shape` as a non-negative index: 1 or the last dimension.
+
+    Only the two layouts the heads of transformers produce are supported: classes first after the batch (image
+    classification `(N, C)`, segmentation `(N, C, H, W)`) and classes last (token classification `(N, L, C)`).
+
+    Raises:
+        `ValueError`: naming `class_dim` and the shape, for any other dimension.
+    """
+    check_class_dim_argument(class_dim)
+    ndim = len(logits_shape)
+    if -ndim <= class_dim < ndim and class_dim % ndim in (1, ndim - 1):
+        return class_dim % ndim
+    raise ValueError(
+        f"class_dim={class_dim} is not supported for logits of shape {tuple(logits_shape)}: expected 1 "
+        f"(logits (N, C, d1, ...)) or the last dimension, -1 or {ndim - 1} (logits (N, d1, ..., C))."
+    )
+
+
+def labels_shape_for(logits_shape, class_dim: int) -> tuple[int, ...]:
+    """The shape labels must have: the logits' shape without the (normalised) class dimension."""
+    return tuple(size for dim, size in enumerate(logits_shape) if dim != class_dim)
+
+
+def check_logits_and_labels(logits: torch.Tensor, labels: torch.Tensor, class_dim: int = 1) -> int:
+    """Checks the logits' type and rank, `class_dim`, and the labels' type and shape, without touching any data.
 
     Returns:
-        `(flat_logits, flat_labels, valid)`: `flat_logits` is `(P, C)` in float32 (float64 stays float64),
-        `flat_labels` is `(P,)` with ignored positions replaced by 0 so that gathers stay in range, and `valid`
-        is the `(P,)` boolean mask of positions that count.
+        `int`: the class dimension as a non-negative index (1, or `logits.dim() - 1`).
     """
     if not torch.is_tensor(logits) or not torch.is_floating_point(logits):
         raise ValueError(
             f"logits must be a floating point tensor, got {type(logits).__name__} {getattr(logits, 'dtype', '')}."
         )
     if logits.dim() < 2:
-        raise ValueError(f"logits must have shape (N, C) or (N, C, d1, ...), got shape {tuple(logits.shape)}.")
-    if not torch.is_tensor(labels) or labels.dtype.is_floating_point or labels.dtype == torch.bool:
-        raise ValueError(f"labels must be an integer tensor, got {getattr(labels, 'dtype', type(labels).__name__)}.")
-    expected = (logits.shape[0], *logits.shape[2:])
-    if tuple(labels.shape) != expected:
         raise ValueError(
-            f"labels shape {tuple(labels.shape)} does not match logits shape {tuple(logits.shape)}: "
-            f"expected labels of shape {expected} (logits are (N, C, d1, ...), labels (N, d1, ...))."
+            f"logits must have shape (N, C), (N, C, d1, ...) or, with class_dim=-1, (N, d1, ..., C); got shape "
+            f"{tuple(logits.shape)}."
         )
-    num_classes = logits.shape[1]
-    if logits.dim() > 2:
-        # Class dimension last so that every spatial position becomes one row.
-        logits = logits.movedim(1, -1)
+    given, class_dim = class_dim, normalize_class_dim(class_dim, logits.shape)
+    if (
+        not torch.is_tensor(labels)
+        or labels.dtype.is_floating_point
+        or labels.dtype.is_complex
+        or labels.dtype == torch.bool
+    ):
+        raise ValueError(f"labels must be an integer tensor, got {getattr(labels, 'dtype', type(labels).__name__)}.")
+    expected = labels_shape_for(logits.shape, class_dim)
+    if tuple(labels.shape) != expected:
+        layout = "(N, C, d1, ...)" if class_dim == 1 else "(N, d1, ..., C)"
+        raise ValueError(
+            f"labels shape {tuple(labels.shape)} does not match logits shape {tuple(logits.shape)} with "
+            f"class_dim={given}: expected labels of shape {expected} (the logits' shape without the class "
+            f"dimension; logits are {layout}, labels (N, d1, ...))."
+        )
+    return class_dim
+
+
+def flatten_logits_and_labels(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, class_dim: int = 1
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Checks `logits`/`labels` and views every position as one sample.
+
+    Args:
+        logits (`torch.Tensor`): any floating dtype.
+        labels (`torch.Tensor`): integer class indices or `ignore_index`.
+        ignore_index (`int`): label value of positions that take no part in the loss.
+        class_dim (`int`, defaults to 1): the class dimension of `logits`, 1 or the last one (-1).
+
+    Returns:
+        `(flat_logits, flat_labels, valid)`: `flat_logits` is `(P, C)` in float32 (float64 stays float64),
+        `flat_labels` is `(P,)` with ignored positions replaced by 0 so that gathers stay in range, and `valid`
+        is the `(P,)` boolean mask of positions that count. Row `p` is position `p` of `labels.reshape(-1)`.
+
+    Shape:
+        - logits: `(N, C)` or `(N, C, d1, ...)` with `class_dim=1`; `(N, d1, ..., C)` with `class_dim=-1`
+        - labels: `(N,)` or `(N, d1, ...)`
+    """
+    class_dim = check_logits_and_labels(logits, labels, class_dim)
+    num_classes = logits.shape[class_dim]
+    if class_dim != logits.dim() - 1:
+        # Class dimension last so that every spatial position becomes one row (a view when already classes-last).
+        logits = logits.movedim(class_dim, -1)
     flat_logits = logits.reshape(-1, num_classes)
     if flat_logits.dtype in (torch.float16, torch.bfloat16):
         # Half-precision logits are computed in float32; autograd casts the gradient back.
@@ -57,6 +122,11 @@ def flatten_logits_and_labels(
     valid = check_label_range(flat_labels, num_classes, ignore_index)
     flat_labels = torch.where(valid, flat_labels, torch.zeros_like(flat_labels))
     return flat_logits, flat_labels, valid
+
+
+def class_dim_repr(class_dim: int) -> str:
+    """The `extra_repr` part of a module's `class_dim`: empty for the default 1."""
+    return "" if class_dim == 1 else f"class_dim={class_dim}"
 
 
 def check_label_range(flat_labels: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:

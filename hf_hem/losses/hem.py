@@ -10,66 +10,23 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._common import check_margin, check_reduction, flatten_logits_and_labels, reduce_per_sample, restore_shape
-from .kernels import fused_margin_family_loss, resolve_implementation
-from .kernels._upsample import upsampled_margin_family_loss
+from ._common import check_class_dim_argument, check_margin, check_reduction, class_dim_repr
+
+# The reference lives in `_reference` so that the kernels can fall back to it without importing this module, which
+# imports them. `margin_errors` was defined here first: re-exported, so `hf_hem.losses.hem.margin_errors` still works.
+from ._reference import _margin_family_loss_reference
+from ._reference import margin_errors as margin_errors
+from .kernels import fused_margin_family_loss, resolve_implementation, upsampled_margin_family_loss
 
 
-def margin_errors(
-    flat_logits: torch.Tensor, flat_labels: torch.Tensor, valid: torch.Tensor, margin: float | torch.Tensor
-) -> torch.Tensor:
-    """Margin errors `e_i = max(0, y_i - y_t + mu_t)` for `i != t`, 0 for the target and for ignored rows.
+def needs_upsampling(logits, labels, class_dim: int = 1) -> bool:
+    """Whether `(N, C, h, w)` logits are to be upsampled to `(N, H, W)` labels of another size (SegFormer-style).
 
-    Shape:
-        - flat_logits: `(P, C)`, flat_labels and valid: `(P,)`; margin: a float or `(C,)` (per target class).
-        - Output: `(P, C)`.
+    Only logits with the class dimension 1 are upsampled; classes-last logits never are.
     """
-    target_logit = flat_logits.gather(1, flat_labels[:, None])
-    if torch.is_tensor(margin):
-        margin = margin.to(device=flat_logits.device, dtype=flat_logits.dtype)[flat_labels][:, None]
-    errors = (flat_logits - target_logit + margin).clamp_min(0)
-    counts = torch.ones_like(errors, dtype=torch.bool).scatter(1, flat_labels[:, None], False)
-    counts &= valid[:, None]
-    return errors * counts
-
-
-def _margin_family_loss_reference(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    margin: float | torch.Tensor,
-    *,
-    threshold: bool,
-    mean_above_zero: bool,
-    ignore_index: int,
-    reduction: str,
-) -> torch.Tensor:
-    """The margin family in plain autograd operations: the definition the fused kernels are tested against."""
-    check_reduction(reduction)
-    flat_logits, flat_labels, valid = flatten_logits_and_labels(logits, labels, ignore_index)
-    num_classes = flat_logits.shape[1]
-    margin = check_margin(margin, num_classes)
-    errors = margin_errors(flat_logits, flat_labels, valid, margin)
-    # The masks are built from detached values: the threshold tau and the counts are constants for autograd.
-    detached = errors.detach()
-    kept = detached > 0
-    if threshold:
-        kept &= detached >= detached.mean(dim=1, keepdim=True)
-    kept_sum = (errors * kept).sum(dim=1)
-    if mean_above_zero:
-        per_sample = kept_sum / kept.sum(dim=1).clamp_min(1).to(kept_sum.dtype)
-        denominator = (kept.any(dim=1)).sum()
-    else:
-        per_sample = kept_sum / num_classes
-        denominator = valid.sum()
-    if reduction == "none":
-        return restore_shape(per_sample, labels)
-    return reduce_per_sample(per_sample, denominator, reduction)
-
-
-def needs_upsampling(logits, labels) -> bool:
-    """Whether `(N, C, h, w)` logits are to be upsampled to `(N, H, W)` labels of another size (SegFormer-style)."""
     return (
-        torch.is_tensor(logits)
+        class_dim == 1
+        and torch.is_tensor(logits)
         and torch.is_tensor(labels)
         and logits.dim() == 4
         and labels.dim() == 3
@@ -88,11 +45,13 @@ def _margin_family_loss(
     reduction: str,
     implementation: str = "auto",
     upsample_logits: bool = False,
+    class_dim: int = 1,
 ) -> torch.Tensor:
     """Dispatches to the fused kernels (`hf_hem.losses.kernels`) or, for `implementation="reference"`, the reference.
 
     Both compute the same function; the fused path needs no autograd graph of `(P, C)` intermediates.
     """
+    check_upsample_class_dim(upsample_logits, class_dim)
     if upsample_logits and needs_upsampling(logits, labels):
         return upsampled_margin_family_loss(
             logits,
@@ -104,7 +63,7 @@ def _margin_family_loss(
             reduction=reduction,
             implementation=implementation,
         )
-    if resolve_implementation(logits, margin, implementation) == "reference":
+    if resolve_implementation(logits, margin, implementation, class_dim) == "reference":
         return _margin_family_loss_reference(
             logits,
             labels,
@@ -113,6 +72,7 @@ def _margin_family_loss(
             mean_above_zero=mean_above_zero,
             ignore_index=ignore_index,
             reduction=reduction,
+            class_dim=class_dim,
         )
     return fused_margin_family_loss(
         logits,
@@ -123,7 +83,17 @@ def _margin_family_loss(
         ignore_index=ignore_index,
         reduction=reduction,
         implementation=implementation,
+        class_dim=class_dim,
     )
+
+
+def check_upsample_class_dim(upsample_logits: bool, class_dim: int) -> None:
+    """Raises unless `upsample_logits` comes with `class_dim=1`: only `(N, C, h, w)` logits are upsampled."""
+    if upsample_logits and class_dim != 1:
+        raise ValueError(
+            f"upsample_logits=True upsamples (N, C, h, w) logits with class_dim=1 only, got class_dim={class_dim}; "
+            "pass logits with classes in dimension 1 or set upsample_logits=False."
+        )
 
 
 def hem_loss(
@@ -135,13 +105,14 @@ def hem_loss(
     reduction: str = "mean",
     implementation: str = "auto",
     upsample_logits: bool = False,
+    class_dim: int = 1,
 ) -> torch.Tensor:
     r"""High error margin (HEM) loss; HEM+ when `margin` holds one margin per target class.
 
     Per sample with logits `y`, target `t`: margin errors `e_i = max(0, y_i - y_t + mu_t)` (`e_t = 0`), threshold
     `tau = mean(e)` over all C entries (detached), kept errors `e_i >= tau`, loss = mean of the kept errors above
     zero. The batch loss is the mean over the samples whose loss is above zero (0 when every sample satisfies the
-    margin). Every position of `(N, C, d1, ...)` logits is a sample.
+    margin). Every position of `(N, C, d1, ...)` logits (or `(N, d1, ..., C)` with `class_dim=-1`) is a sample.
 
     Args:
         logits (`torch.Tensor`): unnormalised scores; half precision is computed in float32.
@@ -157,10 +128,14 @@ def hem_loss(
         upsample_logits (`bool`, defaults to `False`): when `(N, C, h, w)` logits are smaller than the `(N, H, W)`
             labels (SegFormer-style models), score them upsampled to the label size as SegFormer's own loss does
             (`F.interpolate(..., mode="bilinear", align_corners=False)`), a block of rows at a time, so the
-            upsampled logits are never held in memory; the gradient flows back to the small logits.
+            upsampled logits are never held in memory; the gradient flows back to the small logits. Needs
+            `class_dim=1`.
+        class_dim (`int`, defaults to 1): the class dimension of `logits`: 1 (image classification `(N, C)`,
+            segmentation `(N, C, H, W)`) or -1, classes last (token classification `(N, L, C)` with `(N, L)`
+            labels). The fused kernels read contiguous classes-last logits in place, as `(N * L, C)` rows.
 
     Shape:
-        - logits: `(N, C)` or `(N, C, d1, ...)`
+        - logits: `(N, C)` or `(N, C, d1, ...)`; with `class_dim=-1`, `(N, d1, ..., C)`
         - labels: `(N,)` or `(N, d1, ...)`
         - Output: scalar, or shaped like `labels` for `reduction="none"`.
 
@@ -173,6 +148,9 @@ def hem_loss(
     >>> logits = torch.tensor([[2.0, 1.9, 2.3, 0.0]], requires_grad=True)
     >>> hem_loss(logits, torch.tensor([0]), margin=0.2)
     tensor(0.5000, grad_fn=<DivBackward0>)
+    >>> token_logits = torch.randn(2, 7, 5)  # (N, L, C) of a token classification head
+    >>> hem_loss(token_logits, torch.randint(0, 5, (2, 7)), class_dim=-1).shape
+    torch.Size([])
     ```
     """
     return _margin_family_loss(
@@ -185,6 +163,7 @@ def hem_loss(
         reduction=reduction,
         implementation=implementation,
         upsample_logits=upsample_logits,
+        class_dim=class_dim,
     )
 
 
@@ -197,6 +176,7 @@ def mm_loss(
     reduction: str = "mean",
     implementation: str = "auto",
     upsample_logits: bool = False,
+    class_dim: int = 1,
 ) -> torch.Tensor:
     """Multi-class margin loss: the mean of all margin errors (equals `F.multi_margin_loss(p=1)`).
 
@@ -212,6 +192,7 @@ def mm_loss(
         reduction=reduction,
         implementation=implementation,
         upsample_logits=upsample_logits,
+        class_dim=class_dim,
     )
 
 
@@ -224,6 +205,7 @@ def mm_maz_loss(
     reduction: str = "mean",
     implementation: str = "auto",
     upsample_logits: bool = False,
+    class_dim: int = 1,
 ) -> torch.Tensor:
     """MM+maz ablation: mean of the errors above zero per sample, mean over samples above zero (no threshold).
 
@@ -239,6 +221,7 @@ def mm_maz_loss(
         reduction=reduction,
         implementation=implementation,
         upsample_logits=upsample_logits,
+        class_dim=class_dim,
     )
 
 
@@ -251,6 +234,7 @@ def mm_thres_loss(
     reduction: str = "mean",
     implementation: str = "auto",
     upsample_logits: bool = False,
+    class_dim: int = 1,
 ) -> torch.Tensor:
     """MM+thres ablation: HEM's threshold, then a plain mean over all C entries and all samples.
 
@@ -266,6 +250,7 @@ def mm_thres_loss(
         reduction=reduction,
         implementation=implementation,
         upsample_logits=upsample_logits,
+        class_dim=class_dim,
     )
 
 
@@ -278,15 +263,20 @@ class _MarginLoss(nn.Module):
         ignore_index: int = -100,
         reduction: str = "mean",
         upsample_logits: bool = False,
+        *,
+        class_dim: int = 1,
     ):
         super().__init__()
         check_reduction(reduction)
+        check_class_dim_argument(class_dim)
+        check_upsample_class_dim(upsample_logits, class_dim)
         margin = check_margin(margin)
         # A buffer, so margins follow `.to(device)` and are saved in the state dict.
         self.register_buffer("margin", torch.as_tensor(margin, dtype=torch.float32).clone())
         self.ignore_index = ignore_index
         self.reduction = reduction
         self.upsample_logits = upsample_logits
+        self.class_dim = class_dim
         self._scalar_margin_key: tuple | None = None
         self._scalar_margin = 0.0
 
@@ -311,12 +301,19 @@ class _MarginLoss(nn.Module):
         ignore_index: int = -100,
         reduction: str = "mean",
         upsample_logits: bool = False,
+        class_dim: int = 1,
     ):
         """Builds the loss with margins derived from training label counts (see [`margins_from_counts`])."""
         from ..margins import margins_from_counts
 
         margins = margins_from_counts(counts, scale=scale, per_class=per_class, num_samples=num_samples)
-        return cls(margins, ignore_index=ignore_index, reduction=reduction, upsample_logits=upsample_logits)
+        return cls(
+            margins,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            upsample_logits=upsample_logits,
+            class_dim=class_dim,
+        )
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return type(self)._function(
@@ -326,22 +323,35 @@ class _MarginLoss(nn.Module):
             ignore_index=self.ignore_index,
             reduction=self.reduction,
             upsample_logits=self.upsample_logits,
+            class_dim=self.class_dim,
         )
 
     def extra_repr(self) -> str:
         margin = f"{float(self.margin):.4g}" if self.margin.dim() == 0 else f"per-class ({self.margin.numel()})"
         upsample = ", upsample_logits=True" if self.upsample_logits else ""
-        return f"margin={margin}, ignore_index={self.ignore_index}, reduction={self.reduction!r}{upsample}"
+        class_dim = f", {class_dim_repr(self.class_dim)}" if self.class_dim != 1 else ""
+        return f"margin={margin}, ignore_index={self.ignore_index}, reduction={self.reduction!r}{upsample}{class_dim}"
 
 
 class HEMLoss(_MarginLoss):
     """Module form of [`hem_loss`]; margins are kept in the `margin` buffer.
+
+    Args:
+        margin, ignore_index, reduction, upsample_logits: as [`hem_loss`].
+        class_dim (`int`, defaults to 1): the class dimension of the logits, 1 or -1 (classes last, as token
+            classification heads give them); kept as the `class_dim` attribute.
+
+    Shape:
+        - logits: `(N, C)` or `(N, C, d1, ...)`; with `class_dim=-1`, `(N, d1, ..., C)`
+        - labels: `(N,)` or `(N, d1, ...)`
+        - Output: scalar, or shaped like `labels` for `reduction="none"`.
 
     Example:
 
     ```python
     >>> criterion = HEMLoss.from_label_counts(torch.bincount(train_labels))  # HEM+
     >>> loss = criterion(model(images), labels)
+    >>> token_criterion = HEMLoss(0.2, class_dim=-1)  # (N, L, C) logits, (N, L) labels
     ```
     """
 
@@ -349,18 +359,18 @@ class HEMLoss(_MarginLoss):
 
 
 class MMLoss(_MarginLoss):
-    """Module form of [`mm_loss`]."""
+    """Module form of [`mm_loss`]; arguments and shapes as [`HEMLoss`]."""
 
     _function = staticmethod(mm_loss)
 
 
 class MMMazLoss(_MarginLoss):
-    """Module form of [`mm_maz_loss`]."""
+    """Module form of [`mm_maz_loss`]; arguments and shapes as [`HEMLoss`]."""
 
     _function = staticmethod(mm_maz_loss)
 
 
 class MMThresLoss(_MarginLoss):
-    """Module form of [`mm_thres_loss`]."""
+    """Module form of [`mm_thres_loss`]; arguments and shapes as [`HEMLoss`]."""
 
     _function = staticmethod(mm_thres_loss)

@@ -1,77 +1,17 @@
 """End-to-end pipelines: the logic behind the scripts in `scripts/` and the `hf-hem` commands."""
 
-from ._common import BaseModelArguments, PushToHubError, end_distributed, run_script
-from .image_classification import (
-    EMBEDDED_DATASET_NAME,
-    EMBEDDED_TRAINING_DEFAULTS,
-    SCRATCH_MODEL_TYPES,
-    DataTrainingArguments,
-    HEMModelCardCallback,
-    ImageClassificationData,
-    ImageClassificationTrainer,
-    ModelArguments,
-    build_model_and_image_processor,
-    load_image_classification_data,
-    make_compute_metrics,
-    parse_image_classification_args,
-    peek_data_arguments,
-    run_image_classification,
-    scratch_model_config,
-)
-from .semantic_segmentation import (
-    EMBEDDED_SEGMENTATION_DATASET_NAME,
-    EMBEDDED_SEGMENTATION_TRAINING_DEFAULTS,
-    SEGFORMER_SIZES,
-    SEGMENTATION_TRAINING_DEFAULTS,
-    SegmentationData,
-    SegmentationDataArguments,
-    SegmentationMetrics,
-    SegmentationModelArguments,
-    build_segmentation_model_and_image_processor,
-    find_undecodable_examples,
-    load_semantic_segmentation_data,
-    parse_semantic_segmentation_args,
-    peek_segmentation_data_arguments,
-    run_semantic_segmentation,
-    scratch_segformer_config,
-    upsample_and_argmax,
-)
+from . import image_classification, semantic_segmentation, text_classification, token_classification
+from ._common import BaseModelArguments, end_distributed, run_script
+
+# Each pipeline module lists its public names once, in its `__all__`; the package re-exports exactly those.
+from .image_classification import *  # noqa: F403
+from .semantic_segmentation import *  # noqa: F403
+from .text_classification import *  # noqa: F403
+from .token_classification import *  # noqa: F403
 
 
-__all__ = [
-    "EMBEDDED_DATASET_NAME",
-    "EMBEDDED_SEGMENTATION_DATASET_NAME",
-    "EMBEDDED_SEGMENTATION_TRAINING_DEFAULTS",
-    "EMBEDDED_TRAINING_DEFAULTS",
-    "SCRATCH_MODEL_TYPES",
-    "SEGFORMER_SIZES",
-    "SEGMENTATION_TRAINING_DEFAULTS",
-    "BaseModelArguments",
-    "DataTrainingArguments",
-    "HEMModelCardCallback",
-    "ImageClassificationData",
-    "ImageClassificationTrainer",
-    "ModelArguments",
-    "PushToHubError",
-    "SegmentationData",
-    "SegmentationDataArguments",
-    "SegmentationMetrics",
-    "SegmentationModelArguments",
-    "build_model_and_image_processor",
-    "end_distributed",
-    "build_segmentation_model_and_image_processor",
-    "find_undecodable_examples",
-    "load_image_classification_data",
-    "load_semantic_segmentation_data",
-    "make_compute_metrics",
-    "parse_image_classification_args",
-    "parse_semantic_segmentation_args",
-    "peek_data_arguments",
-    "peek_segmentation_data_arguments",
-    "run_image_classification",
-    "run_script",
-    "run_semantic_segmentation",
-    "scratch_model_config",
-    "scratch_segformer_config",
-    "upsample_and_argmax",
-]
+__all__ = ["BaseModelArguments", "end_distributed", "run_script"]
+__all__ += image_classification.__all__
+__all__ += semantic_segmentation.__all__
+__all__ += text_classification.__all__
+__all__ += token_classification.__all__

@@ -1,10 +1,12 @@
 """Pieces shared by the end-to-end pipelines (image classification, semantic segmentation).
 
-* the model arguments every pipeline has (checkpoint, config, cache, revision, token, …) as a base dataclass;
+* the model arguments every pipeline has (checkpoint, config, cache, revision, token, …) as a base dataclass, the
+  data arguments they share (`train_val_split`, `max_train_samples`, …) and their checks;
+* the model and image processor: a pretrained checkpoint, or a model built from its config;
 * argument parsing: flags, a leading `.yaml`/`.json` config file, `do_train`/`do_eval` on by default, training
   defaults for the embedded offline datasets, and CPU DDP under `accelerate launch` without GPUs;
 * the run skeleton: logging, dataset truncation, train-then-save, progress callbacks, and the final Hub push that
-  names the local folder when it fails.
+  names the local folder when it fails, and the metrics the model card shows.
 
 Model cards and the Hub behaviour during training live in [`~hf_hem.HEMTrainer`] itself.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -23,10 +26,12 @@ import datasets
 import torch
 import transformers
 import yaml
-from transformers import HfArgumentParser, PrinterCallback, ProgressCallback
+from transformers import AutoConfig, AutoImageProcessor, HfArgumentParser, PrinterCallback, ProgressCallback
 
+from ..data import collate_fn
+from ..hub import scrub_secrets
 from ..trainer.hem_config import HEMConfig
-from ..trainer.hem_trainer import _scrub
+from ..trainer.hem_trainer import HEMTrainer
 
 
 logger = logging.getLogger(__name__)
@@ -80,6 +85,35 @@ class BaseModelArguments:
     def hub_kwargs(self) -> dict[str, Any]:
         """`cache_dir`, `revision` and `token` for `from_pretrained` calls."""
         return {"cache_dir": self.cache_dir, "revision": self.model_revision, "token": self.token}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Data arguments: the fields both pipelines' data dataclasses have, and their checks
+
+
+def train_val_split_field():
+    """The `train_val_split` field of a data dataclass; [`check_split_arguments`] checks it."""
+    return field(
+        default=0.15, metadata={"help": "Share of train held out for validation when there is no validation split."}
+    )
+
+
+def max_train_samples_field():
+    """The `max_train_samples` field of a data dataclass; [`check_split_arguments`] checks it."""
+    return field(
+        default=None, metadata={"help": "Truncate the training set to this many examples (debugging, quick runs)."}
+    )
+
+
+def check_split_arguments(arguments) -> None:
+    """`train_val_split` of a data dataclass lies strictly between 0 and 1, and `max_train_samples` /
+    `max_eval_samples` are positive integers or `None`."""
+    if not (isinstance(arguments.train_val_split, (int, float)) and 0.0 < arguments.train_val_split < 1.0):
+        raise ValueError(f"train_val_split must be strictly between 0 and 1, got {arguments.train_val_split!r}.")
+    for name in ("max_train_samples", "max_eval_samples"):
+        value = getattr(arguments, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive integer or None, got {value!r}.")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -217,6 +251,86 @@ def parse_pipeline_args(
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Model
+
+
+def build_model_and_processor(
+    model_args: BaseModelArguments,
+    model_class,
+    id2label: dict[int, str],
+    label2id: dict[str, int],
+    scratch_config: Callable[[], transformers.PretrainedConfig],
+    scratch_image_processor: Callable[[], Any],
+    finetuning_task: str | None = None,
+):
+    """A model of `model_class` predicting `id2label`, pretrained or built from its config, and its image processor.
+
+    With `model_args.model_name_or_path`, the checkpoint's config (or `config_name`'s) gets the classes and
+    `finetuning_task`, then `config_overrides`; the weights are loaded, re-initialising the head where its size
+    differs if `ignore_mismatched_sizes`; the image processor is the checkpoint's (or `image_processor_name`'s).
+    Without it, the config is `config_name`'s with the classes, or `scratch_config()`, then `config_overrides` and
+    `finetuning_task`; the weights are random; the image processor is `image_processor_name`'s, or
+    `scratch_image_processor()`.
+
+    Args:
+        model_args ([`BaseModelArguments`]): Where the model comes from.
+        model_class (`type`): An auto class such as `AutoModelForImageClassification`.
+        id2label (`dict[int, str]`), label2id (`dict[str, int]`): The classes the model predicts.
+        scratch_config (`Callable[[], PretrainedConfig]`): The config of a model from scratch, with the classes
+            (called only when neither a checkpoint nor `config_name` is given).
+        scratch_image_processor (`Callable[[], BaseImageProcessor]`): The processor of a model from scratch (called
+            only when `image_processor_name` is not given either).
+        finetuning_task (`str`, *optional*): Stored in the config, e.g. `"image-classification"`.
+
+    Returns:
+        `tuple[PreTrainedModel, BaseImageProcessor]`.
+    """
+    labels = {"num_labels": len(id2label), "id2label": id2label, "label2id": label2id}
+    hub_kwargs = model_args.hub_kwargs()
+    trust_remote_code = model_args.trust_remote_code
+    if model_args.model_name_or_path is None:
+        if model_args.config_name is not None:
+            config = AutoConfig.from_pretrained(model_args.config_name, **labels, **hub_kwargs)
+        else:
+            config = scratch_config()
+        if model_args.config_overrides:
+            config.update_from_string(model_args.config_overrides)
+        if finetuning_task is not None:
+            config.finetuning_task = finetuning_task
+        model = model_class.from_config(config, trust_remote_code=trust_remote_code)
+        if model_args.image_processor_name is not None:
+            image_processor = AutoImageProcessor.from_pretrained(model_args.image_processor_name, **hub_kwargs)
+        else:
+            image_processor = scratch_image_processor()
+        return model, image_processor
+
+    # Only a given task is passed: `finetuning_task=None` would erase the one a checkpoint's config may hold.
+    task = {} if finetuning_task is None else {"finetuning_task": finetuning_task}
+    config = AutoConfig.from_pretrained(
+        model_args.config_name or model_args.model_name_or_path,
+        **labels,
+        **task,
+        trust_remote_code=trust_remote_code,
+        **hub_kwargs,
+    )
+    if model_args.config_overrides:
+        config.update_from_string(model_args.config_overrides)
+    model = model_class.from_pretrained(
+        model_args.model_name_or_path,
+        config=config,
+        ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+        trust_remote_code=trust_remote_code,
+        **hub_kwargs,
+    )
+    image_processor = AutoImageProcessor.from_pretrained(
+        model_args.image_processor_name or model_args.model_name_or_path,
+        trust_remote_code=trust_remote_code,
+        **hub_kwargs,
+    )
+    return model, image_processor
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Running
 
 
@@ -256,12 +370,43 @@ def truncate(dataset, max_samples: int | None, seed: int):
     return dataset.shuffle(seed=seed).select(range(max_samples))
 
 
-def check_max_samples(arguments) -> None:
-    """`max_train_samples` / `max_eval_samples` of a data dataclass are positive integers or `None`."""
-    for name in ("max_train_samples", "max_eval_samples"):
-        value = getattr(arguments, name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{name} must be a positive integer or None, got {value!r}.")
+def build_trainer(
+    model,
+    training_args,
+    image_processor,
+    train_dataset,
+    eval_dataset,
+    do_train: bool,
+    do_eval: bool,
+    callbacks: Sequence | None = None,
+    **trainer_kwargs,
+) -> HEMTrainer:
+    """The [`~hf_hem.HEMTrainer`] of a pipeline run, batching with [`~hf_hem.data.collate_fn`].
+
+    The training set is given only when training; the evaluation set when evaluating after training or during it
+    (`eval_strategy`). `callbacks` are added as [`use_callbacks`] does.
+
+    Args:
+        model, training_args, image_processor: The model, the [`HEMConfig`], and the processor saved beside them.
+        train_dataset, eval_dataset (`datasets.Dataset`): The transformed splits.
+        do_train (`bool`), do_eval (`bool`): As [`prepare_training_args`] returns them.
+        callbacks (`Sequence[TrainerCallback]`, *optional*): Extra callbacks.
+        trainer_kwargs: The rest of the trainer's arguments (`compute_metrics`, `card_kwargs`, `class_counts`, …).
+
+    Returns:
+        [`~hf_hem.HEMTrainer`].
+    """
+    trainer = HEMTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset if do_train else None,
+        eval_dataset=eval_dataset if (do_eval or training_args.eval_strategy != "no") else None,
+        processing_class=image_processor,
+        data_collator=collate_fn,
+        **trainer_kwargs,
+    )
+    use_callbacks(trainer, callbacks)
+    return trainer
 
 
 def use_callbacks(trainer, callbacks: Sequence | None) -> None:
@@ -302,6 +447,46 @@ def write_run_info(trainer, training_args, info: dict[str, Any]) -> None:
             json.dump(info, handle, indent=2)
 
 
+def select_card_metrics(metrics: dict[str, Any], keys: Sequence[str]) -> dict[str, float]:
+    """The finite `eval_<key>` numbers of `metrics` whose `key` is in `keys`, named `key`: the model card's metrics.
+
+    The rest (the `hem/*` training diagnostics, the Trainer's bookkeeping) stays in the logs.
+    """
+    selected = {}
+    for name, value in metrics.items():
+        key = name[len("eval_") :] if name.startswith("eval_") else None
+        if key in keys and isinstance(value, (int, float)) and math.isfinite(value):
+            selected[key] = float(value)
+    return selected
+
+
+def pipeline_card_kwargs(
+    model_args,
+    data_args,
+    dataset_name: str,
+    eval_split: str,
+    task: str,
+    metrics: dict[str, Any],
+    metric_keys: Sequence[str],
+) -> dict[str, Any]:
+    """What a pipeline adds to the HEM model card of its trainer (which fills in the model, loss, margins, classes and
+    hyper-parameters): the base model, the dataset, the task, and the metrics of `metric_keys` (see
+    [`select_card_metrics`]). The per-class table and the class names are left to the pipeline.
+
+    Returns:
+        `dict`: keyword arguments of the card (the `card_kwargs` of [`~hf_hem.HEMTrainer`]).
+    """
+    return {
+        "base_model": model_args.model_name_or_path,
+        "dataset_name": dataset_name,
+        "dataset_config": data_args.dataset_config_name,
+        "dataset_on_hub": data_args.dataset_name is not None,
+        "eval_split": eval_split,
+        "task": task,
+        "metrics": select_card_metrics(metrics, metric_keys),
+    }
+
+
 def push_or_raise(trainer, training_args, model_args) -> None:
     """`trainer.push_to_hub()` when `--push_to_hub` is set; a failure raises [`PushToHubError`] naming the folder.
 
@@ -315,7 +500,7 @@ def push_or_raise(trainer, training_args, model_args) -> None:
         secrets = [training_args.hub_token, getattr(model_args, "token", None), os.environ.get("HF_TOKEN")]
         message = (
             f"Pushing to the Hub repo {training_args.hub_model_id or trainer.hub_model_id!r} failed "
-            f"({type(error).__name__}: {_scrub(str(error), secrets)}). The trained model is saved locally in "
+            f"({type(error).__name__}: {scrub_secrets(str(error), secrets)}). The trained model is saved locally in "
             f"{os.path.abspath(training_args.output_dir)}; push it later with `hf upload` or `trainer.push_to_hub()`."
         )
         raise PushToHubError(message) from None

@@ -37,42 +37,40 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from datasets import Dataset, DatasetDict
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModelForSemanticSegmentation,
-    SegformerConfig,
-    set_seed,
-)
+from transformers import AutoModelForSemanticSegmentation, SegformerConfig, set_seed
 
+from ..counting import ClassCounts, resolve_class_counts
 from ..data import (
     ADE20K_DATASET_NAMES,
     UndecodableImageError,
     ade20k_id2label,
+    bounded_map,
     build_segmentation_transforms,
     collate_fn,
     decode_image,
     digits_segmentation_id2label,
     load_digits_segmentation_dataset,
     load_segmentation_dataset,
-    pixel_histogram,
+    mask_histogram,
     read_id2label,
 )
-from ..data.segmentation import _bounded_map
-from ..losses.registry import MARGIN_LOSS_NAMES
+from ..losses.registry import needs_class_counts
 from ..metrics import StreamingConfusionMatrix
-from ..trainer.hem_trainer import HEMTrainer
 from ._common import (
     BaseModelArguments,
-    check_max_samples,
+    build_model_and_processor,
+    build_trainer,
+    check_split_arguments,
+    max_train_samples_field,
     parse_pipeline_args,
     peek_dataclass,
+    pipeline_card_kwargs,
     prepare_training_args,
     push_or_raise,
     setup_logging,
     train_and_save,
+    train_val_split_field,
     truncate,
-    use_callbacks,
     write_run_info,
 )
 
@@ -112,8 +110,11 @@ SEGMENTATION_TRAINING_DEFAULTS = {"batch_eval_metrics": True}
 #: replace the `TrainingArguments` defaults, which are meant for fine-tuning pretrained models; anything set on the
 #: command line or in a config file still wins.
 EMBEDDED_SEGMENTATION_TRAINING_DEFAULTS = {
-    "num_train_epochs": 20.0,
-    "learning_rate": 2e-3,
+    # Sized with learning curves so that every loss of `hf-hem compare --task segmentation` (32-pixel scenes) levels
+    # off, the cosine decay annealing the rate late in training, as the paper's step drops do; at 20 epochs and 2e-3
+    # every loss was still climbing when training stopped (docs/semantic_segmentation.md).
+    "num_train_epochs": 26.0,
+    "learning_rate": 5e-3,
     "weight_decay": 0.01,
     "lr_scheduler_type": "cosine",
     "warmup_steps": 0.05,
@@ -237,12 +238,8 @@ class SegmentationDataArguments:
             "by one, as ADE20K needs. Default: true for ADE20K and the embedded digit scenes, else false."
         },
     )
-    train_val_split: float = field(
-        default=0.15, metadata={"help": "Share of train held out for validation when there is no validation split."}
-    )
-    max_train_samples: int | None = field(
-        default=None, metadata={"help": "Truncate the training set to this many examples (debugging, quick runs)."}
-    )
+    train_val_split: float = train_val_split_field()
+    max_train_samples: int | None = max_train_samples_field()
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Truncate the evaluation set to this many examples."}
     )
@@ -285,9 +282,7 @@ class SegmentationDataArguments:
             raise ValueError(f"validation_dir={self.validation_dir!r} needs --train_dir as well.")
         if self.validation_files and not self.data_files:
             raise ValueError(f"validation_files={self.validation_files!r} needs --data_files as well.")
-        if not (isinstance(self.train_val_split, (int, float)) and 0.0 < self.train_val_split < 1.0):
-            raise ValueError(f"train_val_split must be strictly between 0 and 1, got {self.train_val_split!r}.")
-        check_max_samples(self)
+        check_split_arguments(self)
         if self.num_labels is not None and (
             isinstance(self.num_labels, bool) or not isinstance(self.num_labels, int) or self.num_labels < 2
         ):
@@ -520,7 +515,7 @@ def find_undecodable_examples(
     rows = ((position, row) for position, row in enumerate(raw))
     with ThreadPoolExecutor(max_workers=num_threads) as pool:
         # Bounded: `pool.map` would read every encoded image into memory before the first one is decoded.
-        results = _bounded_map(pool, undecodable, rows, max_in_flight=8 * num_threads)
+        results = bounded_map(pool, undecodable, rows, max_in_flight=8 * num_threads)
         return [position for position in results if position is not None]
 
 
@@ -542,7 +537,7 @@ def _count_classes(train_dataset: Dataset, do_reduce_labels: bool, skip_bad: boo
 
     Returns the names and the raw histogram, which also gives the HEM+ pixel counts without a second pass.
     """
-    raw_counts, num_images = pixel_histogram(
+    raw_counts, num_images = mask_histogram(
         train_dataset,
         _MAX_RAW_MASK_VALUE + 1,
         ignore_index=None,
@@ -638,45 +633,16 @@ def build_segmentation_model_and_image_processor(
         `tuple[PreTrainedModel, BaseImageProcessor]`.
     """
     label2id = {name: index for index, name in id2label.items()}
-    num_labels = len(id2label)
-    hub_kwargs = model_args.hub_kwargs()
-    if model_args.model_name_or_path is None:
-        if model_args.config_name is not None:
-            config = AutoConfig.from_pretrained(
-                model_args.config_name, num_labels=num_labels, id2label=id2label, label2id=label2id, **hub_kwargs
-            )
-        else:
-            config = scratch_segformer_config(model_args.segformer_size, num_labels, id2label, label2id)
-        if model_args.config_overrides:
-            config.update_from_string(model_args.config_overrides)
-        model = AutoModelForSemanticSegmentation.from_config(config, trust_remote_code=model_args.trust_remote_code)
-        if model_args.image_processor_name is not None:
-            image_processor = AutoImageProcessor.from_pretrained(model_args.image_processor_name, **hub_kwargs)
-        else:
-            image_processor = _scratch_image_processor(model_args.image_size or default_image_size, do_reduce_labels)
-    else:
-        config = AutoConfig.from_pretrained(
-            model_args.config_name or model_args.model_name_or_path,
-            num_labels=num_labels,
-            id2label=id2label,
-            label2id=label2id,
-            trust_remote_code=model_args.trust_remote_code,
-            **hub_kwargs,
-        )
-        if model_args.config_overrides:
-            config.update_from_string(model_args.config_overrides)
-        model = AutoModelForSemanticSegmentation.from_pretrained(
-            model_args.model_name_or_path,
-            config=config,
-            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
-            trust_remote_code=model_args.trust_remote_code,
-            **hub_kwargs,
-        )
-        image_processor = AutoImageProcessor.from_pretrained(
-            model_args.image_processor_name or model_args.model_name_or_path,
-            trust_remote_code=model_args.trust_remote_code,
-            **hub_kwargs,
-        )
+    model, image_processor = build_model_and_processor(
+        model_args,
+        AutoModelForSemanticSegmentation,
+        id2label,
+        label2id,
+        scratch_config=lambda: scratch_segformer_config(model_args.segformer_size, len(id2label), id2label, label2id),
+        scratch_image_processor=lambda: _scratch_image_processor(
+            model_args.image_size or default_image_size, do_reduce_labels
+        ),
+    )
     if model_args.image_size is not None and hasattr(image_processor, "size"):
         image_processor.size = {"height": model_args.image_size, "width": model_args.image_size}
     if hasattr(image_processor, "do_reduce_labels"):
@@ -774,15 +740,6 @@ class SegmentationMetrics:
             for index, value in enumerate(self.last_result["per_category_iou"])
             if math.isfinite(value)
         }
-
-
-def _card_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    selected = {}
-    for key, value in metrics.items():
-        short = key[len("eval_") :] if key.startswith("eval_") else None
-        if short in _CARD_METRIC_KEYS and isinstance(value, (int, float)) and math.isfinite(value):
-            selected[short] = float(value)
-    return selected
 
 
 def _pictured_examples(trainer, eval_dataset, image_processor, count: int) -> dict[str, np.ndarray]:
@@ -902,24 +859,29 @@ def run_semantic_segmentation(
     eval_dataset.set_transform(transform(train=False))
 
     # ---- margins: pixel counts of the training masks, at their native size, streamed once ----
-    loss_name = training_args.loss_name
-    needs_counts = (loss_name in MARGIN_LOSS_NAMES and training_args.margin is None) or loss_name in ("hem+", "la")
-    if do_train and needs_counts and training_args.class_counts is None:
+    counts = None
+    if (
+        do_train
+        and needs_class_counts(training_args.loss_name, training_args.margin)
+        and training_args.class_counts is None
+    ):
         if pixel_counts is None:
-            pixel_counts = pixel_histogram(
-                train_dataset,
+            counts = resolve_class_counts(
+                "masks",
                 num_labels,
+                dataset=train_dataset,
                 ignore_index=ignore_index,
                 mask_column="annotation",
                 reduce_labels=do_reduce_labels,
                 skip_bad=data_args.skip_bad_examples,
+                num_samples=training_args.num_margin_samples,
                 progress=training_args.should_log and not training_args.disable_tqdm,
-                desc="Pixel histogram of the training masks",
             )
-        counts, num_images = pixel_counts
-        training_args.class_counts = counts.tolist()
-        if training_args.num_margin_samples is None:
-            training_args.num_margin_samples = num_images  # S = images, not pixels (docs/method.md, section 2)
+        else:
+            counts = resolve_class_counts(
+                "given", num_labels, class_counts=pixel_counts[0], num_samples=training_args.num_margin_samples
+            )
+            counts = ClassCounts(counts.counts, counts.num_samples or pixel_counts[1], "masks")
 
     # ---- trainer ----
     compute_metrics = SegmentationMetrics(num_labels, ignore_index=ignore_index, id2label=id2label)
@@ -928,29 +890,29 @@ def run_semantic_segmentation(
         # The trainer fills in the model, loss, margins, classes and hyper-parameters; this adds what only the
         # pipeline knows. The per-class table is the latest evaluation's, like the metrics of `metrics`.
         return {
-            "base_model": model_args.model_name_or_path,
-            "dataset_name": dataset_name,
-            "dataset_config": data_args.dataset_config_name,
-            "dataset_on_hub": data_args.dataset_name is not None,
-            "eval_split": eval_split,
-            "task": "image-segmentation",
-            "metrics": _card_metrics(metrics),
+            **pipeline_card_kwargs(
+                model_args, data_args, dataset_name, eval_split, "image-segmentation", metrics, _CARD_METRIC_KEYS
+            ),
             "per_class_table": compute_metrics.per_class_iou() if metrics else None,
             "class_names": class_names,
         }
 
-    trainer = HEMTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset if do_train else None,
-        eval_dataset=eval_dataset if (do_eval or training_args.eval_strategy != "no") else None,
-        processing_class=image_processor,
-        data_collator=collate_fn,
+    trainer = build_trainer(
+        model,
+        training_args,
+        image_processor,
+        train_dataset,
+        eval_dataset,
+        do_train,
+        do_eval,
+        callbacks,
         compute_metrics=compute_metrics,
         preprocess_logits_for_metrics=upsample_and_argmax,
         card_kwargs=card_kwargs,
+        # S = images, not pixels (docs/method.md, section 2): the counts come with the number of masks counted.
+        class_counts=None if counts is None else counts.counts,
+        num_margin_samples=None if counts is None else counts.num_samples,
     )
-    use_callbacks(trainer, callbacks)
 
     results: dict[str, float] = train_and_save(trainer, training_args, do_train, len(train_dataset))
 

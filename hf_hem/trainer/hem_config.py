@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -60,6 +61,28 @@ class HEMConfig(TrainingArguments):
             upsampled to the label size block by block, so the full-resolution logits are never held (same loss to
             rounding, far less memory). Without it, and for the other losses, the logits are upsampled first, as
             SegFormer's own loss does.
+
+        > Parameters that control the training step
+
+        skip_zero_loss (`str`, *optional*, defaults to `"off"`):
+            Skip the backward pass of samples that meet their margin (margin losses only; their loss and gradient are
+            exactly zero). `"off"`: every sample is forwarded and backpropagated. `"exact"`: a forward pass without
+            autograd finds the samples with a non-zero loss, and only those are forwarded again and
+            backpropagated: the same gradients as `"off"` for models whose train-mode forward of a sample does not
+            depend on the other samples or on random state (no BatchNorm, dropout 0). `"stale"`: as `"exact"`, and
+            samples whose loss was zero when last seen are also left out of the next epochs (revisited every
+            `stale_revisit_epochs` epochs, and every sample in the last `stale_final_fraction` of training);
+            approximate, one process only.
+        skip_backward_ratio (`float`, *optional*, defaults to `2.0`):
+            Cost of a backward pass relative to a forward pass, `B / F`, for the cost model of `skip_zero_loss`:
+            skipping costs `F + f (F + B)` against `F + B` for a violating fraction `f`, so the ordinary step is taken
+            while the last micro-batch's violating fraction is at least `B / (F + B)` (2/3 by default).
+        stale_revisit_epochs (`int`, *optional*, defaults to `4`):
+            With `skip_zero_loss="stale"`: a sample with zero loss is left out of at most `stale_revisit_epochs - 1`
+            epochs in a row before it is seen again.
+        stale_final_fraction (`float`, *optional*, defaults to `0.125`):
+            With `skip_zero_loss="stale"`: the final fraction of the epochs that see every sample (as InfoBatch's
+            annealing), so the last updates are those of `"exact"`.
 
         > Parameters of the baseline losses
 
@@ -127,10 +150,39 @@ class HEMConfig(TrainingArguments):
             "label size block by block instead of materialising them (same loss, far less memory)."
         },
     )
+    skip_zero_loss: str = field(
+        default="off",
+        metadata={
+            "help": "Skip samples that meet their margin (zero loss, zero gradient): off, exact (a no-grad selection "
+            "pass, then forward/backward of the violating samples only) or stale (also leave out samples whose loss "
+            "was zero when last seen, revisited on a schedule; approximate).",
+            "choices": ["off", "exact", "stale"],
+        },
+    )
+    skip_backward_ratio: float = field(
+        default=2.0,
+        metadata={
+            "help": "Backward / forward cost ratio of the skip cost model: the ordinary step is taken while the "
+            "violating fraction is at least ratio / (1 + ratio)."
+        },
+    )
+    stale_revisit_epochs: int = field(
+        default=4, metadata={"help": "skip_zero_loss=stale: a zero-loss sample is seen again after this many epochs."}
+    )
+    stale_final_fraction: float = field(
+        default=0.125, metadata={"help": "skip_zero_loss=stale: final fraction of the epochs that see every sample."}
+    )
     logitnorm_temperature: float = field(default=0.04, metadata={"help": "Temperature of LogitNorm (logitnorm)."})
     la_tau: float = field(default=1.0, metadata={"help": "tau of logit-adjusted cross-entropy (la)."})
     focal_gamma: float = field(default=2.0, metadata={"help": "gamma of the focal loss (focal)."})
     dice_smooth: float = field(default=0.0, metadata={"help": "Smoothing constant of the soft Dice loss (dice)."})
+
+    @classmethod
+    def from_training_arguments(cls, args: TrainingArguments) -> HEMConfig:
+        """An `HEMConfig` with the fields of a plain `TrainingArguments` and the default loss settings."""
+        if not isinstance(args, TrainingArguments):
+            raise ValueError(f"args must be an HEMConfig (or TrainingArguments), got {type(args).__name__}.")
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init})
 
     def __post_init__(self):
         self.loss_name = self.loss_name.lower() if isinstance(self.loss_name, str) else self.loss_name
@@ -171,6 +223,23 @@ class HEMConfig(TrainingArguments):
             if sum(counts) == 0:
                 raise ValueError("class_counts are all zero; expected the training samples per class.")
             self.class_counts = counts
+        if self.skip_zero_loss not in ("off", "exact", "stale"):
+            raise ValueError(f"skip_zero_loss={self.skip_zero_loss!r}; expected one of 'off', 'exact', 'stale'.")
+        if self.skip_zero_loss != "off" and self.loss_name not in MARGIN_LOSS_NAMES:
+            raise ValueError(
+                f"skip_zero_loss={self.skip_zero_loss!r} with loss_name={self.loss_name!r}: only the margin losses "
+                f"({', '.join(MARGIN_LOSS_NAMES)}) have samples with exactly zero loss and gradient; use 'off'."
+            )
+        _check_number("skip_backward_ratio", self.skip_backward_ratio, minimum=0.0)
+        if (
+            isinstance(self.stale_revisit_epochs, bool)
+            or not isinstance(self.stale_revisit_epochs, int)
+            or (self.stale_revisit_epochs < 1)
+        ):
+            raise ValueError(f"stale_revisit_epochs must be an integer >= 1, got {self.stale_revisit_epochs!r}.")
+        _check_number("stale_final_fraction", self.stale_final_fraction, minimum=0.0, inclusive=True)
+        if self.stale_final_fraction > 1:
+            raise ValueError(f"stale_final_fraction must be in [0, 1], got {self.stale_final_fraction!r}.")
         if self.label_smoothing_factor != 0:
             kind = "a margin loss" if self.loss_name in MARGIN_LOSS_NAMES else "HEMTrainer's losses"
             raise ValueError(

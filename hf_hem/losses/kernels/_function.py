@@ -10,7 +10,14 @@ from types import ModuleType
 
 import torch
 
-from .._common import check_label_range, check_margin, check_reduction, flatten_logits_and_labels, reduce_per_sample
+from .._common import (
+    check_label_range,
+    check_logits_and_labels,
+    check_margin,
+    check_reduction,
+    normalize_class_dim,
+    reduce_per_sample,
+)
 from . import _cpu, _portable
 
 
@@ -34,7 +41,9 @@ def _triton() -> ModuleType:
     return _triton_module
 
 
-def resolve_implementation(logits: torch.Tensor, margin: float | torch.Tensor, implementation: str = "auto") -> str:
+def resolve_implementation(
+    logits: torch.Tensor, margin: float | torch.Tensor, implementation: str = "auto", class_dim: int = 1
+) -> str:
     """The backend that computes the loss for these inputs: `"reference"`, `"cpu"`, `"triton"` or `"torch"`.
 
     `"auto"` picks the Triton kernel for CUDA tensors when `triton` is installed, the compiled C++ kernel on CPU when
@@ -45,6 +54,7 @@ def resolve_implementation(logits: torch.Tensor, margin: float | torch.Tensor, i
         logits (`torch.Tensor`): the logits the loss will be computed on.
         margin (`float` or `torch.Tensor`): the margin argument of the loss.
         implementation (`str`, defaults to `"auto"`): one of `"auto"`, `"reference"`, `"cpu"`, `"triton"`, `"torch"`.
+        class_dim (`int`, defaults to 1): the class dimension of `logits`, 1 or the last one (-1).
 
     Returns:
         `str`: the backend name.
@@ -55,7 +65,7 @@ def resolve_implementation(logits: torch.Tensor, margin: float | torch.Tensor, i
         return implementation
     if torch.is_tensor(margin) and margin.requires_grad:
         return "reference"
-    if not torch.is_tensor(logits) or logits.dim() < 2 or logits.shape[1] == 0:
+    if not torch.is_tensor(logits) or logits.dim() < 2 or not _has_classes(logits, class_dim):
         return "reference"  # let the reference raise or handle the degenerate case
     if torch.compiler.is_compiling() or logits.device.type == "meta":
         return "reference"
@@ -66,21 +76,12 @@ def resolve_implementation(logits: torch.Tensor, margin: float | torch.Tensor, i
     return "torch"
 
 
-def _check_inputs(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> None:
-    """Same checks as the reference, without its copies; the reference helper raises the error message."""
-    ok = (
-        torch.is_tensor(logits)
-        and torch.is_floating_point(logits)
-        and logits.dim() >= 2
-        and torch.is_tensor(labels)
-        and not labels.dtype.is_floating_point
-        and not labels.dtype.is_complex
-        and labels.dtype != torch.bool
-        and tuple(labels.shape) == (logits.shape[0], *logits.shape[2:])
-    )
-    if not ok:
-        flatten_logits_and_labels(logits, labels, ignore_index)
-        raise AssertionError("unreachable: the reference check must have raised")  # pragma: no cover
+def _has_classes(logits: torch.Tensor, class_dim: int) -> bool:
+    """Whether the class dimension is valid and not empty; an invalid one is left to the reference to report."""
+    try:
+        return logits.shape[normalize_class_dim(class_dim, logits.shape)] > 0
+    except ValueError:
+        return False
 
 
 def check_label_flag(label_error: torch.Tensor, flat_labels: torch.Tensor, num_classes: int, ignore_index: int):
@@ -133,17 +134,27 @@ def reduce_kernel_output(per_sample, kept, flat_labels, labels_shape, ignore_ind
     return reduce_per_sample(per_sample, denominator, reduction)
 
 
-def group_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Views `(N, C, d1, ...)` logits as `(B, C, I)` with every `(b, i)` one sample, copying only when needed.
+def group_logits(logits: torch.Tensor, class_dim: int = 1) -> torch.Tensor:
+    """Views logits as `(B, C, I)` with every `(b, i)` one sample, copying only when needed.
 
-    Contiguous logits give `B = N, I = d1 * ...` (classes strided); logits whose class dimension is innermost in
-    memory (channels-last, or `(N, C)`) give `B = N * d1 * ..., I = 1`. In both cases the sample order is that of
-    `labels.reshape(-1)`. Anything else is made contiguous first.
+    Logits whose classes are strided (contiguous `(N, C, d1, ...)`) give `B = N, I = d1 * ...`; logits whose class
+    dimension is innermost in memory (`(N, C)`, memory-format channels-last, or contiguous `(N, d1, ..., C)` from a
+    token classification head with `class_dim=-1`) give `B = N * d1 * ..., I = 1`. In both cases the sample order is
+    that of `labels.reshape(-1)`. Anything else is made contiguous first.
+
+    Args:
+        logits (`torch.Tensor`): the logits.
+        class_dim (`int`, defaults to 1): their class dimension, 1 or the last one (-1).
 
     Shape:
-        - logits: `(N, C)` or `(N, C, d1, ...)`
+        - logits: `(N, C)` or `(N, C, d1, ...)` with `class_dim=1`; `(N, d1, ..., C)` with `class_dim=-1`
         - Output: `(B, C, I)` with `B * I = N * d1 * ...`
     """
+    class_dim = normalize_class_dim(class_dim, logits.shape)
+    if class_dim != 1:
+        # A view with permuted strides, no copy: a contiguous (N, d1, ..., C) tensor is then "classes innermost"
+        # below and becomes (N * d1 * ..., C, 1) rows, the layout the kernels read with class stride 1.
+        logits = logits.movedim(class_dim, 1)
     batch, num_classes, inner = logits.shape[0], logits.shape[1], math.prod(logits.shape[2:])
     if logits.is_contiguous():
         return logits.view(batch, num_classes, inner)
@@ -214,6 +225,7 @@ def fused_margin_family_loss(
     ignore_index: int = -100,
     reduction: str = "mean",
     implementation: str = "auto",
+    class_dim: int = 1,
 ) -> torch.Tensor:
     """HEM (`threshold=True, mean_above_zero=True`), MM, MM+maz or MM+thres in one fused pass over the logits.
 
@@ -231,26 +243,31 @@ def fused_margin_family_loss(
         reduction (`str`, defaults to `"mean"`): `"mean"`, `"sum"` or `"none"`.
         implementation (`str`, defaults to `"auto"`): `"cpu"`, `"triton"`, `"torch"` or `"auto"` (see
             [`resolve_implementation`]); `"reference"` is not handled here.
+        class_dim (`int`, defaults to 1): the class dimension of `logits`: 1, or -1 for classes last (token
+            classification). Contiguous classes-last logits are read in place as `(N * d1 * ..., C)` rows, and their
+            gradient has their layout.
 
     Returns:
         `torch.Tensor`: a scalar, or per-sample losses shaped like `labels` for `reduction="none"`.
 
     Shape:
-        - logits: `(N, C)` or `(N, C, d1, ...)`
+        - logits: `(N, C)` or `(N, C, d1, ...)` with `class_dim=1`; `(N, d1, ..., C)` with `class_dim=-1`
         - labels: `(N,)` or `(N, d1, ...)`
     """
     check_reduction(reduction)
-    _check_inputs(logits, labels, ignore_index)
-    num_classes = logits.shape[1]
+    class_dim = check_logits_and_labels(logits, labels, class_dim)
+    num_classes = logits.shape[class_dim]
     margin = check_margin(margin, num_classes)
-    backend = resolve_implementation(logits, margin, implementation)
+    backend = resolve_implementation(logits, margin, implementation, class_dim)
     if backend == "reference":
         raise ValueError("fused_margin_family_loss computes the fused backends only; call the reference directly.")
     check_backend(backend, logits.device, logits.dtype)
     accumulate = torch.float64 if logits.dtype == torch.float64 else torch.float32
     flat_labels, margins, scalar_margin = kernel_labels_and_margins(labels, margin, logits.device, accumulate)
+    # Classes-last logits reach the kernels as a view of their own storage (see `group_logits`): no transposed copy.
+    grouped = group_logits(logits, class_dim)
     per_sample, kept, label_error = FusedMarginFamily.apply(
-        group_logits(logits), flat_labels, margins, scalar_margin, ignore_index, threshold, mean_above_zero, backend
+        grouped, flat_labels, margins, scalar_margin, ignore_index, threshold, mean_above_zero, backend
     )
     check_label_flag(label_error, flat_labels, num_classes, ignore_index)
     return reduce_kernel_output(per_sample, kept, flat_labels, labels.shape, ignore_index, mean_above_zero, reduction)

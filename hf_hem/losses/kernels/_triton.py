@@ -1,7 +1,8 @@
 """Triton kernels for the margin family on CUDA: one read of the logits forward, one read and one write backward.
 
 A program owns a block of samples and walks over the classes in blocks, so it reads `(N, C, d1, ...)` segmentation
-logits in place (samples contiguous, classes strided) as well as `(N, C)` rows (classes contiguous). Forward writes
+logits in place (samples contiguous, classes strided) as well as `(N, C)` rows (classes contiguous), which include
+`(N, L, C)` token logits with `class_dim=-1`, grouped as `(N * L, C)` rows without a copy. Forward writes
 per-sample loss, threshold and kept count; backward recomputes which classes are kept and writes the sparse
 gradient. Under `TRITON_INTERPRET=1` the same kernels run on CPU tensors, which is how the tests check them.
 """

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .._common import check_margin, check_reduction
+from .._reference import _margin_family_loss_reference
 from ._function import (
     backend_backward,
     backend_forward,
@@ -199,8 +200,6 @@ def upsampled_margin_family_loss(
     Returns:
         `torch.Tensor`: the reduced loss, or `(N, H, W)` per-pixel losses for `reduction="none"`.
     """
-    from ..hem import _margin_family_loss_reference  # the definition; imported late, hem imports this module
-
     check_reduction(reduction)
     if not (torch.is_tensor(logits) and torch.is_floating_point(logits) and logits.dim() == 4):
         raise ValueError(

@@ -1,9 +1,9 @@
 """`evaluate` module: accuracy and balanced accuracy, computed by `hf_hem.metrics`."""
 
-import datasets
 import evaluate
 
 from hf_hem.metrics import accuracy, balanced_accuracy
+from hf_hem.metrics.evaluate_support import metric_info
 
 
 _DESCRIPTION = """
@@ -30,14 +30,7 @@ Example:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class HemAccuracy(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
-            ),
-        )
+        return metric_info(_DESCRIPTION, _KWARGS_DESCRIPTION, predictions="int64", references="int64")
 
     def _compute(self, predictions, references, num_classes=None):
         return {

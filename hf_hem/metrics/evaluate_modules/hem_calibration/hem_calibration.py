@@ -1,9 +1,9 @@
 """`evaluate` module: expected calibration error, computed by `hf_hem.metrics`."""
 
-import datasets
 import evaluate
 
 from hf_hem.metrics import expected_calibration_error
+from hf_hem.metrics.evaluate_support import metric_info
 
 
 _DESCRIPTION = """
@@ -30,14 +30,7 @@ Example:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class HemCalibration(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {"probabilities": datasets.Sequence(datasets.Value("float64")), "references": datasets.Value("int64")}
-            ),
-        )
+        return metric_info(_DESCRIPTION, _KWARGS_DESCRIPTION, probabilities=["float64"], references="int64")
 
     def _compute(self, probabilities, references, n_bins=15):
         return {"expected_calibration_error": expected_calibration_error(probabilities, references, n_bins)}

@@ -1,9 +1,9 @@
 """`evaluate` module: mean IoU and pixel accuracies from a confusion matrix, computed by `hf_hem.metrics`."""
 
-import datasets
 import evaluate
 
 from hf_hem.metrics import StreamingConfusionMatrix
+from hf_hem.metrics.evaluate_support import metric_info
 
 
 _DESCRIPTION = """
@@ -34,17 +34,7 @@ Example:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class HemMeanIou(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {
-                    "predictions": datasets.Sequence(datasets.Value("int64")),
-                    "references": datasets.Sequence(datasets.Value("int64")),
-                }
-            ),
-        )
+        return metric_info(_DESCRIPTION, _KWARGS_DESCRIPTION, predictions=["int64"], references=["int64"])
 
     def _compute(self, predictions, references, num_labels, ignore_index=255):
         confusion = StreamingConfusionMatrix(num_labels, ignore_index=ignore_index)

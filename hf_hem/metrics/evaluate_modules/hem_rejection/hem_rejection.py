@@ -1,10 +1,10 @@
 """`evaluate` module: unknown-class rejection metrics (AUROC, FPR95, AUPR-In), computed by `hf_hem.metrics`."""
 
-import datasets
 import evaluate
 import numpy as np
 
 from hf_hem.metrics import aupr, auroc, fpr_at_tpr
+from hf_hem.metrics.evaluate_support import metric_info
 
 
 _DESCRIPTION = """
@@ -31,12 +31,7 @@ Example:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class HemRejection(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"scores": datasets.Value("float64"), "is_known": datasets.Value("int64")}),
-        )
+        return metric_info(_DESCRIPTION, _KWARGS_DESCRIPTION, scores="float64", is_known="int64")
 
     def _compute(self, scores, is_known, tpr=0.95):
         scores, is_known = np.asarray(scores, dtype=np.float64), np.asarray(is_known)

@@ -1,0 +1,282 @@
+"""The loss one [`HEMTrainer`] run optimises: classes, ignore index, class counts, margins and the loss terms.
+
+Counts come from [`hf_hem.counting.resolve_class_counts`] with an explicit source (given, the Arrow label column,
+or the collated training batches), margins from [`hf_hem.margins.resolve_margins`] (or from a checkpoint / model
+config of an earlier HEM run), and the loss from the registry table through [`LossTerms`].
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import torch
+
+from ..counting import ClassCounts, find_label_column, resolve_class_counts
+from ..losses.registry import needs_class_counts
+from ..losses.terms import LossTerms
+from ..margins import CONFIG_KEYS, resolve_margins, store_margins_in_config, stored_margins
+
+
+logger = logging.getLogger(__name__)
+
+
+def _datasets_module():
+    """The `datasets` package, or `None`: plain torch datasets must not need it."""
+    try:
+        import datasets
+    except ImportError:
+        return None
+    return datasets
+
+
+class LossSetup:
+    """Resolves and holds what defines the loss of a run.
+
+    Args:
+        args ([`HEMConfig`]): the loss settings.
+        model: the model (its config gives the classes, the ignore index and possibly stored margins).
+        train_dataset: the training set, counted when the loss needs class counts.
+        class_counts (*optional*): counts given by the caller (`HEMTrainer(class_counts=)` or `args.class_counts`).
+        num_margin_samples (`int`, *optional*): `S` for them.
+        count_batches (`Callable`, *optional*): returns `(batches, total, generator_owners)` for a counting pass
+            through the data pipeline (the trainer builds the loader; only it knows the collator).
+        show_progress (`Callable[[], bool]`, *optional*): whether that pass shows a progress bar.
+
+    Counting through the pipeline waits until [`ready`] is first called (at `train()`), so a resumed run can reuse
+    the margins stored in its checkpoint instead.
+    """
+
+    def __init__(
+        self,
+        args,
+        model,
+        train_dataset,
+        *,
+        class_counts=None,
+        num_margin_samples: int | None = None,
+        count_batches: Callable[[], tuple[Iterable, int, tuple]] | None = None,
+        show_progress: Callable[[], bool] = lambda: False,
+    ):
+        self.args = args
+        self.train_dataset = train_dataset
+        self._count_batches = count_batches
+        self._show_progress = show_progress
+        self.margins: torch.Tensor | None = None
+        self.counts: ClassCounts | None = None
+        self.terms: LossTerms | None = None
+        self.count_pending = False
+        # Token classification heads put the classes last: `(N, L, C)` logits, one label per token.
+        self.token_labels = type(model).__name__.endswith("ForTokenClassification")
+        self.class_dim = -1 if self.token_labels else 1
+        config = getattr(model, "config", None)
+        self.num_classes = self._model_num_classes(config, class_counts)
+        semantic = getattr(config, "semantic_loss_ignore_index", None)
+        default_ignore = int(semantic) if semantic is not None else -100
+        self.ignore_index = default_ignore if args.loss_ignore_index is None else int(args.loss_ignore_index)
+        num_samples = num_margin_samples if num_margin_samples is not None else args.num_margin_samples
+        if class_counts is not None:
+            if num_samples is None and semantic is not None:
+                num_samples = self._segmentation_num_images()
+            self.counts = resolve_class_counts(
+                "given", self.num_classes, class_counts=class_counts, num_samples=num_samples
+            )
+        elif train_dataset is not None:
+            self.counts = self._count_from_label_column(num_samples)
+            # Dense labels, transformed or non-Arrow datasets: count through the data pipeline, but only when the
+            # loss needs counts.
+            self.count_pending = self.counts is None and needs_class_counts(args.loss_name, args.margin)
+        elif not self.adopt_stored(config, "the model config") and needs_class_counts(args.loss_name, args.margin):
+            raise ValueError(
+                f"loss_name={args.loss_name!r} needs margins or class priors, but there is no train_dataset to count "
+                "labels from: pass train_dataset, class_counts= or margin=, or a model whose config carries "
+                "hem_margins from an HEM training run."
+            )
+        if not self.count_pending:
+            self._build_terms()
+
+    def _model_num_classes(self, config, class_counts) -> int:
+        problem_type = getattr(config, "problem_type", None)
+        if problem_type in ("regression", "multi_label_classification"):
+            raise ValueError(
+                f"model config problem_type={problem_type!r}: HEMTrainer trains single-label classifiers and "
+                "segmenters; expected problem_type None or 'single_label_classification'."
+            )
+        num_labels = getattr(config, "num_labels", None)
+        if num_labels is None:
+            if class_counts is not None:
+                return len(class_counts)
+            raise ValueError(
+                "the model has no config.num_labels; pass class_counts= so the number of classes is known."
+            )
+        if num_labels < 2:
+            raise ValueError(
+                f"the model has num_labels={num_labels}; HEM needs at least 2 classes (num_labels=1 is regression)."
+            )
+        return int(num_labels)
+
+    def _segmentation_num_images(self) -> int:
+        """S for segmentation counts given as `class_counts`: pixel totals as S would drive the margins to ~0."""
+        if self.train_dataset is not None and hasattr(self.train_dataset, "__len__"):
+            return len(self.train_dataset)
+        raise ValueError(
+            "class_counts of a segmentation model are pixel counts; pass num_margin_samples= (the number of "
+            "training images, S in mu = sqrt(M / S)) or a train_dataset with a length."
+        )
+
+    def _count_from_label_column(self, num_samples) -> ClassCounts | None:
+        """Counts from the Arrow label column of a `datasets.Dataset`; `None` when the column cannot be counted."""
+        datasets = _datasets_module()
+        dataset = self.train_dataset
+        if datasets is None or not isinstance(dataset, datasets.Dataset):
+            return None
+        column = find_label_column(dataset, self.num_classes, self.args.label_column_name, nested=self.token_labels)
+        if column is None:
+            return None
+        try:
+            return resolve_class_counts(
+                "label_column",
+                self.num_classes,
+                dataset=dataset,
+                label_column=column,
+                nested=self.token_labels,
+                ignore_index=self.ignore_index,
+                num_samples=num_samples,
+            )
+        except ValueError as error:
+            raise ValueError(f"train_dataset: {error} The model has num_labels={self.num_classes}.") from None
+
+    def _count_through_pipeline(self) -> None:
+        """Counts labels (or label pixels) from collated training batches, exactly as the model will see them."""
+        datasets = _datasets_module()
+        dataset = self.train_dataset
+        iterable_types = (torch.utils.data.IterableDataset,) + ((datasets.IterableDataset,) if datasets else ())
+        if isinstance(dataset, iterable_types) or not hasattr(dataset, "__len__") or self._count_batches is None:
+            raise ValueError(
+                f"loss_name={self.args.loss_name!r} needs class counts, which cannot be taken from an iterable "
+                "train_dataset; pass class_counts= (or margin= for a single margin)."
+            )
+        batches, total, owners = self._count_batches()
+        try:
+            self.counts = resolve_class_counts(
+                "batches",
+                self.num_classes,
+                batches=batches,
+                nested=self.token_labels,
+                ignore_index=self.ignore_index,
+                num_samples=self.args.num_margin_samples,
+                generator_owners=owners,
+                progress=self._show_progress(),
+                total=total,
+            )
+        except ValueError as error:
+            raise ValueError(f"train_dataset: {error} The model has num_labels={self.num_classes}.") from None
+        self.count_pending = False
+
+    def adopt_stored(self, stored, source: str) -> bool:
+        """Reuses margins and counts stored by an earlier HEM run (a config, or a `config.json` dict).
+
+        Returns:
+            `bool`: whether margins were found (the terms must then be rebuilt with [`ready`]).
+        """
+        margins = None if stored is None else stored_margins(stored, self.num_classes, source)
+        if margins is None:
+            return False
+        read = stored.get if isinstance(stored, dict) else (lambda key: getattr(stored, key, None))
+        loss_name = self.args.loss_name
+        if read("hem_loss") not in (None, loss_name):
+            logger.warning(f"{source} was trained with loss {read('hem_loss')!r}; continuing with {loss_name!r}.")
+        if self.margins is not None and not torch.allclose(self.margins, margins, rtol=1e-6, atol=0):
+            logger.warning(
+                f"Using the margins stored in {source} ({margins.tolist()}) instead of the margins derived for this "
+                f"run ({self.margins.tolist()}), so that the resumed run optimises the same loss."
+            )
+        self.margins = margins
+        counts = read("hem_class_counts")
+        stored_counts = None if counts is None else np.asarray(counts, dtype=np.int64)
+        self.counts = None if counts is None else ClassCounts(stored_counts, read("hem_num_margin_samples"), "stored")
+        self.count_pending = False
+        self.terms = None
+        return True
+
+    def adopt_checkpoint(self, checkpoint: str) -> bool:
+        """Reuses the margins stored in a checkpoint's `config.json` (they define the loss a resumed run optimises)."""
+        config_file = os.path.join(checkpoint, "config.json")
+        if not os.path.isfile(config_file):
+            return False
+        with open(config_file, encoding="utf-8") as handle:
+            stored = {key: value for key, value in json.load(handle).items() if key in CONFIG_KEYS}
+        return self.adopt_stored(stored, source=f"checkpoint {checkpoint}")
+
+    def _build_terms(self) -> None:
+        args = self.args
+        counts = None if self.counts is None else self.counts.counts
+        if self.margins is None:
+            self.margins = resolve_margins(
+                self.num_classes,
+                margin=args.margin,
+                class_counts=counts,
+                scale=args.margin_scale,
+                per_class=args.per_class_margins,
+                num_samples=None if self.counts is None else self.counts.num_samples,
+            )
+        # Margins that differ between classes (HEM+, or stored by a HEM+ run) are only meaningful per class.
+        per_class = args.per_class_margins or (
+            self.margins is not None and bool((self.margins != self.margins[0]).any())
+        )
+        self.terms = LossTerms(
+            args.loss_name,
+            margins=self.margins,
+            per_class_margins=per_class,
+            class_counts=counts,
+            ignore_index=self.ignore_index,
+            options=args,
+            upsample_logits_in_loss=args.upsample_logits_in_loss,
+            class_dim=self.class_dim,
+        )
+
+    def ready(self) -> LossTerms:
+        """The loss terms, counting through the data pipeline first if that is still pending."""
+        if self.terms is None:
+            if self.count_pending:
+                self._count_through_pipeline()
+            self._build_terms()
+        return self.terms
+
+    @property
+    def class_counts(self) -> np.ndarray | None:
+        """Counts behind the margins (`None` when unknown); never starts a counting pass."""
+        return None if self.counts is None else self.counts.counts
+
+    def store_in_config(self, model) -> None:
+        """Writes the loss, margins and counts into `model.config` (checkpoints and Hub uploads carry them)."""
+        if self.terms is not None:
+            store_margins_in_config(
+                getattr(model, "config", None),
+                self.args.loss_name,
+                self.margins,
+                self.class_counts,
+                self.args.margin_scale,
+                None if self.counts is None else self.counts.num_samples,
+            )
+
+
+def counting_loader(trainer, datasets_module=None):
+    """`(loader, len(loader), generator owners)` over a trainer's training set as the model will see it, for the
+    counting pass of [`LossSetup`]: its collator, its column removal, no shuffling."""
+    dataset, collator = trainer.train_dataset, trainer.data_collator
+    if datasets_module is not None and isinstance(dataset, datasets_module.Dataset):
+        dataset = trainer._remove_unused_columns(dataset, description="margin counting")
+    else:
+        collator = trainer._get_collator_with_removed_columns(collator, description="margin counting")
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=trainer.args.per_device_train_batch_size,
+        shuffle=False,
+        collate_fn=collator,
+        num_workers=trainer.args.dataloader_num_workers,
+    )
+    return loader, len(loader), (trainer.train_dataset, dataset, collator)

@@ -1,0 +1,230 @@
+"""Skipping samples that meet their margin: the pieces behind `HEMConfig(skip_zero_loss=...)`.
+
+A sample whose margin loss is zero has exactly zero gradient, and (for HEM, HEM+, MM+maz) does not enter the count
+that normalises the batch loss, so leaving it out of the backward pass changes nothing. `"exact"` finds those samples
+with a forward pass without autograd; `"stale"` also leaves out, before any forward pass, samples whose loss was
+zero the last time they were seen (an approximation, revisited on a schedule). See docs/trainer.md, "Training
+faster".
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..losses.terms import BatchTerms, LossTerms, count_dtype, logits_from_outputs
+
+
+#: Batch key that carries each row's index in the training set (`skip_zero_loss="stale"`); never reaches the model.
+SAMPLE_INDEX_KEY = "hem_sample_index"
+
+
+def skip_pays(violating_fraction: float, backward_ratio: float) -> bool:
+    """The cost model: a selection forward `F` plus `f (F + B)` for the violating samples, against `F + B`.
+
+    Skipping pays while `F + f (F + B) < F + B`, i.e. `f < B / (F + B)`; with `B = 2F` (the usual backward cost)
+    while fewer than 2/3 of the samples violate their margin.
+    """
+    return violating_fraction < backward_ratio / (1.0 + backward_ratio)
+
+
+def samples_with_loss(per_sample: torch.Tensor) -> torch.Tensor:
+    """`(N,)` booleans: which samples (images, sequences) have a non-zero loss at any of their positions."""
+    return per_sample.gt(0) if per_sample.dim() == 1 else per_sample.flatten(1).gt(0).any(dim=1)
+
+
+def select_rows(inputs: Mapping, rows: torch.Tensor, batch_size: int) -> dict:
+    """The batch restricted to `rows`: every tensor whose first dimension is the batch is indexed, the rest kept."""
+    return {
+        key: value.index_select(0, rows.to(value.device))
+        if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == batch_size
+        else value
+        for key, value in inputs.items()
+    }
+
+
+def uses_batch_norm(model: nn.Module) -> bool:
+    """Whether `model` has a BatchNorm layer (its train-mode forward of a sample depends on the other samples)."""
+    return any(isinstance(module, nn.modules.batchnorm._BatchNorm) for module in model.modules())
+
+
+@contextlib.contextmanager
+def frozen_batch_norm_statistics(model: nn.Module):
+    """Runs a train-mode forward (the selection pass) without updating BatchNorm running statistics.
+
+    The backward pass of the violating samples runs its own forward, which updates them once, from those samples.
+    """
+    saved = []
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            buffers = (module.running_mean, module.running_var, module.num_batches_tracked)
+            saved.append((buffers, [None if b is None else b.detach().clone() for b in buffers]))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffers, copies in saved:
+                for buffer, copy in zip(buffers, copies):
+                    if buffer is not None:
+                        buffer.copy_(copy)
+
+
+class IndexedDataset(torch.utils.data.Dataset):
+    """Wraps a map-style dataset so every item carries its index (for `skip_zero_loss="stale"`)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        return index, self.dataset[index]
+
+
+class IndexedCollator:
+    """Collates `(index, item)` pairs with the wrapped collator and adds the indices under [`SAMPLE_INDEX_KEY`]."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def __call__(self, features):
+        batch = self.collator([item for _, item in features])
+        batch[SAMPLE_INDEX_KEY] = torch.tensor([index for index, _ in features], dtype=torch.long)
+        return batch
+
+
+class StaleZeroLossTracker:
+    """Remembers which training samples had zero loss when last seen, and decides which to leave out.
+
+    A sample with zero loss is left out of its next encounters (one per epoch), at most `revisit_epochs - 1` times
+    in a row; then it is seen again, and stays out only if its loss is still zero. In the final `final_fraction` of
+    training every sample is seen (the last updates are those of `"exact"`), as InfoBatch anneals its pruning.
+
+    Args:
+        num_samples (`int`): size of the training set.
+        revisit_epochs (`int`): see above.
+        final_fraction (`float`): see above.
+    """
+
+    def __init__(self, num_samples: int, revisit_epochs: int, final_fraction: float):
+        self.zero_loss = np.zeros(num_samples, dtype=bool)
+        self.times_left_out = np.zeros(num_samples, dtype=np.int64)
+        self.revisit_epochs = int(revisit_epochs)
+        self.final_fraction = float(final_fraction)
+
+    def keep(self, indices: torch.Tensor, progress: float) -> torch.Tensor:
+        """`(B,)` booleans: which rows of a batch to forward at training progress `progress` in `[0, 1]`."""
+        index = indices.cpu().numpy()
+        if progress >= 1.0 - self.final_fraction:
+            return torch.ones(len(index), dtype=torch.bool)
+        leave_out = self.zero_loss[index] & (self.times_left_out[index] < self.revisit_epochs - 1)
+        self.times_left_out[index] = np.where(leave_out, self.times_left_out[index] + 1, 0)
+        return torch.from_numpy(~leave_out)
+
+    def record(self, indices: torch.Tensor, has_loss: torch.Tensor) -> None:
+        """Stores, for the forwarded rows `indices`, whether their loss was non-zero."""
+        self.zero_loss[indices.cpu().numpy()] = ~has_loss.cpu().numpy()
+
+
+@contextlib.contextmanager
+def indexed_training_data(trainer, datasets_module=None):
+    """Within the block, `trainer.train_dataset` / `trainer.data_collator` yield batches with [`SAMPLE_INDEX_KEY`].
+
+    Unused columns are removed first, as the Trainer would (its own removal would drop the index key).
+    """
+    dataset, collator = trainer.train_dataset, trainer.data_collator
+    if datasets_module is not None and isinstance(dataset, datasets_module.Dataset):
+        dataset = trainer._remove_unused_columns(dataset, description="training")
+    else:
+        collator = trainer._get_collator_with_removed_columns(collator, description="training")
+    original = trainer.train_dataset, trainer.data_collator, trainer.args.remove_unused_columns
+    trainer.train_dataset, trainer.data_collator = IndexedDataset(dataset), IndexedCollator(collator)
+    trainer.args.remove_unused_columns = False
+    try:
+        yield
+    finally:
+        trainer.train_dataset, trainer.data_collator, trainer.args.remove_unused_columns = original
+
+
+class MicroBatchStep(NamedTuple):
+    """What [`forward_micro_batch`] computed: the loss to backpropagate (`None`: nothing), the logits, labels and
+    terms of the forwarded rows (for the statistics and the count), which of them have a non-zero loss, and how many
+    samples were backpropagated."""
+
+    loss_sum: torch.Tensor | None
+    logits: torch.Tensor | None
+    labels: torch.Tensor
+    terms: BatchTerms
+    has_loss: torch.Tensor
+    num_backpropagated: int
+
+
+def forward_micro_batch(
+    model: nn.Module,
+    unwrapped: nn.Module,
+    terms: LossTerms,
+    inputs: Mapping,
+    labels: torch.Tensor,
+    rows: torch.Tensor,
+    *,
+    select: bool,
+    distributed: bool,
+) -> MicroBatchStep:
+    """The forward passes of one training micro-batch, restricted to `rows`.
+
+    Without `select`, one forward with autograd. With `select`, a selection pass (no autograd, BatchNorm running
+    statistics left alone, through the `unwrapped` model so that no DDP collective runs that another process might
+    not run) finds the samples with a non-zero loss, and only those are forwarded again with autograd. A process
+    with nothing to backpropagate in a distributed run still takes one DDP forward and backward (one sample, weight
+    0), as DDP synchronises buffers in forward and gradients in backward.
+    """
+    batch_size = labels.shape[0]
+    if rows.numel() == 0:  # every row was left out (`"stale"`): no forward pass, but DDP still needs one
+        loss_sum = _ddp_participation(model, inputs, rows, batch_size) if distributed else None
+        zero = torch.zeros((), dtype=count_dtype(labels.device), device=labels.device)
+        empty = BatchTerms(zero, zero, None)
+        return MicroBatchStep(loss_sum, None, labels[rows], empty, rows.new_zeros(0, dtype=torch.bool), 0)
+    if select or rows.numel() < batch_size:
+        inputs_kept, labels_kept = select_rows(inputs, rows, batch_size), labels[rows]
+    else:
+        inputs_kept, labels_kept = inputs, labels
+    if not select:
+        logits = terms.match_label_size(logits_from_outputs(model(**inputs_kept)), labels_kept)
+        batch = terms.compute(logits, labels_kept)
+        has_loss = rows.new_ones(rows.shape, dtype=torch.bool)
+        if batch.per_sample is not None:
+            has_loss = samples_with_loss(batch.per_sample)
+        return MicroBatchStep(batch.loss_sum, logits.detach(), labels_kept, batch, has_loss, int(rows.numel()))
+    with torch.no_grad(), frozen_batch_norm_statistics(model):
+        logits = terms.match_label_size(logits_from_outputs(unwrapped(**inputs_kept)), labels_kept)
+        batch = terms.compute(logits, labels_kept)
+    has_loss = samples_with_loss(batch.per_sample)
+    backward_rows = rows[has_loss]
+    if backward_rows.numel() == 1 and uses_batch_norm(model):
+        # BatchNorm cannot normalise one sample in train mode: this micro-batch takes the ordinary step.
+        return forward_micro_batch(
+            model, unwrapped, terms, inputs, labels, rows, select=False, distributed=distributed
+        )
+    loss_sum = None
+    if backward_rows.numel():
+        grad_labels = labels[backward_rows]
+        outputs = model(**select_rows(inputs, backward_rows, batch_size))
+        loss_sum = terms.compute(
+            terms.match_label_size(logits_from_outputs(outputs), grad_labels), grad_labels
+        ).loss_sum
+    elif distributed:
+        loss_sum = _ddp_participation(model, inputs, rows, batch_size)
+    return MicroBatchStep(loss_sum, logits, labels_kept, batch, has_loss, int(backward_rows.numel()))
+
+
+def _ddp_participation(model: nn.Module, inputs: Mapping, rows: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """A zero loss through one sample's DDP forward: the process joins the buffer and gradient synchronisation."""
+    one = rows[:1] if rows.numel() else torch.zeros(1, dtype=torch.long, device=rows.device)
+    with frozen_batch_norm_statistics(model):
+        return logits_from_outputs(model(**select_rows(inputs, one, batch_size))).sum() * 0.0

@@ -1,0 +1,360 @@
+"""Sequence classification with HEM beyond images: `scripts/run_text_classification.py` end to end and offline (local
+files, a Hub dataset served from local parquet files, a push to the loopback Hub), the bad inputs it rejects, and
+`HEMTrainer` on an audio classifier and a multiple-choice model.
+
+The runs are tiny (a tiny BERT, 32 sentences, one epoch): they check that the pieces fit, not what the model learns.
+"""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from huggingface_hub import ModelCard
+
+
+try:  # tests/ may or may not become a package
+    from .helpers import REPO_ROOT, hem_args, offline_env, script_main
+    from .hub_server import LoopbackHub, hub_client_env
+except ImportError:
+    from helpers import REPO_ROOT, hem_args, offline_env, script_main
+    from hub_server import LoopbackHub, hub_client_env
+
+from hf_hem.data.embedded_text import SENTIMENT_NAMES, load_embedded_sentiment_dataset
+from hf_hem.pipelines import text_classification as text_module
+
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+SCRIPT = REPO_ROOT / "scripts" / "run_text_classification.py"
+TINY = [
+    "--max_train_samples", "32",
+    "--max_eval_samples", "16",
+    "--num_train_epochs", "1",
+    "--per_device_train_batch_size", "16",
+    "--per_device_eval_batch_size", "16",
+    "--max_seq_length", "32",
+    "--tokenizer_vocab_size", "300",
+    "--config_overrides", "hidden_size=16,num_hidden_layers=1,intermediate_size=32",
+    "--logging_steps", "1",
+    "--disable_tqdm", "true",
+    "--report_to", "none",
+    "--eval_strategy", "no",
+    "--save_strategy", "no",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def sst2_parquet(tmp_path_factory):
+    """`glue`/`sst2`-schema parquet files (`sentence`, `label` ClassLabel negative/positive, `idx`) in the Hub's
+    layout of the glue repo (`sst2/train-*.parquet`, `sst2/validation-*.parquet`)."""
+    folder = tmp_path_factory.mktemp("glue")
+    splits = load_embedded_sentiment_dataset(num_train=40, num_validation=16, seed=5)
+    assert splits["train"].features["label"].names == ["negative", "positive"]
+    for split in ("train", "validation"):
+        splits[split].to_parquet(str(folder / f"{split}-00000-of-00001.parquet"))
+    return folder
+
+
+def fake_glue(folder):
+    real = datasets.load_dataset
+    calls = []
+
+    def load_dataset(path, name=None, **kwargs):
+        calls.append((path, name))
+        if (path, name) != ("glue", "sst2"):
+            return real(path, name, **kwargs)
+        return real(str(folder))
+
+    return load_dataset, calls
+
+
+# ------------------------------------------------------------------------------------------------ the script
+@pytest.fixture(scope="module")
+def embedded_run(tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("sentiment") / "bert-hem"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        assert script_main(SCRIPT)([*TINY, "--output_dir", str(output_dir)]) == 0
+    return output_dir
+
+
+def test_embedded_run_saves_a_plain_checkpoint_margins_and_card(embedded_run):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    results = json.loads((embedded_run / "all_results.json").read_text())
+    for key in ("eval_accuracy", "eval_balanced_accuracy", "eval_macro_f1", "eval_ece"):
+        assert 0.0 <= results[key] <= 1.0, key
+    assert results["train_samples"] == 32 and results["eval_samples"] == 16
+    model = AutoModelForSequenceClassification.from_pretrained(embedded_run)
+    tokenizer = AutoTokenizer.from_pretrained(embedded_run)
+    assert model.config.id2label == {0: "negative", 1: "positive"}
+    train = text_module.truncate(load_embedded_sentiment_dataset(seed=42)["train"], 32, 42)
+    assert model.config.hem_class_counts == np.bincount(train["label"], minlength=2).tolist()
+    with torch.no_grad():
+        assert model(**tokenizer("the film is great", return_tensors="pt")).logits.shape == (1, 2)
+    stored = np.load(embedded_run / "predictions.npz")
+    accuracy = float((stored["eval_logits"].argmax(1) == stored["eval_labels"]).mean())
+    assert accuracy == pytest.approx(results["eval_accuracy"])
+
+    card = ModelCard.load(embedded_run / "README.md")
+    assert card.data.pipeline_tag == "text-classification" and card.data.tags[:2] == ["hf-hem", "hem-loss"]
+    indexed = {result.metric_type: result.metric_value for result in card.data.eval_results}
+    assert indexed["accuracy"] == pytest.approx(results["eval_accuracy"], rel=1e-5)
+    assert "AutoModelForSequenceClassification" in card.text and "AutoTokenizer" in card.text
+    assert "from PIL import Image" not in card.text
+
+
+@pytest.mark.parametrize("suffix", ["csv", "json", "parquet"])
+def test_sentence_pairs_from_local_files_train_and_load_back(tmp_path, suffix):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    for split, count, seed in (("train", 24, 1), ("validation", 8, 2)):
+        rows = load_embedded_sentiment_dataset(num_train=count, num_validation=2, seed=seed)["train"]
+        # Class names as strings and a second text column: a sentence-pair task from files.
+        frame = datasets.Dataset.from_dict(
+            {
+                "premise": rows["sentence"],
+                "hypothesis": ["the review is about a film"] * count,
+                "verdict": [SENTIMENT_NAMES[label] for label in rows["label"]],
+            }
+        )
+        path = tmp_path / f"{split}.{suffix}"
+        {"json": frame.to_json, "parquet": frame.to_parquet, "csv": frame.to_csv}[suffix](str(path))
+    output_dir = tmp_path / "out"
+    argv = [*TINY, "--train_file", str(tmp_path / f"train.{suffix}"), "--validation_file"]
+    argv += [str(tmp_path / f"validation.{suffix}"), "--text_column_names", "premise,hypothesis"]
+    argv += ["--label_column_name", "verdict", "--output_dir", str(output_dir)]
+    assert script_main(SCRIPT)(argv) == 0
+    model = AutoModelForSequenceClassification.from_pretrained(output_dir)
+    tokenizer = AutoTokenizer.from_pretrained(output_dir)
+    assert model.config.id2label == {0: "negative", 1: "positive"}  # sorted class names
+    encoded = tokenizer("a great film", "the review is about a film", return_tensors="pt")
+    assert encoded["token_type_ids"][0, -1] == 1  # the pair reached the model as two segments
+    with torch.no_grad():
+        assert model(**encoded).logits.shape == (1, 2)
+    card = ModelCard.load(output_dir / "README.md")
+    assert card.data.datasets is None and {r.dataset_name for r in card.data.eval_results} == {tmp_path.name}
+
+
+def test_hub_dataset_in_the_glue_sst2_schema(sst2_parquet, tmp_path, monkeypatch):
+    load_dataset, calls = fake_glue(sst2_parquet)
+    monkeypatch.setattr(text_module, "load_dataset", load_dataset)
+    output_dir = tmp_path / "out"
+    argv = [*TINY, "--dataset_name", "glue", "--dataset_config_name", "sst2", "--output_dir", str(output_dir)]
+    assert script_main(SCRIPT)(argv) == 0
+    assert calls == [("glue", "sst2")]
+    run = json.loads((output_dir / "hem_run.json").read_text())
+    assert run["text_columns"] == ["sentence"] and run["classes"] == ["negative", "positive"]
+    card = ModelCard.load(output_dir / "README.md")
+    assert card.data.datasets == ["glue"]
+    accuracy = next(result for result in card.data.eval_results if result.metric_type == "accuracy")
+    assert (accuracy.dataset_name, accuracy.dataset_config, accuracy.dataset_split) == ("glue", "sst2", "validation")
+
+
+def test_bad_inputs_name_the_column_and_the_expected_shape(tmp_path):
+    path = tmp_path / "train.json"
+    datasets.Dataset.from_dict({"sentence": ["a b", "c"], "label": [[0, 1], [1]]}).to_json(str(path))
+    with pytest.raises(ValueError, match=r"'label' holds a list of labels per row.*\(num_rows,\)"):
+        script_main(SCRIPT)([*TINY, "--train_file", str(path), "--output_dir", str(tmp_path / "a")])
+    datasets.Dataset.from_dict({"sentence": ["a b", "c"], "label": [0.5, 1.5]}).to_json(str(path))
+    with pytest.raises(ValueError, match="'label' holds floats"):
+        script_main(SCRIPT)([*TINY, "--train_file", str(path), "--output_dir", str(tmp_path / "b")])
+    with pytest.raises(ValueError, match=r"text column\(s\) \['body'\] not found"):
+        script_main(SCRIPT)(
+            [*TINY, "--train_file", str(path), "--text_column_names", "body", "--output_dir", str(tmp_path / "c")]
+        )
+    with pytest.raises(ValueError, match="one column or two"):
+        text_module.parse_text_classification_args(["--text_column_names", "a,b,c", "--output_dir", "x"])
+
+
+def test_trainer_rejects_list_labels_and_labels_beyond_num_labels():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from hf_hem.trainer import HEMTrainer
+
+    model = BertForSequenceClassification(
+        BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    )
+    lists = datasets.Dataset.from_dict({"input_ids": [[5, 6], [7]], "label": [[0, 1], [1]]})
+    with pytest.raises(ValueError, match=r"column 'label' holds a list of labels per row.*\(num_rows,\)"):
+        HEMTrainer(model=model, args=hem_args("unused"), train_dataset=lists)
+    too_many = datasets.Dataset.from_dict({"input_ids": [[5, 6], [7, 8]], "label": [0, 4]})
+    with pytest.raises(ValueError, match=r"column 'label'.*\[4\] outside \[0, 2\).*num_labels=2"):
+        HEMTrainer(model=model, args=hem_args("unused"), train_dataset=too_many)
+
+
+# ------------------------------------------------------------------------------------------------ Hub round trip
+_TRAIN_AND_PUSH = textwrap.dedent(
+    """
+    import runpy, sys
+    import datasets
+    from hf_hem.pipelines import text_classification
+
+    folder = sys.argv[1]
+    real = datasets.load_dataset
+    text_classification.load_dataset = lambda path, name=None, **kwargs: (
+        real(folder) if (path, name) == ("glue", "sst2") else real(path, name, **kwargs)
+    )
+    sys.argv = sys.argv[2:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+    """
+)
+_DOWNLOAD = textwrap.dedent(
+    """
+    import json, sys
+    import torch
+    from huggingface_hub import ModelCard, snapshot_download
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = snapshot_download(sys.argv[1])
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    with torch.no_grad():
+        shape = list(model(**tokenizer("a superb film", return_tensors="pt")).logits.shape)
+    card = ModelCard.load(sys.argv[1])
+    print(json.dumps({
+        "class": type(model).__name__,
+        "labels": [model.config.id2label[index] for index in range(model.config.num_labels)],
+        "hem_loss": model.config.hem_loss,
+        "shape": shape,
+        "datasets": card.data.datasets,
+        "metrics": {result.metric_type: result.metric_value for result in card.data.eval_results},
+    }))
+    """
+)
+
+
+@pytest.mark.slow
+def test_push_to_loopback_hub_and_download_as_plain_checkpoint(sst2_parquet, tmp_path):
+    output_dir = tmp_path / "out"
+    with LoopbackHub(tmp_path / "hub") as hub:
+        env = hub_client_env(hub.endpoint, hf_home=tmp_path / "hf_home", base_env=offline_env())
+        command = [
+            sys.executable, "-c", _TRAIN_AND_PUSH, str(sst2_parquet), str(SCRIPT), *TINY,
+            "--dataset_name", "glue", "--dataset_config_name", "sst2", "--output_dir", str(output_dir),
+            "--push_to_hub", "true", "--hub_model_id", "user/bert-hem-sst2",
+        ]  # fmt: skip
+        trained = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert trained.returncode == 0, trained.stderr[-4000:]
+        download_env = hub_client_env(hub.endpoint, hf_home=tmp_path / "hf_home_2", base_env=offline_env())
+        downloaded = subprocess.run(
+            [sys.executable, "-c", _DOWNLOAD, "user/bert-hem-sst2"],
+            env=download_env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert downloaded.returncode == 0, downloaded.stderr[-4000:]
+        pushed = hub.files("user/bert-hem-sst2")
+        assert hub.unhandled_requests == [] and hub.server_errors == []
+    result = json.loads(downloaded.stdout.strip().splitlines()[-1])
+    assert result["class"] == "BertForSequenceClassification" and result["labels"] == ["negative", "positive"]
+    assert result["hem_loss"] == "hem" and result["shape"] == [1, 2] and result["datasets"] == ["glue"]
+    local = json.loads((output_dir / "all_results.json").read_text())
+    assert result["metrics"]["accuracy"] == pytest.approx(local["eval_accuracy"], rel=1e-5)
+    assert {"tokenizer.json", "model.safetensors", "README.md"} <= set(pushed)
+    assert b"generated_from_trainer" not in pushed["README.md"]
+
+
+# ------------------------------------------------------------------------------------------------ other heads
+def _train_and_check(model, dataset, tmp_path, loss_name, steps=6):
+    from transformers.data.data_collator import default_data_collator
+
+    from hf_hem.trainer import HEMTrainer
+
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    args = hem_args(
+        tmp_path / loss_name,
+        loss_name=loss_name,
+        max_steps=steps,
+        per_device_train_batch_size=8,
+        learning_rate=5e-3,
+        logging_steps=1,
+        save_strategy="no",
+        margin_scale=20.0,
+    )
+    trainer = HEMTrainer(model=model, args=args, train_dataset=dataset, data_collator=default_data_collator)
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == steps and all(np.isfinite(losses)), losses
+    changed = [name for name, p in model.named_parameters() if not torch.equal(p.detach(), before[name])]
+    assert changed, "no parameter was updated"
+    return losses
+
+
+@pytest.mark.parametrize("loss_name", ["hem", "hem+", "ce"])
+def test_hem_trainer_trains_an_audio_classifier(tmp_path, loss_name):
+    from transformers import Wav2Vec2Config, Wav2Vec2ForSequenceClassification
+
+    torch.manual_seed(0)
+    config = Wav2Vec2Config(
+        vocab_size=8,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        conv_dim=(8, 8),
+        conv_stride=(5, 4),
+        conv_kernel=(10, 8),
+        num_conv_pos_embeddings=8,
+        num_conv_pos_embedding_groups=2,
+        classifier_proj_size=8,
+        num_labels=3,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        feat_proj_dropout=0.0,
+        layerdrop=0.0,
+        mask_time_prob=0.0,
+    )
+    model = Wav2Vec2ForSequenceClassification(config)
+    rng = np.random.default_rng(0)
+    labels = np.arange(24) % 3
+    waveforms = rng.normal(size=(24, 800)).astype(np.float32) * (1 + labels[:, None])  # loudness = class
+    dataset = datasets.Dataset.from_dict({"input_values": waveforms, "label": labels}).with_format("torch")
+    _train_and_check(model, dataset, tmp_path, loss_name)
+
+
+@pytest.mark.parametrize("loss_name", ["hem", "hem+", "ce"])
+def test_hem_trainer_trains_a_multiple_choice_model(tmp_path, loss_name):
+    from transformers import BertConfig, BertForMultipleChoice
+
+    torch.manual_seed(0)
+    num_choices = 4
+    # The HEM classes of multiple choice are the choices: num_labels must be the number of choices.
+    config = BertConfig(
+        vocab_size=32,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        num_labels=num_choices,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    model = BertForMultipleChoice(config)
+    rng = np.random.default_rng(0)
+    labels = np.arange(24) % num_choices
+    input_ids = rng.integers(5, 31, size=(24, num_choices, 6))
+    input_ids[np.arange(24), labels, 1] = 31  # the right choice holds token 31
+    dataset = datasets.Dataset.from_dict(
+        {"input_ids": input_ids, "attention_mask": np.ones_like(input_ids), "label": labels}
+    ).with_format("torch")
+    with torch.no_grad():
+        assert model(input_ids=torch.as_tensor(input_ids[:2])).logits.shape == (2, num_choices)
+    losses = _train_and_check(model, dataset, tmp_path, loss_name, steps=9)
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses
+
+
+def test_help_lists_the_text_flags(capsys):
+    with pytest.raises(SystemExit):
+        script_main(SCRIPT)(["--help"])
+    text = capsys.readouterr().out
+    for flag in ("--text_column_names", "--label_column_name", "--max_seq_length", "--tokenizer_name", "--loss_name"):
+        assert flag in text, flag

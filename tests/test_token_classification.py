@@ -1,0 +1,547 @@
+"""Token classification with HEM: the entity metrics, the label alignment, `HEMTrainer` on `(N, L, C)` logits, and
+`scripts/run_token_classification.py` end to end and offline (local files, a Hub dataset served from local parquet
+files, a push to the loopback Hub, two CPU processes).
+
+The runs are tiny (a tiny BERT, 32 sentences, one epoch): they check that the pieces fit, not what the model learns.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from huggingface_hub import ModelCard
+
+
+try:  # tests/ may or may not become a package
+    from .helpers import ACCELERATE_CPU_CONFIG, REPO_ROOT, hem_args, offline_env, script_main
+    from .hub_server import LoopbackHub, hub_client_env
+except ImportError:
+    from helpers import ACCELERATE_CPU_CONFIG, REPO_ROOT, hem_args, offline_env, script_main
+    from hub_server import LoopbackHub, hub_client_env
+
+from hf_hem import hem_loss
+from hf_hem.counting import resolve_class_counts
+from hf_hem.data.embedded_text import CONLL_NER_NAMES, build_wordpiece_tokenizer, load_embedded_ner_dataset
+from hf_hem.margins import margins_from_counts
+from hf_hem.metrics.token_classification import entity_spans, token_classification_metrics
+from hf_hem.pipelines import token_classification as token_module
+from hf_hem.pipelines.token_classification import align_labels_with_tokens
+
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+SCRIPT = REPO_ROOT / "scripts" / "run_token_classification.py"
+DDP_SCRIPT = REPO_ROOT / "tests" / "scripts" / "ddp_token_check.py"
+TINY = [
+    "--max_train_samples", "32",
+    "--max_eval_samples", "16",
+    "--num_train_epochs", "1",
+    "--per_device_train_batch_size", "16",
+    "--per_device_eval_batch_size", "16",
+    "--max_seq_length", "32",
+    "--tokenizer_vocab_size", "300",
+    "--config_overrides", "hidden_size=16,num_hidden_layers=1,intermediate_size=32",
+    "--logging_steps", "1",
+    "--disable_tqdm", "true",
+    "--report_to", "none",
+    "--eval_strategy", "no",
+    "--save_strategy", "no",
+]  # fmt: skip
+POS_NAMES = ["NN", "VB", "DT", "."]
+CHUNK_NAMES = ["O", "B-NP", "I-NP"]
+
+
+def conll_features():
+    """The `datasets.Features` of `conll2003` on the Hub (`pos_tags`/`chunk_tags` with fewer names)."""
+    return datasets.Features(
+        {
+            "id": datasets.Value("string"),
+            "tokens": datasets.List(datasets.Value("string")),
+            "pos_tags": datasets.List(datasets.ClassLabel(names=POS_NAMES)),
+            "chunk_tags": datasets.List(datasets.ClassLabel(names=CHUNK_NAMES)),
+            "ner_tags": datasets.List(datasets.ClassLabel(names=list(CONLL_NER_NAMES))),
+        }
+    )
+
+
+def conll_split(num_rows: int, seed: int) -> datasets.Dataset:
+    rows = load_embedded_ner_dataset(num_train=num_rows, num_validation=1, seed=seed)["train"].to_dict()
+    rows["pos_tags"] = [[index % 4 for index in range(len(tokens))] for tokens in rows["tokens"]]
+    rows["chunk_tags"] = [[index % 3 for index in range(len(tokens))] for tokens in rows["tokens"]]
+    return datasets.Dataset.from_dict(rows, features=conll_features())
+
+
+@pytest.fixture(scope="module")
+def conll_parquet(tmp_path_factory):
+    """`conll2003`-schema parquet files in the Hub's layout (`data/train-*.parquet`, `data/validation-*.parquet`)."""
+    folder = tmp_path_factory.mktemp("conll2003")
+    (folder / "data").mkdir()
+    conll_split(40, seed=1).to_parquet(str(folder / "data" / "train-00000-of-00001.parquet"))
+    conll_split(16, seed=2).to_parquet(str(folder / "data" / "validation-00000-of-00001.parquet"))
+    return folder
+
+
+def tiny_bert_token_model(num_labels: int, vocab_size: int = 64, seed: int = 0):
+    from transformers import BertConfig, BertForTokenClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+        num_labels=num_labels,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    return BertForTokenClassification(config)
+
+
+def token_batch_dataset(num_rows: int = 8, length: int = 10, num_labels: int = 5, seed: int = 0):
+    """Pre-padded rows: `input_ids`, `attention_mask` and `labels` with -100 at special, padding and sub-tokens."""
+    rng = np.random.default_rng(seed)
+    input_ids = rng.integers(5, 64, size=(num_rows, length))
+    attention = np.ones((num_rows, length), dtype=np.int64)
+    labels = rng.integers(0, num_labels, size=(num_rows, length))
+    labels[:, 0] = -100  # [CLS]
+    for row in range(num_rows):
+        pad = int(rng.integers(0, 4))
+        if pad:
+            attention[row, -pad:] = 0
+            input_ids[row, -pad:] = 0
+            labels[row, -pad:] = -100
+        labels[row, rng.integers(1, length - pad)] = -100  # a later sub-token
+    return datasets.Dataset.from_dict({"input_ids": input_ids, "attention_mask": attention, "labels": labels})
+
+
+# ------------------------------------------------------------------------------------------------ entity metrics
+def test_entity_spans_follow_conll_conventions():
+    assert entity_spans(["B-PER", "I-PER", "O", "B-LOC", "I-ORG"]) == [("PER", 0, 2), ("LOC", 3, 4), ("ORG", 4, 5)]
+    assert entity_spans(["B-PER", "B-PER", "I-PER"]) == [("PER", 0, 1), ("PER", 1, 3)]
+    assert entity_spans(["I-LOC", "I-LOC", "O", "I-LOC"]) == [("LOC", 0, 2), ("LOC", 3, 4)]  # IOB1
+    assert entity_spans(["S-MISC", "B-ORG", "E-ORG", "I-ORG"]) == [("MISC", 0, 1), ("ORG", 1, 3), ("ORG", 3, 4)]
+    assert entity_spans(["PER", "PER", "O"]) == [("PER", 0, 2)]  # no prefix: read as I-
+    assert entity_spans(["O", "O"]) == [] and entity_spans([]) == []
+
+
+def test_entity_metrics_match_a_hand_count():
+    references = [
+        ["B-PER", "I-PER", "O", "B-LOC", "O"],  # PER(0,2), LOC(3,4)
+        ["B-ORG", "I-ORG", "I-ORG", "O"],  # ORG(0,3)
+        ["O", "B-MISC"],  # MISC(1,2)
+    ]
+    predictions = [
+        ["B-PER", "I-PER", "O", "B-ORG", "O"],  # PER right, ORG(3,4) wrong
+        ["B-ORG", "I-ORG", "O", "O"],  # ORG(0,2): wrong end
+        ["O", "B-MISC"],  # MISC right
+    ]
+    scores = token_classification_metrics(references, predictions)
+    # 2 correct of 4 predicted and of 4 true entities; 9 of 11 tokens right.
+    assert scores["precision"] == pytest.approx(0.5)
+    assert scores["recall"] == pytest.approx(0.5)
+    assert scores["f1"] == pytest.approx(0.5)
+    assert scores["accuracy"] == pytest.approx(9 / 11)
+    assert scores["per_type"]["PER"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "number": 1}
+    assert scores["per_type"]["LOC"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "number": 1}
+    assert scores["per_type"]["ORG"]["precision"] == 0.0 and scores["per_type"]["ORG"]["number"] == 1
+    # One entity missed out of two, nothing wrongly predicted: P = 1, R = 1/2, F1 = 2/3.
+    scores = token_classification_metrics([["B-PER", "O", "B-LOC"]], [["B-PER", "O", "O"]])
+    assert (scores["precision"], scores["recall"]) == (1.0, 0.5) and scores["f1"] == pytest.approx(2 / 3)
+    nothing = token_classification_metrics([["O", "O"]], [["O", "O"]])
+    assert (nothing["precision"], nothing["recall"], nothing["f1"], nothing["accuracy"]) == (0.0, 0.0, 0.0, 1.0)
+
+
+def test_entity_metrics_reject_mismatched_lengths():
+    with pytest.raises(ValueError, match="sequence 0 has 2 reference and 1 predicted"):
+        token_classification_metrics([["O", "O"]], [["O"]])
+    with pytest.raises(ValueError, match="1 reference and 2 predicted sequences"):
+        token_classification_metrics([["O"]], [["O"], ["O"]])
+
+
+# ------------------------------------------------------------------------------------------------ alignment
+def test_labels_go_to_the_first_sub_token_unless_label_all_tokens():
+    word_ids = [None, 0, 0, 0, 1, 2, 2, None]
+    tags = [1, 0, 5]  # B-PER, O, B-LOC
+    assert align_labels_with_tokens(word_ids, tags) == [-100, 1, -100, -100, 0, 5, -100, -100]
+    continuation = token_module._continuation_ids(list(CONLL_NER_NAMES))
+    assert continuation == [0, 2, 2, 4, 4, 6, 6, 8, 8]  # B-X -> I-X, everything else unchanged
+    assert align_labels_with_tokens(word_ids, tags, continuation) == [-100, 1, 2, 2, 0, 5, 6, -100]
+
+
+def test_wordpiece_tokenizer_splits_rare_words_and_round_trips(tmp_path):
+    from transformers import AutoTokenizer
+
+    words = load_embedded_ner_dataset(num_train=64, num_validation=1)["train"]["tokens"]
+    tokenizer = build_wordpiece_tokenizer(words, vocab_size=120)
+    encoded = tokenizer(["Krzysztof", "Wojciechowski", "visited", "Paris"], is_split_into_words=True)
+    word_ids = encoded.word_ids()
+    assert word_ids[0] is None and word_ids[-1] is None
+    assert word_ids.count(0) > 1  # a rare name is split into pieces
+    tokenizer.save_pretrained(tmp_path)
+    reloaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert reloaded("Paris", "Berlin")["input_ids"] == tokenizer("Paris", "Berlin")["input_ids"]
+    assert reloaded("Paris", "Berlin")["token_type_ids"][-2:] == [1, 1]
+
+
+# ------------------------------------------------------------------------------------------------ HEMTrainer
+def test_nested_label_counts_equal_a_hand_count():
+    dataset = token_batch_dataset(num_rows=12, num_labels=5)
+    hand = np.zeros(5, dtype=np.int64)
+    for row in dataset["labels"]:
+        for label in row:
+            if label != -100:
+                hand[label] += 1
+    counted = resolve_class_counts("label_column", 5, dataset=dataset, label_column="labels", nested=True)
+    np.testing.assert_array_equal(counted.counts, hand)
+    from hf_hem.trainer import HEMTrainer
+
+    trainer = HEMTrainer(model=tiny_bert_token_model(5), args=hem_args("unused"), train_dataset=dataset)
+    np.testing.assert_array_equal(trainer.class_counts, hand)
+    # S = labelled tokens: every token is one sample of the loss.
+    torch.testing.assert_close(trainer.margins, margins_from_counts(hand, per_class=False))
+
+
+def test_trainer_loss_equals_per_token_hem_on_the_labelled_tokens(tmp_path):
+    from transformers.data.data_collator import default_data_collator
+
+    from hf_hem.trainer import HEMTrainer
+
+    dataset = token_batch_dataset(num_rows=8, num_labels=5).with_format("torch")
+    batch = default_data_collator([dataset[index] for index in range(8)])
+    model = tiny_bert_token_model(5)
+    args = hem_args(
+        tmp_path,
+        margin_scale=20.0,
+        per_device_train_batch_size=8,
+        max_steps=1,
+        logging_steps=1,
+        save_strategy="no",
+        optim="sgd",
+        learning_rate=0.1,
+        max_grad_norm=0.0,
+        lr_scheduler_type="constant",
+    )
+    trainer = HEMTrainer(model=model, args=args, train_dataset=dataset, data_collator=default_data_collator)
+    margin = float(trainer.margins[0])
+
+    def reference():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        keep = batch["labels"].reshape(-1) != -100
+        return hem_loss(logits.reshape(-1, 5)[keep], batch["labels"].reshape(-1)[keep], margin)
+
+    model.eval()
+    with torch.no_grad():
+        expected = reference()
+        loss = trainer.compute_loss(model, dict(batch))
+    assert float(expected) > 0
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-7)
+
+    # One training step optimises exactly that loss: same logged loss, same gradients.
+    model.train()
+    model.zero_grad()
+    reference().backward()
+    expected_gradients = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    recorded = {}
+
+    from transformers import TrainerCallback
+
+    class Recorder(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            recorded.update({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+
+    model.zero_grad()
+    trainer.add_callback(Recorder())
+    trainer.train()
+    assert trainer.state.log_history[0]["loss"] == pytest.approx(float(expected), rel=1e-5)
+    for name, gradient in expected_gradients.items():
+        torch.testing.assert_close(recorded[name], gradient, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_labels_with_more_classes_than_num_labels_name_the_column():
+    from hf_hem.trainer import HEMTrainer
+
+    dataset = token_batch_dataset(num_rows=4, num_labels=7)
+    with pytest.raises(ValueError, match=r"token labels of column 'labels'.*outside \[0, 5\).*num_labels=5"):
+        HEMTrainer(model=tiny_bert_token_model(5), args=hem_args("unused"), train_dataset=dataset)
+
+
+def test_scalar_label_column_for_a_token_model_is_rejected_by_the_trainer():
+    from hf_hem.trainer import HEMTrainer
+
+    dataset = datasets.Dataset.from_dict({"input_ids": [[5, 6], [7, 8]], "label": [0, 1]})
+    with pytest.raises(ValueError, match=r"column 'label' holds one label per row.*\(num_rows, num_tokens\)"):
+        HEMTrainer(model=tiny_bert_token_model(5), args=hem_args("unused"), train_dataset=dataset)
+
+
+# ------------------------------------------------------------------------------------------------ the script
+@pytest.fixture(scope="module")
+def embedded_run(tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("ner") / "bert-hem"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        assert script_main(SCRIPT)([*TINY, "--output_dir", str(output_dir)]) == 0
+    return output_dir
+
+
+def test_embedded_run_saves_a_plain_checkpoint_with_token_margins_and_card(embedded_run):
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    results = json.loads((embedded_run / "all_results.json").read_text())
+    for key in ("eval_precision", "eval_recall", "eval_f1", "eval_accuracy"):
+        assert 0.0 <= results[key] <= 1.0, key
+    assert results["train_samples"] == 32 and results["eval_samples"] == 16
+
+    model = AutoModelForTokenClassification.from_pretrained(embedded_run)
+    tokenizer = AutoTokenizer.from_pretrained(embedded_run)
+    assert [model.config.id2label[index] for index in range(9)] == list(CONLL_NER_NAMES)
+    # The margins were counted from the aligned token labels: first sub-tokens only, by hand here.
+    train = token_module.truncate(load_embedded_ner_dataset(seed=42)["train"], 32, 42)
+    hand = np.zeros(9, dtype=np.int64)
+    for words, tags in zip(train["tokens"], train["ner_tags"]):
+        word_ids = tokenizer(words, is_split_into_words=True, truncation=True, max_length=32).word_ids()
+        seen = set()
+        for word in word_ids:
+            if word is not None and word not in seen:
+                seen.add(word)
+                hand[tags[word]] += 1
+    assert model.config.hem_class_counts == hand.tolist()
+    assert model.config.hem_num_margin_samples is None  # S = sum of the counts: labelled training tokens
+    inputs = tokenizer(["John", "Smith", "visited", "Paris"], is_split_into_words=True, return_tensors="pt")
+    with torch.no_grad():
+        assert model(**inputs).logits.shape == (1, inputs["input_ids"].shape[1], 9)
+
+    card = ModelCard.load(embedded_run / "README.md")
+    assert card.data.pipeline_tag == "token-classification"
+    indexed = {result.metric_type: result.metric_value for result in card.data.eval_results}
+    for key in ("precision", "recall", "f1", "accuracy"):
+        assert indexed[key] == pytest.approx(results[f"eval_{key}"], rel=1e-5)
+    assert "AutoModelForTokenClassification" in card.text and "is_split_into_words=True" in card.text
+
+
+@pytest.mark.parametrize("suffix", ["json", "parquet", "csv"])
+def test_local_files_train_and_load_back(tmp_path, suffix):
+    from transformers import AutoModelForTokenClassification
+
+    names = list(CONLL_NER_NAMES)
+    for split, count, seed in (("train", 24, 3), ("validation", 8, 4)):
+        rows = load_embedded_ner_dataset(num_train=count, num_validation=1, seed=seed)["train"].to_dict()
+        # Tag names as strings: files carry no ClassLabel.
+        rows["ner_tags"] = [[names[tag] for tag in tags] for tags in rows["ner_tags"]]
+        if suffix == "csv":  # one string of words / tags per row
+            rows = {
+                "tokens": [" ".join(t) for t in rows["tokens"]],
+                "ner_tags": [" ".join(t) for t in rows["ner_tags"]],
+            }
+        frame = datasets.Dataset.from_dict(rows)
+        path = tmp_path / f"{split}.{suffix}"
+        {"json": frame.to_json, "parquet": frame.to_parquet, "csv": frame.to_csv}[suffix](str(path))
+    output_dir = tmp_path / "out"
+    argv = [*TINY, "--train_file", str(tmp_path / f"train.{suffix}"), "--validation_file"]
+    argv += [str(tmp_path / f"validation.{suffix}"), "--label_all_tokens", "true", "--output_dir", str(output_dir)]
+    assert script_main(SCRIPT)(argv) == 0
+    model = AutoModelForTokenClassification.from_pretrained(output_dir)
+    # The files hold tag names, not ids: the model's tags are the names that occur, sorted.
+    tags = list(model.config.label2id)
+    assert tags == sorted(tags) and "O" in tags and set(tags) <= set(names)
+    card = ModelCard.load(output_dir / "README.md")
+    assert card.data.datasets is None  # local files: named, not linked
+    assert {result.dataset_name for result in card.data.eval_results} == {tmp_path.name}
+
+
+def test_scalar_tag_column_and_missing_columns_are_rejected(tmp_path):
+    path = tmp_path / "train.json"
+    datasets.Dataset.from_dict({"tokens": [["a", "b"], ["c"]], "ner_tags": [0, 1]}).to_json(str(path))
+    with pytest.raises(ValueError, match=r"'ner_tags' holds one label per row.*\(num_rows, num_words\)"):
+        script_main(SCRIPT)([*TINY, "--train_file", str(path), "--output_dir", str(tmp_path / "out")])
+    with pytest.raises(ValueError, match=r"tag column 'tags' not found.*'ner_tags'"):
+        script_main(SCRIPT)(
+            [*TINY, "--train_file", str(path), "--label_column_name", "tags", "--output_dir", str(tmp_path / "o")]
+        )
+
+
+def test_hub_dataset_in_the_conll2003_schema(conll_parquet, tmp_path, monkeypatch):
+    calls = []
+    real = datasets.load_dataset
+
+    def load_dataset(path, name=None, **kwargs):
+        calls.append((path, name))
+        if path != "conll2003":
+            return real(path, name, **kwargs)
+        return real(str(conll_parquet))
+
+    monkeypatch.setattr(token_module, "load_dataset", load_dataset)
+    output_dir = tmp_path / "out"
+    assert script_main(SCRIPT)([*TINY, "--dataset_name", "conll2003", "--output_dir", str(output_dir)]) == 0
+    assert calls == [("conll2003", None)]
+    config = json.loads((output_dir / "config.json").read_text())
+    assert [config["id2label"][str(index)] for index in range(9)] == list(CONLL_NER_NAMES)
+    card = ModelCard.load(output_dir / "README.md")
+    assert card.data.datasets == ["conll2003"]
+    indexed = {result.metric_type: result for result in card.data.eval_results}
+    assert set(indexed) == {"precision", "recall", "f1", "accuracy"}
+    assert indexed["f1"].dataset_name == "conll2003" and indexed["f1"].dataset_split == "validation"
+
+
+# ------------------------------------------------------------------------------------------------ Hub round trip
+# Runs the script with `load_dataset("conll2003")` answered from the local parquet files (the loopback Hub serves
+# models only), and pushes to the loopback Hub.
+_TRAIN_AND_PUSH = textwrap.dedent(
+    """
+    import sys
+    import datasets
+    from hf_hem.pipelines import token_classification
+
+    folder = sys.argv[1]
+    real = datasets.load_dataset
+    token_classification.load_dataset = lambda path, name=None, **kwargs: (
+        real(folder) if path == "conll2003" else real(path, name, **kwargs)
+    )
+    import runpy
+    sys.argv = [sys.argv[2], *sys.argv[3:]]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+    """
+)
+_DOWNLOAD = textwrap.dedent(
+    """
+    import json, sys
+    import torch
+    from huggingface_hub import ModelCard, snapshot_download
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    folder = snapshot_download(sys.argv[1])
+    model = AutoModelForTokenClassification.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    inputs = tokenizer(["John", "Smith", "visited", "Paris"], is_split_into_words=True, return_tensors="pt")
+    with torch.no_grad():
+        shape = list(model(**inputs).logits.shape)
+    card = ModelCard.load(sys.argv[1])
+    print(json.dumps({
+        "class": type(model).__name__,
+        "labels": [model.config.id2label[index] for index in range(model.config.num_labels)],
+        "hem_loss": model.config.hem_loss,
+        "shape": shape,
+        "datasets": card.data.datasets,
+        "metrics": {result.metric_type: result.metric_value for result in card.data.eval_results},
+    }))
+    """
+)
+
+
+@pytest.mark.slow
+def test_push_to_loopback_hub_and_download_as_plain_checkpoint(conll_parquet, tmp_path):
+    output_dir = tmp_path / "out"
+    with LoopbackHub(tmp_path / "hub") as hub:
+        env = hub_client_env(hub.endpoint, hf_home=tmp_path / "hf_home", base_env=offline_env())
+        command = [
+            sys.executable, "-c", _TRAIN_AND_PUSH, str(conll_parquet), str(SCRIPT), *TINY,
+            "--dataset_name", "conll2003", "--loss_name", "hem+", "--output_dir", str(output_dir),
+            "--push_to_hub", "true", "--hub_model_id", "user/bert-hem-conll2003",
+        ]  # fmt: skip
+        trained = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert trained.returncode == 0, trained.stderr[-4000:]
+        download_env = hub_client_env(hub.endpoint, hf_home=tmp_path / "hf_home_2", base_env=offline_env())
+        downloaded = subprocess.run(
+            [sys.executable, "-c", _DOWNLOAD, "user/bert-hem-conll2003"],
+            env=download_env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert downloaded.returncode == 0, downloaded.stderr[-4000:]
+        pushed = hub.files("user/bert-hem-conll2003")
+        assert hub.unhandled_requests == [] and hub.server_errors == []
+    result = json.loads(downloaded.stdout.strip().splitlines()[-1])
+    assert result["class"] == "BertForTokenClassification" and result["labels"] == list(CONLL_NER_NAMES)
+    assert result["hem_loss"] == "hem+" and result["shape"][0] == 1 and result["shape"][2] == 9
+    assert result["datasets"] == ["conll2003"]
+    local = json.loads((output_dir / "all_results.json").read_text())
+    for key in ("precision", "recall", "f1"):
+        assert result["metrics"][key] == pytest.approx(local[f"eval_{key}"], rel=1e-5)
+    assert {"tokenizer.json", "tokenizer_config.json", "model.safetensors", "README.md"} <= set(pushed)
+    assert b"generated_from_trainer" not in pushed["README.md"]
+
+
+# ------------------------------------------------------------------------------------------------ two processes
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="needs torch.distributed with gloo")
+def test_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path):
+    model = tiny_bert_token_model(5)
+    model.config.to_json_file(tmp_path / "config.json")
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    # Rows of different numbers of labelled tokens, so the ranks' counts differ and only the global count is right.
+    dataset = token_batch_dataset(num_rows=8, num_labels=5, seed=3)
+    data = {key: torch.tensor(dataset[key]) for key in ("input_ids", "attention_mask", "labels")}
+    torch.save(data, tmp_path / "data.pt")
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(_free_port()), str(DDP_SCRIPT), str(tmp_path),
+    ]  # fmt: skip
+    env = offline_env(CUDA_VISIBLE_DEVICES="")
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+
+    counts = np.bincount(data["labels"][data["labels"] != -100].numpy(), minlength=5)
+    for case, loss_name in (("hem", "hem"), ("hem_plus", "hem+"), ("ce", "ce")):
+        saved = torch.load(tmp_path / f"{case}.pt")
+        assert saved["world_size"] == 2
+        ranks = [torch.load(tmp_path / f"{case}_rank{rank}_labels.pt") for rank in (0, 1)]
+        assert sorted(torch.cat(ranks).reshape(-1).tolist()) == sorted(data["labels"].reshape(-1).tolist())
+        model.train()
+        model.zero_grad()
+        logits = model(input_ids=data["input_ids"], attention_mask=data["attention_mask"]).logits
+        keep = data["labels"].reshape(-1) != -100
+        flat_logits, flat_labels = logits.reshape(-1, 5)[keep], data["labels"].reshape(-1)[keep]
+        margins = margins_from_counts(counts, scale=4.0, per_class=loss_name == "hem+")
+        if loss_name == "ce":
+            loss = torch.nn.functional.cross_entropy(flat_logits, flat_labels)
+        else:
+            loss = hem_loss(flat_logits, flat_labels, margins if loss_name == "hem+" else float(margins[0]))
+        loss.backward()
+        if loss_name != "ce":
+            torch.testing.assert_close(saved["margins"], margins)
+        for name, parameter in model.named_parameters():
+            torch.testing.assert_close(
+                saved["gradients"][name], parameter.grad, rtol=0, atol=1e-6, msg=f"{case} {name}"
+            )
+        assert saved["logged_loss"] == pytest.approx(float(loss.detach()), rel=1e-5), case
+
+
+@pytest.mark.slow
+def test_accelerate_launch_runs_the_script_on_two_cpu_processes(tmp_path):
+    output_dir = tmp_path / "out"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CPU_CONFIG),
+        str(SCRIPT), *TINY, "--output_dir", str(output_dir),
+    ]  # fmt: skip
+    completed = subprocess.run(command, env=offline_env(), capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    # Two processes share the 32 sentences: 1 step of 2 x 16, not 2 steps of 16.
+    assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 1
+    results = json.loads((output_dir / "all_results.json").read_text())
+    assert results["eval_samples"] == 16 and 0.0 <= results["eval_f1"] <= 1.0
+    assert "| `total_train_batch_size` | 32 |" in ModelCard.load(output_dir / "README.md").text
+
+
+def test_help_lists_the_token_flags(capsys):
+    with pytest.raises(SystemExit):
+        script_main(SCRIPT)(["--help"])
+    text = capsys.readouterr().out
+    for flag in ("--text_column_name", "--label_column_name", "--label_all_tokens", "--max_seq_length", "--loss_name"):
+        assert flag in text, flag
+    assert os.path.isfile(SCRIPT)
