@@ -1465,12 +1465,120 @@ def write_segmentation_report(
     return write_report(runs, output_dir, setup=setup, progress=progress, task="segmentation")
 
 
+class _TextAdapterBase(TaskAdapter):
+    """The shared parts of the text tasks: synthetic embedded data, local files or a Hub dataset, a BERT-style model."""
+
+    seed_draws = "synthetic data"
+    single_seed_note = "One seed: add `--seeds 0,1,2` for error bars."
+
+    def embedded_dataset_text(self, model_args):
+        return (
+            f"`{self.pipeline().embedded_dataset_name}` (synthetic, built in memory: a plumbing check of the "
+            "pipeline, not evidence about HEM on language)"
+        )
+
+    def local_dataset_text(self, data_args):
+        return f"local file `{data_args.train_file}`"
+
+    def model_from_config_text(self, model_args):
+        return f"`{model_args.model_type}` built from its config (random initialisation)"
+
+    def data_lines(self, setup):
+        return [
+            f"- **Data**: {setup.get('dataset')}; {setup.get('num_train_samples')} training and "
+            f"{setup.get('num_eval_samples')} validation examples.",
+        ]
+
+
+def _text_pipeline(module_name: str, data_class: str, parse: str, run: str, embedded: str) -> TaskPipeline:
+    import importlib
+
+    from .pipelines._common import peek_dataclass
+
+    module = importlib.import_module(f".pipelines.{module_name}", __package__)
+    data_arguments = getattr(module, data_class)
+    return TaskPipeline(
+        lambda argv=None, file_values=None: peek_dataclass(data_arguments, argv, file_values),
+        getattr(module, parse),
+        getattr(module, run),
+        getattr(module, embedded),
+    )
+
+
+class TextAdapter(_TextAdapterBase):
+    """`--task text`: [`~hf_hem.pipelines.text_classification.run_text_classification`] (GLUE-style)."""
+
+    name = "text"
+    aliases = ("text-classification",)
+    metric_rows = (
+        MetricRow("eval_accuracy", "Accuracy", True),
+        MetricRow("eval_macro_f1", "Macro F1", True),
+        MetricRow("eval_ece", "Expected calibration error", False),
+    )
+    summary_keys = (MetricRow("eval_accuracy", "accuracy", True),)
+    progress_keys = ("loss", "eval_accuracy")
+    curve_metrics = (*TaskAdapter.curve_metrics, MetricRow("eval_accuracy", "accuracy", True))
+    convergence_key = "eval_accuracy"
+    sweep_keys = (MetricRow("eval_accuracy", "accuracy", True),)
+    metrics_note = "Accuracy, macro F1 and the expected calibration error (15 bins) on the validation split."
+    folder_contents = (
+        "a plain `transformers` checkpoint (`AutoModelForSequenceClassification` and `AutoTokenizer`), its model "
+        "card and `all_results.json`"
+    )
+
+    def pipeline(self):
+        return _text_pipeline(
+            "text_classification",
+            "TextClassificationDataArguments",
+            "parse_text_classification_args",
+            "run_text_classification",
+            "EMBEDDED_TEXT_DATASET_NAME",
+        )
+
+
+class TokenAdapter(_TextAdapterBase):
+    """`--task token`: [`~hf_hem.pipelines.token_classification.run_token_classification`] (CoNLL-style NER)."""
+
+    name = "token"
+    aliases = ("token-classification", "ner")
+    metric_rows = (
+        MetricRow("eval_f1", "Entity F1", True),
+        MetricRow("eval_precision", "Entity precision", True),
+        MetricRow("eval_recall", "Entity recall", True),
+        MetricRow("eval_accuracy", "Token accuracy", True),
+    )
+    summary_keys = (MetricRow("eval_f1", "entity F1", True),)
+    progress_keys = ("loss", "eval_f1")
+    curve_metrics = (*TaskAdapter.curve_metrics, MetricRow("eval_f1", "entity F1", True))
+    convergence_key = "eval_f1"
+    sweep_keys = (MetricRow("eval_f1", "entity F1", True),)
+    margin_samples_unit = "labelled tokens"
+    metrics_note = (
+        "Entity-level precision, recall and F1 (an entity counts when its type and its whole span match, as in "
+        "CoNLL's evaluation), and the accuracy over labelled tokens, on the validation split."
+    )
+    folder_contents = (
+        "a plain `transformers` checkpoint (`AutoModelForTokenClassification` and `AutoTokenizer`), its model card "
+        "and `all_results.json`"
+    )
+
+    def pipeline(self):
+        return _text_pipeline(
+            "token_classification",
+            "TokenClassificationDataArguments",
+            "parse_token_classification_args",
+            "run_token_classification",
+            "EMBEDDED_NER_DATASET_NAME",
+        )
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # The adapter table
 
 #: One adapter per task, by canonical name; a new task is one more entry.
 TASK_ADAPTERS: dict[str, TaskAdapter] = {
-    adapter.name: adapter for adapter in (ClassificationAdapter(), SegmentationAdapter())
+    adapter.name: adapter
+    for adapter in (ClassificationAdapter(), SegmentationAdapter(), TextAdapter(), TokenAdapter())
 }
 #: Task names `--task` accepts (and their aliases), each mapped to its canonical name.
 TASKS = {alias: adapter.name for adapter in TASK_ADAPTERS.values() for alias in (adapter.name, *adapter.aliases)}

@@ -331,3 +331,18 @@ def test_cli_still_rejects_unknown_flags_outside_compare():
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["demo", "--num_train_epochs", "1"])
     assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize(("task", "metric"), [("text", "eval_accuracy"), ("token", "eval_f1")])
+def test_compare_text_and_token_tasks_on_their_synthetic_defaults(tmp_path, task, metric):
+    from hf_hem.cli import main as cli_main
+
+    output_dir = tmp_path / task
+    flags = ["--num_train_epochs", "1", "--max_train_samples", "64", "--max_eval_samples", "32"]
+    command = ["compare", "--task", task, "--seeds", "0", "--output_dir", str(output_dir), "--no_progress", *flags]
+    assert cli_main(command) == 0
+    report = (output_dir / "report.md").read_text()
+    assert "not evidence about HEM on language" in report and "## Learning curves" in report
+    runs = json.loads((output_dir / "compare_results.json").read_text())["runs"]
+    assert [run["loss_name"] for run in runs] == ["ce", "hem"]
+    assert all(0.0 <= run["metrics"][metric] <= 1.0 for run in runs)
