@@ -1493,7 +1493,7 @@ class _TextAdapterBase(TaskAdapter):
 def _text_pipeline(module_name: str, data_class: str, parse: str, run: str, embedded: str) -> TaskPipeline:
     import importlib
 
-    from .pipelines._common import peek_dataclass
+    from .pipelines import peek_dataclass
 
     module = importlib.import_module(f".pipelines.{module_name}", __package__)
     data_arguments = getattr(module, data_class)

@@ -226,6 +226,8 @@ def test_a_new_task_is_one_adapter_with_its_rows_plots_and_sections(tmp_path):
     assert TASKS["image-classification"] == "classification" and set(TASK_ADAPTERS) == {
         "classification",
         "segmentation",
+        "text",
+        "token",
     }
     assert get_task_adapter("semantic-segmentation") is TASK_ADAPTERS["segmentation"]
     with pytest.raises(ValueError, match="expected one of classification"):
