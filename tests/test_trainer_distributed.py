@@ -80,33 +80,13 @@ def reference_gradients(model, pixel_values, labels, loss_name):
     return {n: p.grad.detach().clone() for n, p in model.named_parameters()}, float(loss.detach()), margins
 
 
-def test_two_processes_match_one_process_on_the_concatenated_batch(tmp_path):
-    model = tiny_vit()
-    model.config.to_json_file(tmp_path / "config.json")
-    torch.save(model.state_dict(), tmp_path / "weights.pt")
-    generator = torch.Generator().manual_seed(0)
-    pixel_values = torch.randn(len(LABELS), 3, 8, 8, generator=generator)
-    labels = torch.tensor(LABELS)
-    torch.save({"pixel_values": pixel_values, "labels": labels}, tmp_path / "data.pt")
-
+def launch_two_processes(script, workdir) -> None:
+    """Runs `script workdir` on two real CPU ranks (gloo) under `accelerate launch`, offline."""
     command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
-        str(SCRIPT),
-        str(tmp_path),
-    ]
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(free_port()), str(script), str(workdir),
+    ]  # fmt: skip
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
@@ -116,6 +96,18 @@ def test_two_processes_match_one_process_on_the_concatenated_batch(tmp_path):
     }
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"launch failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+
+
+def test_two_processes_match_one_process_on_the_concatenated_batch(tmp_path):
+    model = tiny_vit()
+    model.config.to_json_file(tmp_path / "config.json")
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    generator = torch.Generator().manual_seed(0)
+    pixel_values = torch.randn(len(LABELS), 3, 8, 8, generator=generator)
+    labels = torch.tensor(LABELS)
+    torch.save({"pixel_values": pixel_values, "labels": labels}, tmp_path / "data.pt")
+
+    launch_two_processes(SCRIPT, tmp_path)
 
     model.train()
     for case in ("hem", "hem_plus", "ce", "stock_hem"):
@@ -151,33 +143,7 @@ def test_two_processes_with_accumulation_and_skipping_are_exact(tmp_path):
     others = torch.randint(1, 3, (16,), generator=generator)
     labels = torch.cat([torch.zeros(16, dtype=torch.long), mixed, torch.zeros(16, dtype=torch.long), others])
     torch.save({"pixel_values": pixel_values, "labels": labels}, tmp_path / "data.pt")
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
-        str(ACCUMULATION_SCRIPT),
-        str(tmp_path),
-    ]
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-        "CUDA_VISIBLE_DEVICES": "",
-        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, f"launch failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    launch_two_processes(ACCUMULATION_SCRIPT, tmp_path)
 
     model.train()
     with torch.no_grad():

@@ -396,13 +396,13 @@ def build_trainer(
     Returns:
         [`~hf_hem.HEMTrainer`].
     """
+    trainer_kwargs.setdefault("data_collator", collate_fn)
     trainer = HEMTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset if do_train else None,
         eval_dataset=eval_dataset if (do_eval or training_args.eval_strategy != "no") else None,
         processing_class=image_processor,
-        data_collator=collate_fn,
         **trainer_kwargs,
     )
     use_callbacks(trainer, callbacks)

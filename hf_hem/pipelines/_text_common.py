@@ -26,10 +26,10 @@ from ..data.embedded_text import build_wordpiece_tokenizer
 from ..trainer.hem_trainer import HEMTrainer
 from ._common import (
     BaseModelArguments,
+    build_trainer,
     check_split_arguments,
     max_train_samples_field,
     train_val_split_field,
-    use_callbacks,
 )
 
 
@@ -412,14 +412,15 @@ def build_text_trainer(
     **trainer_kwargs,
 ) -> HEMTrainer:
     """As `pipelines._common.build_trainer`, with the tokenizer as processing class and a padding collator."""
-    trainer = HEMTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset if do_train else None,
-        eval_dataset=eval_dataset if (do_eval or training_args.eval_strategy != "no") else None,
-        processing_class=tokenizer,
+    return build_trainer(
+        model,
+        training_args,
+        tokenizer,
+        train_dataset,
+        eval_dataset,
+        do_train,
+        do_eval,
+        callbacks,
         data_collator=data_collator,
         **trainer_kwargs,
     )
-    use_callbacks(trainer, callbacks)
-    return trainer
