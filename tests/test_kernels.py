@@ -11,6 +11,7 @@ from hf_hem import hem_loss
 from hf_hem.losses import kernels
 from hf_hem.losses.hem import _margin_family_loss_reference
 from hf_hem.losses.kernels import _function, _portable
+from hf_hem.losses.kernels._inputs import KernelInputs
 
 
 try:  # tests/ may or may not become a package
@@ -408,9 +409,9 @@ def record_backend_inputs(monkeypatch, module):
     for step in ("forward", "backward"):
         original = getattr(module, step)
 
-        def wrapper(grouped, *args, _original=original, _step=step, **kwargs):
-            seen[_step] = grouped
-            return _original(grouped, *args, **kwargs)
+        def wrapper(inputs, *args, _original=original, _step=step, **kwargs):
+            seen[_step] = inputs.grouped
+            return _original(inputs, *args, **kwargs)
 
         monkeypatch.setattr(module, step, wrapper)
     return seen
@@ -593,11 +594,12 @@ def compare_configs_with_portable(triton_module, logits, labels, configs, atol=1
     generator = torch.Generator().manual_seed(0)
     weight = torch.rand(labels.shape, generator=generator).to(logits.device)
     for threshold, mean_above_zero in ((True, True), (False, False)):
-        expected = _portable.forward(logits, labels, margins, 0.0, -100, threshold, mean_above_zero)
-        arguments = (logits, labels, margins, 0.0, -100, expected[1], expected[2], weight)
+        inputs = KernelInputs(logits, labels, margins, 0.0, -100)
+        expected = _portable.forward(inputs, threshold, mean_above_zero)
+        arguments = (inputs, expected[1], expected[2], weight)
         expected_grad = _portable.backward(*arguments)
         for config in configs:
-            actual = triton_module.forward(logits, labels, margins, 0.0, -100, threshold, mean_above_zero, config)
+            actual = triton_module.forward(inputs, threshold, mean_above_zero, config)
             for got, want in zip(actual[:3], expected[:3]):
                 torch.testing.assert_close(got, want, atol=atol, rtol=1e-6, msg=lambda m, c=config: f"{c}: {m}")
             got_grad = triton_module.backward(*arguments, config=config)

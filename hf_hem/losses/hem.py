@@ -34,59 +34,6 @@ def needs_upsampling(logits, labels, class_dim: int = 1) -> bool:
     )
 
 
-def _margin_family_loss(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    margin: float | torch.Tensor,
-    *,
-    threshold: bool,
-    mean_above_zero: bool,
-    ignore_index: int,
-    reduction: str,
-    implementation: str = "auto",
-    upsample_logits: bool = False,
-    class_dim: int = 1,
-) -> torch.Tensor:
-    """Dispatches to the fused kernels (`hf_hem.losses.kernels`) or, for `implementation="reference"`, the reference.
-
-    Both compute the same function; the fused path needs no autograd graph of `(P, C)` intermediates.
-    """
-    check_upsample_class_dim(upsample_logits, class_dim)
-    if upsample_logits and needs_upsampling(logits, labels):
-        return upsampled_margin_family_loss(
-            logits,
-            labels,
-            margin,
-            threshold=threshold,
-            mean_above_zero=mean_above_zero,
-            ignore_index=ignore_index,
-            reduction=reduction,
-            implementation=implementation,
-        )
-    if resolve_implementation(logits, margin, implementation, class_dim) == "reference":
-        return _margin_family_loss_reference(
-            logits,
-            labels,
-            margin,
-            threshold=threshold,
-            mean_above_zero=mean_above_zero,
-            ignore_index=ignore_index,
-            reduction=reduction,
-            class_dim=class_dim,
-        )
-    return fused_margin_family_loss(
-        logits,
-        labels,
-        margin,
-        threshold=threshold,
-        mean_above_zero=mean_above_zero,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        implementation=implementation,
-        class_dim=class_dim,
-    )
-
-
 def check_upsample_class_dim(upsample_logits: bool, class_dim: int) -> None:
     """Raises unless `upsample_logits` comes with `class_dim=1`: only `(N, C, h, w)` logits are upsampled."""
     if upsample_logits and class_dim != 1:
@@ -96,18 +43,48 @@ def check_upsample_class_dim(upsample_logits: bool, class_dim: int) -> None:
         )
 
 
-def hem_loss(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    margin: float | torch.Tensor = 0.2,
-    *,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    implementation: str = "auto",
-    upsample_logits: bool = False,
-    class_dim: int = 1,
-) -> torch.Tensor:
-    r"""High error margin (HEM) loss; HEM+ when `margin` holds one margin per target class.
+def _margin_family_function(name: str, *, threshold: bool, mean_above_zero: bool, doc: str):
+    """The public function of one member of the margin family; the members differ only in the two switches.
+
+    It dispatches to the fused kernels (`hf_hem.losses.kernels`) or, for `implementation="reference"`, to the
+    reference. Both compute the same function; the fused path needs no autograd graph of `(P, C)` intermediates. One
+    body serves the four losses, so their arguments and their dispatch cannot drift apart.
+    """
+
+    def loss(
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        margin: float | torch.Tensor = 0.2,
+        *,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        implementation: str = "auto",
+        upsample_logits: bool = False,
+        class_dim: int = 1,
+    ) -> torch.Tensor:
+        check_upsample_class_dim(upsample_logits, class_dim)
+        options = dict(
+            threshold=threshold, mean_above_zero=mean_above_zero, ignore_index=ignore_index, reduction=reduction
+        )
+        if upsample_logits and needs_upsampling(logits, labels):
+            return upsampled_margin_family_loss(logits, labels, margin, implementation=implementation, **options)
+        if resolve_implementation(logits, margin, implementation, class_dim) == "reference":
+            return _margin_family_loss_reference(logits, labels, margin, class_dim=class_dim, **options)
+        return fused_margin_family_loss(
+            logits, labels, margin, implementation=implementation, class_dim=class_dim, **options
+        )
+
+    # Named after the module attribute it is bound to, so that pickling, `repr` and the docs see the public name.
+    loss.__name__ = loss.__qualname__ = name
+    loss.__doc__ = doc
+    return loss
+
+
+hem_loss = _margin_family_function(
+    "hem_loss",
+    threshold=True,
+    mean_above_zero=True,
+    doc=r"""High error margin (HEM) loss; HEM+ when `margin` holds one margin per target class.
 
     Per sample with logits `y`, target `t`: margin errors `e_i = max(0, y_i - y_t + mu_t)` (`e_t = 0`), threshold
     `tau = mean(e)` over all C entries (detached), kept errors `e_i >= tau`, loss = mean of the kept errors above
@@ -152,106 +129,41 @@ def hem_loss(
     >>> hem_loss(token_logits, torch.randint(0, 5, (2, 7)), class_dim=-1).shape
     torch.Size([])
     ```
-    """
-    return _margin_family_loss(
-        logits,
-        labels,
-        margin,
-        threshold=True,
-        mean_above_zero=True,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        implementation=implementation,
-        upsample_logits=upsample_logits,
-        class_dim=class_dim,
-    )
+    """,
+)
 
 
-def mm_loss(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    margin: float | torch.Tensor = 0.2,
-    *,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    implementation: str = "auto",
-    upsample_logits: bool = False,
-    class_dim: int = 1,
-) -> torch.Tensor:
-    """Multi-class margin loss: the mean of all margin errors (equals `F.multi_margin_loss(p=1)`).
+mm_loss = _margin_family_function(
+    "mm_loss",
+    threshold=False,
+    mean_above_zero=False,
+    doc="""Multi-class margin loss: the mean of all margin errors (equals `F.multi_margin_loss(p=1)`).
 
     Args: as [`hem_loss`]; `"mean"` divides by the number of non-ignored samples.
-    """
-    return _margin_family_loss(
-        logits,
-        labels,
-        margin,
-        threshold=False,
-        mean_above_zero=False,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        implementation=implementation,
-        upsample_logits=upsample_logits,
-        class_dim=class_dim,
-    )
+    """,
+)
 
 
-def mm_maz_loss(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    margin: float | torch.Tensor = 0.2,
-    *,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    implementation: str = "auto",
-    upsample_logits: bool = False,
-    class_dim: int = 1,
-) -> torch.Tensor:
-    """MM+maz ablation: mean of the errors above zero per sample, mean over samples above zero (no threshold).
+mm_maz_loss = _margin_family_function(
+    "mm_maz_loss",
+    threshold=False,
+    mean_above_zero=True,
+    doc="""MM+maz ablation: mean of the errors above zero per sample, mean over samples above zero (no threshold).
 
     Args: as [`hem_loss`].
-    """
-    return _margin_family_loss(
-        logits,
-        labels,
-        margin,
-        threshold=False,
-        mean_above_zero=True,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        implementation=implementation,
-        upsample_logits=upsample_logits,
-        class_dim=class_dim,
-    )
+    """,
+)
 
 
-def mm_thres_loss(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    margin: float | torch.Tensor = 0.2,
-    *,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    implementation: str = "auto",
-    upsample_logits: bool = False,
-    class_dim: int = 1,
-) -> torch.Tensor:
-    """MM+thres ablation: HEM's threshold, then a plain mean over all C entries and all samples.
+mm_thres_loss = _margin_family_function(
+    "mm_thres_loss",
+    threshold=True,
+    mean_above_zero=False,
+    doc="""MM+thres ablation: HEM's threshold, then a plain mean over all C entries and all samples.
 
     Args: as [`hem_loss`]; `"mean"` divides by the number of non-ignored samples.
-    """
-    return _margin_family_loss(
-        logits,
-        labels,
-        margin,
-        threshold=True,
-        mean_above_zero=False,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        implementation=implementation,
-        upsample_logits=upsample_logits,
-        class_dim=class_dim,
-    )
+    """,
+)
 
 
 class _MarginLoss(nn.Module):

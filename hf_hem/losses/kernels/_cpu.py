@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from ._inputs import KernelInputs
+
 
 SOURCE = Path(__file__).with_name("hem_cpu.cpp")
 # -fno-trapping-math lets the compiler turn the kept/not-kept selections into vector blends (it changes no result);
@@ -159,58 +161,47 @@ def _threads(num_elements: int) -> int:
     return max(1, min(torch.get_num_threads(), num_elements // MIN_ELEMENTS_PER_THREAD))
 
 
-def _pointer(tensor: torch.Tensor | None) -> int | None:
-    return None if tensor is None else tensor.data_ptr()
+def _problem_arguments(inputs: KernelInputs) -> tuple:
+    """The leading arguments of `hem_forward` and `hem_backward`: the problem both describe the same way."""
+    grouped = inputs.grouped
+    margins = None if inputs.margins is None else inputs.margins.data_ptr()
+    return (
+        FORMATS[grouped.dtype], grouped.data_ptr(), inputs.labels.data_ptr(), *grouped.shape,
+        margins, float(inputs.margin), int(inputs.ignore_index),
+    )  # fmt: skip
 
 
 def forward(
-    grouped: torch.Tensor,
-    labels: torch.Tensor,
-    margins: torch.Tensor | None,
-    margin: float,
-    ignore_index: int,
-    threshold: bool,
-    mean_above_zero: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+    inputs: KernelInputs, threshold: bool, mean_above_zero: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-sample loss, threshold and kept count of contiguous `(B, C, I)` logits and `(B*I,)` int64 labels.
 
     Returns:
-        `(per_sample, tau, kept, labels_ok)`; `labels_ok` is False when a label outside `[0, C)` is not ignore_index.
+        `(per_sample, tau, kept, label_error)`; `label_error` is a one-element int32 tensor, 1 when a label outside
+        `[0, C)` is not ignore_index.
     """
     library = load()
-    num_groups, num_classes, inner = grouped.shape
-    accumulate = torch.float64 if grouped.dtype == torch.float64 else torch.float32
+    num_groups, _, inner = inputs.grouped.shape
+    accumulate = torch.float64 if inputs.grouped.dtype == torch.float64 else torch.float32
     per_sample = torch.empty(num_groups * inner, dtype=accumulate)
     tau = torch.empty_like(per_sample)
     kept = torch.empty(num_groups * inner, dtype=torch.int32)
     code = library.hem_forward(
-        FORMATS[grouped.dtype], grouped.data_ptr(), labels.data_ptr(), num_groups, num_classes, inner,
-        _pointer(margins), float(margin), int(ignore_index), int(threshold), int(mean_above_zero),
-        per_sample.data_ptr(), tau.data_ptr(), kept.data_ptr(), _threads(grouped.numel()),
+        *_problem_arguments(inputs), int(threshold), int(mean_above_zero),
+        per_sample.data_ptr(), tau.data_ptr(), kept.data_ptr(), _threads(inputs.grouped.numel()),
     )  # fmt: skip
     if code == 2:
         raise RuntimeError("hf_hem: the fused CPU kernel failed (internal error).")
-    return per_sample, tau, kept, code == 0
+    return per_sample, tau, kept, torch.tensor([0 if code == 0 else 1], dtype=torch.int32)
 
 
-def backward(
-    grouped: torch.Tensor,
-    labels: torch.Tensor,
-    margins: torch.Tensor | None,
-    margin: float,
-    ignore_index: int,
-    tau: torch.Tensor,
-    kept: torch.Tensor,
-    weight: torch.Tensor,
-) -> torch.Tensor:
+def backward(inputs: KernelInputs, tau: torch.Tensor, kept: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Gradient of `sum(weight * per_sample)` with respect to the `(B, C, I)` logits, in their dtype."""
     library = load()
-    num_groups, num_classes, inner = grouped.shape
-    grad = torch.empty_like(grouped, memory_format=torch.contiguous_format)
+    grad = torch.empty_like(inputs.grouped, memory_format=torch.contiguous_format)
     code = library.hem_backward(
-        FORMATS[grouped.dtype], grouped.data_ptr(), labels.data_ptr(), num_groups, num_classes, inner,
-        _pointer(margins), float(margin), int(ignore_index), tau.data_ptr(), kept.data_ptr(), weight.data_ptr(),
-        grad.data_ptr(), _threads(grouped.numel()),
+        *_problem_arguments(inputs), tau.data_ptr(), kept.data_ptr(), weight.data_ptr(), grad.data_ptr(),
+        _threads(inputs.grouped.numel()),
     )  # fmt: skip
     if code != 0:
         raise RuntimeError("hf_hem: the fused CPU kernel failed (internal error).")

@@ -19,6 +19,7 @@ from .._common import (
     reduce_per_sample,
 )
 from . import _cpu, _portable
+from ._inputs import KernelInputs
 
 
 IMPLEMENTATIONS = ("auto", "reference", "cpu", "triton", "torch")
@@ -164,21 +165,21 @@ def group_logits(logits: torch.Tensor, class_dim: int = 1) -> torch.Tensor:
     return logits.contiguous().view(batch, num_classes, inner)
 
 
-def backend_forward(backend, grouped, labels, margins, margin, ignore_index, threshold, mean_above_zero):
+def _backend(name: str) -> ModuleType:
+    """The module of a fused backend; each has `forward` and `backward` taking [`KernelInputs`]."""
+    if name == "cpu":
+        return _cpu
+    return _triton() if name == "triton" else _portable
+
+
+def backend_forward(backend: str, inputs: KernelInputs, threshold: bool, mean_above_zero: bool):
     """Per-sample `(loss, tau, kept, label_error)` of grouped `(B, C, I)` logits with one backend's forward kernel."""
-    if backend == "cpu":
-        per_sample, tau, kept, labels_ok = _cpu.forward(
-            grouped, labels, margins, margin, ignore_index, threshold, mean_above_zero
-        )
-        return per_sample, tau, kept, torch.tensor([0 if labels_ok else 1], dtype=torch.int32)
-    module = _triton() if backend == "triton" else _portable
-    return module.forward(grouped, labels, margins, margin, ignore_index, threshold, mean_above_zero)
+    return _backend(backend).forward(inputs, threshold, mean_above_zero)
 
 
-def backend_backward(backend, grouped, labels, margins, margin, ignore_index, tau, kept, weight) -> torch.Tensor:
+def backend_backward(backend: str, inputs: KernelInputs, tau, kept, weight) -> torch.Tensor:
     """Gradient of `sum(weight * kept errors)` with respect to grouped `(B, C, I)` logits, in their dtype."""
-    module = _cpu if backend == "cpu" else _triton() if backend == "triton" else _portable
-    return module.backward(grouped, labels, margins, margin, ignore_index, tau, kept, weight)
+    return _backend(backend).backward(inputs, tau, kept, weight)
 
 
 def kept_error_weight(grad_per_sample, tau, kept, num_classes: int, mean_above_zero: bool) -> torch.Tensor:
@@ -199,9 +200,8 @@ class FusedMarginFamily(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, grouped, labels, margins, margin, ignore_index, threshold, mean_above_zero, backend):
-        per_sample, tau, kept, label_error = backend_forward(
-            backend, grouped, labels, margins, margin, ignore_index, threshold, mean_above_zero
-        )
+        inputs = KernelInputs(grouped, labels, margins, margin, ignore_index)
+        per_sample, tau, kept, label_error = backend_forward(backend, inputs, threshold, mean_above_zero)
         ctx.save_for_backward(grouped, labels, margins, tau, kept)
         ctx.margin, ctx.ignore_index, ctx.mean_above_zero, ctx.backend = margin, ignore_index, mean_above_zero, backend
         ctx.mark_non_differentiable(kept, label_error)
@@ -211,7 +211,8 @@ class FusedMarginFamily(torch.autograd.Function):
     def backward(ctx, grad_per_sample, _grad_kept, _grad_label_error):
         grouped, labels, margins, tau, kept = ctx.saved_tensors
         weight = kept_error_weight(grad_per_sample, tau, kept, grouped.shape[1], ctx.mean_above_zero)
-        grad = backend_backward(ctx.backend, grouped, labels, margins, ctx.margin, ctx.ignore_index, tau, kept, weight)
+        inputs = KernelInputs(grouped, labels, margins, ctx.margin, ctx.ignore_index)
+        grad = backend_backward(ctx.backend, inputs, tau, kept, weight)
         return grad, None, None, None, None, None, None, None
 
 

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 
 import torch
 
+from ._inputs import KernelInputs
+
 
 # Logits per chunk: small enough for the intermediates to stay in cache on CPU, large enough to amortise kernel
 # launches on an accelerator.
@@ -44,13 +46,7 @@ def _errors(
 
 
 def forward(
-    grouped: torch.Tensor,
-    labels: torch.Tensor,
-    margins: torch.Tensor | None,
-    margin: float,
-    ignore_index: int,
-    threshold: bool,
-    mean_above_zero: bool,
+    inputs: KernelInputs, threshold: bool, mean_above_zero: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-sample loss, threshold tau (inf where ignored) and kept count of `(B, C, I)` logits; labels `(B*I,)`.
 
@@ -58,6 +54,7 @@ def forward(
         `(per_sample, tau, kept, label_error)`: samples whose label is neither in `[0, C)` nor `ignore_index` are
         treated as ignored and flagged in the one-element int32 `label_error` (no host synchronisation).
     """
+    grouped, labels, margins, margin, ignore_index = inputs
     num_groups, num_classes, inner = grouped.shape
     accumulate = torch.float64 if grouped.dtype == torch.float64 else torch.float32
     labels = labels.view(num_groups, inner)
@@ -86,17 +83,9 @@ def forward(
     return per_sample.view(-1), tau.view(-1), kept.view(-1), label_error
 
 
-def backward(
-    grouped: torch.Tensor,
-    labels: torch.Tensor,
-    margins: torch.Tensor | None,
-    margin: float,
-    ignore_index: int,
-    tau: torch.Tensor,
-    kept: torch.Tensor,
-    weight: torch.Tensor,
-) -> torch.Tensor:
+def backward(inputs: KernelInputs, tau: torch.Tensor, kept: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Gradient of `sum(weight * per_sample)`: `+weight` on kept classes, `-kept * weight` on the target."""
+    grouped, labels, margins, margin, ignore_index = inputs
     num_groups, num_classes, inner = grouped.shape
     accumulate = weight.dtype
     labels = labels.view(num_groups, inner)

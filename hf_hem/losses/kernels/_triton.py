@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._inputs import KernelInputs
+
 
 # CUDA limits the second grid dimension (one program row per group of samples).
 MAX_GRID_GROUPS = 65535
@@ -258,14 +260,7 @@ def _launch(kernel, grouped: torch.Tensor, config, args_before, args_after, **me
 
 
 def forward(
-    grouped: torch.Tensor,
-    labels: torch.Tensor,
-    margins: torch.Tensor | None,
-    margin: float,
-    ignore_index: int,
-    threshold: bool,
-    mean_above_zero: bool,
-    config: tuple[int, int, int] | None = None,
+    inputs: KernelInputs, threshold: bool, mean_above_zero: bool, config: tuple[int, int, int] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-sample loss, tau and kept count of contiguous `(B, C, I)` logits (float32/bfloat16/float16).
 
@@ -276,6 +271,7 @@ def forward(
         `(per_sample, tau, kept, label_error)`; `label_error` is a one-element int32 tensor, non-zero when a label
         outside `[0, C)` is not `ignore_index` (left on the device so that the caller decides when to synchronise).
     """
+    grouped, labels, margins, margin, ignore_index = inputs
     num_groups, _, inner = grouped.shape
     per_sample = torch.empty(num_groups * inner, dtype=torch.float32, device=grouped.device)
     tau = torch.empty_like(per_sample)
@@ -294,17 +290,14 @@ def forward(
 
 
 def backward(
-    grouped: torch.Tensor,
-    labels: torch.Tensor,
-    margins: torch.Tensor | None,
-    margin: float,
-    ignore_index: int,
+    inputs: KernelInputs,
     tau: torch.Tensor,
     kept: torch.Tensor,
     weight: torch.Tensor,
     config: tuple[int, int, int] | None = None,
 ) -> torch.Tensor:
     """Gradient of `sum(weight * per_sample)` with respect to the `(B, C, I)` logits, in their dtype."""
+    grouped, labels, margins, margin, ignore_index = inputs
     grad = torch.empty_like(grouped, memory_format=torch.contiguous_format)
     if grad.numel() == 0:
         return grad

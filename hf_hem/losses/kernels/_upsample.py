@@ -27,6 +27,7 @@ from ._function import (
     reduce_kernel_output,
     resolve_implementation,
 )
+from ._inputs import KernelInputs
 
 
 #: Elements of one block of upsampled logits, per device type: small enough to stay in cache on CPU, large enough on
@@ -129,8 +130,9 @@ class FusedUpsampledMarginFamily(torch.autograd.Function):
         for start, stop in row_blocks(logits, size, chunk):
             grouped = upsampler.block(start, stop).view(batch, classes, -1)
             block_labels = pixels[:, start:stop].reshape(-1)
+            inputs = KernelInputs(grouped, block_labels, margins, margin, ignore_index)
             block_loss, block_tau, block_kept, block_error = backend_forward(
-                backend, grouped, block_labels, margins, margin, ignore_index, threshold, mean_above_zero
+                backend, inputs, threshold, mean_above_zero
             )
             per_pixel[:, start:stop] = block_loss.view(batch, stop - start, -1)
             tau[:, start:stop] = block_tau.view(batch, stop - start, -1)
@@ -154,13 +156,10 @@ class FusedUpsampledMarginFamily(torch.autograd.Function):
         grad_logits = torch.zeros(logits.shape, dtype=upsampler.compute_dtype, device=logits.device)
         for start, stop in row_blocks(logits, size, ctx.chunk):
             grouped = upsampler.block(start, stop).view(batch, classes, -1)
+            inputs = KernelInputs(grouped, pixels[:, start:stop].reshape(-1), margins, ctx.margin, ctx.ignore_index)
             grad_block = backend_backward(
                 ctx.backend,
-                grouped,
-                pixels[:, start:stop].reshape(-1),
-                margins,
-                ctx.margin,
-                ctx.ignore_index,
+                inputs,
                 tau[:, start:stop].reshape(-1),
                 kept[:, start:stop].reshape(-1),
                 weight[:, start:stop].reshape(-1),
