@@ -24,10 +24,12 @@ MAX_GRID_GROUPS = 65535
 
 @triton.jit
 def _sample_block(
-    x_ptr, labels_ptr, margins_ptr, group, s_start, S, stride_g, stride_s, stride_c, margin, ignore_index,
+    x_ptr, labels_ptr, margins_ptr, group_offset, S, stride_g, stride_s, stride_c, margin, ignore_index,
     C: tl.constexpr, HAS_MARGINS: tl.constexpr, BLOCK_S: tl.constexpr,
 ):  # fmt: skip
-    s = s_start + tl.arange(0, BLOCK_S).to(tl.int64)
+    # The program's block: samples along grid axis 0, groups along axis 1 (see `_launch`).
+    group = tl.program_id(1).to(tl.int64) + group_offset
+    s = tl.program_id(0).to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S).to(tl.int64)
     in_bounds = s < S
     sample = group * S + s
     base = group * stride_g + s * stride_s
@@ -66,10 +68,8 @@ def _forward_kernel(
     C: tl.constexpr, HAS_MARGINS: tl.constexpr, THRESHOLD: tl.constexpr, MEAN_ABOVE_ZERO: tl.constexpr,
     BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, ONE_PASS: tl.constexpr,
 ):  # fmt: skip
-    group = tl.program_id(1).to(tl.int64) + group_offset
-    s_start = tl.program_id(0).to(tl.int64) * BLOCK_S
     s, in_bounds, sample, base, bad, active, target, target_logit, sample_margin = _sample_block(
-        x_ptr, labels_ptr, margins_ptr, group, s_start, S, stride_g, stride_s, stride_c, margin, ignore_index,
+        x_ptr, labels_ptr, margins_ptr, group_offset, S, stride_g, stride_s, stride_c, margin, ignore_index,
         C, HAS_MARGINS, BLOCK_S,
     )  # fmt: skip
     if tl.max(bad.to(tl.int32), axis=0) > 0:  # only on bad labels: one atomic per program would serialise
@@ -132,10 +132,8 @@ def _backward_kernel(
     group_offset, S, stride_g, stride_s, stride_c, margin, ignore_index,
     C: tl.constexpr, HAS_MARGINS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    group = tl.program_id(1).to(tl.int64) + group_offset
-    s_start = tl.program_id(0).to(tl.int64) * BLOCK_S
     s, in_bounds, sample, base, bad, active, target, target_logit, sample_margin = _sample_block(
-        x_ptr, labels_ptr, margins_ptr, group, s_start, S, stride_g, stride_s, stride_c, margin, ignore_index,
+        x_ptr, labels_ptr, margins_ptr, group_offset, S, stride_g, stride_s, stride_c, margin, ignore_index,
         C, HAS_MARGINS, BLOCK_S,
     )  # fmt: skip
     tau = tl.load(tau_ptr + sample, mask=in_bounds, other=0.0)
