@@ -8,6 +8,7 @@ already erases a digit.
 
 from __future__ import annotations
 
+import functools
 import io
 
 import numpy as np
@@ -40,6 +41,22 @@ def _prepare(images, severity):
     return np.clip(array, 0.0, 1.0), kind
 
 
+def _corruption(transform):
+    """Makes a public corruption of `transform(images, severity, seed)`, which corrupts a checked float64 NumPy batch
+    in `[0, 1]` at a severity of 1 to 5: the wrapper takes any batch, returns severity 0 as an unchanged copy and
+    hands the result back in the input's container and dtype (so each corruption holds only its own arithmetic)."""
+
+    @functools.wraps(transform)
+    def corruption(images, severity: int, seed: int = 0):
+        array, kind = _prepare(images, severity)
+        if severity == 0:
+            return numpy_to_kind(array, kind)
+        return numpy_to_kind(transform(array, severity, seed), kind)
+
+    return corruption
+
+
+@_corruption
 def gaussian_noise(images, severity: int, seed: int = 0):
     """Adds zero-mean Gaussian noise with standard deviation `NOISE_STD[severity - 1]`, then clips to `[0, 1]`.
 
@@ -51,13 +68,11 @@ def gaussian_noise(images, severity: int, seed: int = 0):
     Shape:
         - images: `(N, C, H, W)`; output: `(N, C, H, W)`.
     """
-    array, kind = _prepare(images, severity)
-    if severity == 0:
-        return numpy_to_kind(array, kind)
-    noise = np.random.default_rng(seed).standard_normal(array.shape) * NOISE_STD[severity - 1]
-    return numpy_to_kind(np.clip(array + noise, 0.0, 1.0), kind)
+    noise = np.random.default_rng(seed).standard_normal(images.shape) * NOISE_STD[severity - 1]
+    return np.clip(images + noise, 0.0, 1.0)
 
 
+@_corruption
 def gaussian_blur(images, severity: int, seed: int = 0):
     """Separable Gaussian blur (reflected borders) with standard deviation `BLUR_SIGMA_FRACTION * min(H, W)`.
 
@@ -69,13 +84,11 @@ def gaussian_blur(images, severity: int, seed: int = 0):
     Shape:
         - images: `(N, C, H, W)`; output: `(N, C, H, W)`.
     """
-    array, kind = _prepare(images, severity)
-    if severity == 0:
-        return numpy_to_kind(array, kind)
-    sigma = BLUR_SIGMA_FRACTION[severity - 1] * min(array.shape[-2:])
-    return numpy_to_kind(np.clip(gaussian_smooth(array, sigma, mode="reflect"), 0.0, 1.0), kind)
+    sigma = BLUR_SIGMA_FRACTION[severity - 1] * min(images.shape[-2:])
+    return np.clip(gaussian_smooth(images, sigma, mode="reflect"), 0.0, 1.0)
 
 
+@_corruption
 def contrast(images, severity: int, seed: int = 0):
     """Shrinks each image channel towards its mean: `(x - mean) * CONTRAST_FACTOR[severity - 1] + mean`.
 
@@ -87,13 +100,11 @@ def contrast(images, severity: int, seed: int = 0):
     Shape:
         - images: `(N, C, H, W)`; output: `(N, C, H, W)`.
     """
-    array, kind = _prepare(images, severity)
-    if severity == 0:
-        return numpy_to_kind(array, kind)
-    mean = array.mean(axis=(-2, -1), keepdims=True)
-    return numpy_to_kind((array - mean) * CONTRAST_FACTOR[severity - 1] + mean, kind)
+    mean = images.mean(axis=(-2, -1), keepdims=True)
+    return (images - mean) * CONTRAST_FACTOR[severity - 1] + mean
 
 
+@_corruption
 def jpeg_compression(images, severity: int, seed: int = 0):
     """Round trip through PIL's JPEG encoder at quality `JPEG_QUALITY[severity - 1]`.
 
@@ -110,12 +121,9 @@ def jpeg_compression(images, severity: int, seed: int = 0):
     """
     from PIL import Image
 
-    array, kind = _prepare(images, severity)
-    if severity == 0:
-        return numpy_to_kind(array, kind)
     quality = JPEG_QUALITY[severity - 1]
-    pixels = np.rint(array * 255).astype(np.uint8)
-    channels = array.shape[1]
+    pixels = np.rint(images * 255).astype(np.uint8)
+    channels = images.shape[1]
     # Groups of channels encoded together: all three for RGB, otherwise one at a time.
     groups = [slice(0, 3)] if channels == 3 else [slice(index, index + 1) for index in range(channels)]
     decoded = np.empty_like(pixels)
@@ -128,7 +136,7 @@ def jpeg_compression(images, severity: int, seed: int = 0):
             buffer.seek(0)
             restored = np.asarray(Image.open(buffer))
             decoded[image_index, group] = restored[None] if restored.ndim == 2 else restored.transpose(2, 0, 1)
-    return numpy_to_kind(decoded.astype(np.float64) / 255.0, kind)
+    return decoded.astype(np.float64) / 255.0
 
 
 CORRUPTIONS = {

@@ -12,22 +12,25 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._arrays import images_to_numpy, numpy_to_kind
+from ._arrays import ArrayKind, images_to_numpy, numpy_to_kind
 
 
 SYNTHETIC_OOD_KINDS = ("uniform_noise", "pixel_permuted", "phase_randomized", "blobs")
 
 
-def _resolve_range(array: np.ndarray, value_range) -> tuple[float, float]:
+def _batch_and_range(images, value_range) -> tuple[np.ndarray, ArrayKind, float, float]:
+    """The float64 NumPy copy of a batch, how to hand results back, and the `(low, high)` range of the values to make:
+    `value_range`, checked, or by default the batch's own range."""
+    array, kind = images_to_numpy(images)
     if value_range is None:
-        return float(array.min()), float(array.max())
+        return array, kind, float(array.min()), float(array.max())
     try:
         low, high = (float(value) for value in value_range)
     except (TypeError, ValueError):
         raise ValueError(f"`value_range` must be a (min, max) pair of numbers, got {value_range!r}.") from None
     if not (np.isfinite(low) and np.isfinite(high) and low <= high):
         raise ValueError(f"`value_range` must be finite with min <= max, got {value_range!r}.")
-    return low, high
+    return array, kind, low, high
 
 
 def uniform_noise(images, seed: int = 0, value_range: tuple[float, float] | None = None):
@@ -44,8 +47,7 @@ def uniform_noise(images, seed: int = 0, value_range: tuple[float, float] | None
     Shape:
         - images: `(N, C, H, W)`; output: `(N, C, H, W)`.
     """
-    array, kind = images_to_numpy(images)
-    low, high = _resolve_range(array, value_range)
+    array, kind, low, high = _batch_and_range(images, value_range)
     rng = np.random.default_rng(seed)
     return numpy_to_kind(rng.uniform(low, high, size=array.shape), kind)
 
@@ -102,8 +104,7 @@ def phase_randomized(images, seed: int = 0, value_range: tuple[float, float] | N
     Shape:
         - images: `(N, C, H, W)`; output: `(N, C, H, W)`.
     """
-    array, kind = images_to_numpy(images)
-    low, high = _resolve_range(array, value_range)
+    array, kind, low, high = _batch_and_range(images, value_range)
     num_images, _, height, width = array.shape
     rng = np.random.default_rng(seed)
     amplitude = np.abs(np.fft.fft2(array, axes=(-2, -1)))
@@ -179,8 +180,7 @@ def blobs(
     Shape:
         - images: `(N, C, H, W)`; output: `(N, C, H, W)`.
     """
-    array, kind = images_to_numpy(images)
-    low, high = _resolve_range(array, value_range)
+    array, kind, low, high = _batch_and_range(images, value_range)
     if not 0 < density < 1:
         raise ValueError(f"`density` must be in (0, 1), got {density!r}.")
     if not 0 < threshold < 1:

@@ -146,6 +146,10 @@ class BenchmarkSettings:
         }
 
 
+# The recipe settings that [`RunContext.train`] hands to `train_fn` under their own names. They are also in
+# `COMMON_SETTINGS`, so a changed recipe makes the finished runs of every task stale.
+_RECIPE_SETTINGS = ("batch_size", "learning_rate", "momentum", "weight_decay", "lr_decay_fractions", "margin_scale")
+
 COMMON_SETTINGS = (
     "dataset",
     "image_size",
@@ -160,12 +164,7 @@ COMMON_SETTINGS = (
     "hidden_sizes",
     "depths",
     "trainer",
-    "batch_size",
-    "learning_rate",
-    "momentum",
-    "weight_decay",
-    "lr_decay_fractions",
-    "margin_scale",
+    *_RECIPE_SETTINGS,
 )
 
 
@@ -220,15 +219,10 @@ class RunContext:
             loss_name,
             seed,
             epochs=epochs or s.epochs,
-            batch_size=s.batch_size,
-            learning_rate=s.learning_rate,
-            momentum=s.momentum,
-            weight_decay=s.weight_decay,
-            lr_decay_fractions=s.lr_decay_fractions,
             num_classes=num_classes,
             class_counts=class_counts,
-            margin_scale=s.margin_scale,
             progress=self.progress,
+            **{name: getattr(s, name) for name in _RECIPE_SETTINGS},
             **extra,
         )
 
@@ -250,18 +244,24 @@ def _accepts_history(train_fn) -> bool:
 class BenchmarkTask:
     """Base class: a named task with its settings, headline metrics, extra report tables and plots.
 
-    `curve_metric` is the metric evaluated after every training epoch (on the test split: the curves show training
-    progress and select nothing) whose learning curve decides whether a run converged; `curve_label` names it.
+    `metric_labels` maps the headline metrics, in the order of the headline table, to their column titles (and may
+    title other metrics too when `headline_metrics` is overridden). `curve_metric` is the metric evaluated after every
+    training epoch (on the test split: the curves show training progress and select nothing) whose learning curve
+    decides whether a run converged; `curve_label` names it.
     """
 
     name: str = ""
     title: str = ""
     description: str = ""
     settings_used: tuple = ()
-    headline_metrics: tuple = ()
     metric_labels: dict = {}
     curve_metric: str = "accuracy"
     curve_label: str = "test accuracy"
+
+    @property
+    def headline_metrics(self) -> tuple:
+        """The metrics of the headline table: by default the keys of `metric_labels`, in order."""
+        return tuple(self.metric_labels)
 
     def fingerprint_settings(self, settings: BenchmarkSettings) -> dict:
         """The settings that change this task's numbers (a changed one makes finished runs stale)."""
@@ -280,13 +280,17 @@ class BenchmarkTask:
         return []
 
 
-def _clean_accuracy(context: RunContext, data: ArraySplits):
-    """`curve_fn` of the tasks trained on the whole training split: accuracy on the clean test split."""
+def _train_on_all_classes(context: RunContext, data: ArraySplits, loss_name: str, seed: int):
+    """`(model, history)`: a new model trained on the whole training split, the recipe of the tasks that then test it
+    on changed test images; its learning curve is the accuracy on the clean test split."""
+    model = context.new_model(data.num_classes, seed)
 
     def curve_fn(model):
         return {"accuracy": accuracy(context.logits(model, data.test_images).argmax(1), data.test_labels)}
 
-    return curve_fn
+    history = []
+    context.train(model, data.train_images, data.train_labels, loss_name, seed, curve_fn=curve_fn, history=history)
+    return model, history
 
 
 def _prefixed(prefix: str, metrics: dict) -> dict:
@@ -313,14 +317,6 @@ class OODTask(BenchmarkTask):
         "`far_mean` averages the far-OOD sets."
     )
     settings_used = ("epochs", "unknown_classes", "ood_sets")
-    headline_metrics = (
-        "accuracy",
-        "held_out/msp_auroc",
-        "held_out/mls_auroc",
-        "far_mean/msp_auroc",
-        "far_mean/mls_auroc",
-        "far_mean/msp_fpr95",
-    )
     metric_labels = {
         "accuracy": "known acc",
         "held_out/msp_auroc": "held-out MSP AUROC",
@@ -404,17 +400,16 @@ class OODTask(BenchmarkTask):
         sets = self._set_names(summary)
         files = []
         for score in ("msp", "mls"):
-            name = f"ood_{score}_auroc.png"
-            _grouped_bars(
+            files += _grouped_bars(
                 summary,
                 [f"{s}/{score}_auroc" for s in sets],
                 sets,
                 f"Unknown-class rejection: {score.upper()} AUROC (mean ± std over seeds)",
                 "AUROC",
-                output_dir / name,
+                output_dir / f"ood_{score}_auroc.png",
+                f"{score.upper()} AUROC per unknown set",
                 ylim=(0.0, 1.0),
             )
-            files.append((f"{score.upper()} AUROC per unknown set", name))
         return files
 
 
@@ -430,7 +425,6 @@ class ImbalanceTask(BenchmarkTask):
     settings_used = ("epochs", "imbalance_ratio", "imbalance_profile")
     curve_metric = "balanced_accuracy"
     curve_label = "balanced test accuracy"
-    headline_metrics = ("accuracy", "balanced_accuracy", "many_shot", "medium_shot", "few_shot", "ece")
     metric_labels = {
         "accuracy": "acc",
         "balanced_accuracy": "balanced acc",
@@ -487,7 +481,6 @@ class ImbalanceTask(BenchmarkTask):
     def plots(self, summary, runs, output_dir, settings):
         import matplotlib.pyplot as plt
 
-        name = "imbalance_per_class_accuracy.png"
         figure, axis = plt.subplots(figsize=(7, 4))
         for loss in summary:
             curves = np.array(
@@ -504,9 +497,11 @@ class ImbalanceTask(BenchmarkTask):
         axis.set_xlabel("class (head → tail: fewer training samples to the right)")
         axis.set_ylabel("test accuracy")
         axis.set_title(f"Per-class accuracy, imbalance ratio {settings.imbalance_ratio:g}")
-        axis.legend()
-        _save(figure, output_dir / name)
-        return [("Per-class test accuracy from head to tail class (mean ± std over seeds)", name)]
+        return _save(
+            figure,
+            output_dir / "imbalance_per_class_accuracy.png",
+            "Per-class test accuracy from head to tail class (mean ± std over seeds)",
+        )
 
 
 class ContinualTask(BenchmarkTask):
@@ -523,12 +518,6 @@ class ContinualTask(BenchmarkTask):
     settings_used = ("num_tasks", "continual_epochs", "continual_class_seed")
     # Each task's own training: accuracy on that task's test images, among the classes seen so far.
     curve_label = "current task's test accuracy (class-IL)"
-    headline_metrics = (
-        "final_average_accuracy",
-        "forgetting",
-        "task_il/final_average_accuracy",
-        "task_il/forgetting",
-    )
     metric_labels = {
         "final_average_accuracy": "class-IL final avg acc",
         "forgetting": "class-IL forgetting (lower is better)",
@@ -624,22 +613,21 @@ class ContinualTask(BenchmarkTask):
     def plots(self, summary, runs, output_dir, settings):
         import matplotlib.pyplot as plt
 
-        name = "continual_average_accuracy.png"
         figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
         for axis, (prefix, scenario) in zip(axes, (("", "class-incremental"), ("task_il/", "task-incremental"))):
             for loss, entries in summary.items():
                 columns = [n for n in entries if n.startswith(f"{prefix}average_accuracy_after_task_")]
-                means = np.array([entries[c]["mean"] for c in columns])
-                stds = np.nan_to_num(np.array([entries[c]["std"] for c in columns]))
-                axis.errorbar(np.arange(1, len(columns) + 1), means, yerr=stds, marker="o", capsize=3, label=loss)
+                _error_bar_line(axis, np.arange(1, len(columns) + 1), entries, columns, loss)
             axis.set_xticks(range(1, settings.num_tasks + 1))
             axis.set_xlabel("tasks learned")
             axis.set_title(f"{scenario}, no replay")
             axis.set_ylim(0, 1.02)
         axes[0].set_ylabel("average accuracy over tasks seen")
-        axes[1].legend()
-        _save(figure, output_dir / name)
-        return [("Average accuracy after each task (mean ± std over seeds)", name)]
+        return _save(
+            figure,
+            output_dir / "continual_average_accuracy.png",
+            "Average accuracy after each task (mean ± std over seeds)",
+        )
 
 
 class AdversarialTask(BenchmarkTask):
@@ -653,14 +641,6 @@ class AdversarialTask(BenchmarkTask):
         "images above their attacked versions."
     )
     settings_used = ("epochs", "linf_epsilon", "l2_epsilon", "attack_steps")
-    headline_metrics = (
-        "clean_accuracy",
-        "fgsm_accuracy",
-        "pgd_linf_accuracy",
-        "pgd_l2_accuracy",
-        "pgd_linf/msp_auroc",
-        "pgd_linf/mls_auroc",
-    )
     metric_labels = {
         "clean_accuracy": "clean acc",
         "fgsm_accuracy": "FGSM acc",
@@ -677,17 +657,7 @@ class AdversarialTask(BenchmarkTask):
         from .adversarial import fgsm, pgd
 
         settings, data = context.settings, context.data()
-        model = context.new_model(data.num_classes, seed)
-        history = []
-        context.train(
-            model,
-            data.train_images,
-            data.train_labels,
-            loss_name,
-            seed,
-            curve_fn=_clean_accuracy(context, data),
-            history=history,
-        )
+        model, history = _train_on_all_classes(context, data, loss_name, seed)
         clean_logits = context.logits(model, data.test_images)
         metrics = {"clean_accuracy": accuracy(clean_logits.argmax(1), data.test_labels)}
         images, labels = torch.tensor(data.test_images), torch.tensor(data.test_labels)
@@ -718,18 +688,17 @@ class AdversarialTask(BenchmarkTask):
         return tables
 
     def plots(self, summary, runs, output_dir, settings):
-        name = "adversarial_accuracy.png"
         metrics = ["clean_accuracy", *(f"{a}_accuracy" for a in self.attacks)]
-        _grouped_bars(
+        return _grouped_bars(
             summary,
             metrics,
             ["clean", "FGSM", "PGD-Linf", "PGD-L2"],
             f"Robust accuracy (Linf eps={settings.linf_epsilon:g}, L2 eps={settings.l2_epsilon:g})",
             "accuracy",
-            output_dir / name,
+            output_dir / "adversarial_accuracy.png",
+            "Clean and robust accuracy (mean ± std over seeds)",
             ylim=(0.0, 1.0),
         )
-        return [("Clean and robust accuracy (mean ± std over seeds)", name)]
 
 
 class CorruptionsTask(BenchmarkTask):
@@ -748,17 +717,7 @@ class CorruptionsTask(BenchmarkTask):
 
     def run(self, loss_name, seed, context):
         settings, data = context.settings, context.data()
-        model = context.new_model(data.num_classes, seed)
-        history = []
-        context.train(
-            model,
-            data.train_images,
-            data.train_labels,
-            loss_name,
-            seed,
-            curve_fn=_clean_accuracy(context, data),
-            history=history,
-        )
+        model, history = _train_on_all_classes(context, data, loss_name, seed)
         metrics = {"clean_accuracy": accuracy(context.logits(model, data.test_images).argmax(1), data.test_labels)}
         everything = []
         for corruption in settings.corruptions:
@@ -786,23 +745,21 @@ class CorruptionsTask(BenchmarkTask):
     def plots(self, summary, runs, output_dir, settings):
         import matplotlib.pyplot as plt
 
-        name = "corruptions_accuracy.png"
         corruptions = list(settings.corruptions)
         figure, axes = plt.subplots(1, len(corruptions), figsize=(3.2 * len(corruptions), 3.2), squeeze=False)
         for axis, corruption in zip(axes[0], corruptions):
+            keys = ["clean_accuracy", *(f"{corruption}/s{s}" for s in settings.severities)]
             for loss, entries in summary.items():
-                severities = [0, *settings.severities]
-                keys = ["clean_accuracy", *(f"{corruption}/s{s}" for s in settings.severities)]
-                means = [entries[k]["mean"] for k in keys]
-                stds = np.nan_to_num([entries[k]["std"] for k in keys])
-                axis.errorbar(severities, means, yerr=stds, marker="o", capsize=3, label=loss)
+                _error_bar_line(axis, [0, *settings.severities], entries, keys, loss)
             axis.set_title(corruption.replace("_", " "))
             axis.set_xlabel("severity")
             axis.set_ylim(0, 1.02)
         axes[0][0].set_ylabel("accuracy")
-        axes[0][-1].legend()
-        _save(figure, output_dir / name)
-        return [("Accuracy against corruption severity (mean ± std over seeds)", name)]
+        return _save(
+            figure,
+            output_dir / "corruptions_accuracy.png",
+            "Accuracy against corruption severity (mean ± std over seeds)",
+        )
 
 
 _CORRUPTED_CACHE: dict = {}
@@ -818,15 +775,35 @@ def _corrupted_test_set(data: ArraySplits, corruption: str, severity: int, seed:
     return _CORRUPTED_CACHE[key][1]
 
 
-def _save(figure, path: Path) -> None:
+def _save(figure, path: Path, caption: str) -> list:
+    """Finishes a task's figure (the losses' legend on its last panel), writes it to `path` and closes it; returns
+    the `[(caption, file name)]` entry of [`BenchmarkTask.plots`]."""
     import matplotlib.pyplot as plt
 
+    figure.axes[-1].legend()
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+    return [(caption, path.name)]
 
 
-def _grouped_bars(summary, metrics, labels, title, ylabel, path, ylim=None):
+def _mean_and_std(entries: dict, metrics) -> tuple[list, list]:
+    """Means over seeds of `metrics` in one loss's summary `entries`, and their standard deviations as error bars
+    want them: a missing metric has a NaN mean, and the NaN std of a single seed draws no bar."""
+    found = [entries.get(metric) for metric in metrics]
+    means = [np.nan if entry is None else entry["mean"] for entry in found]
+    stds = [0.0 if entry is None or np.isnan(entry["std"]) else entry["std"] for entry in found]
+    return means, stds
+
+
+def _error_bar_line(axis, x, entries: dict, metrics, label: str) -> None:
+    """One loss's line on `axis`: the mean over seeds of `metrics` at the positions `x`, with ± std error bars."""
+    means, stds = _mean_and_std(entries, metrics)
+    axis.errorbar(x, means, yerr=stds, marker="o", capsize=3, label=label)
+
+
+def _grouped_bars(summary, metrics, labels, title, ylabel, path, caption, ylim=None) -> list:
+    """A figure of one group of bars (one per loss) per metric, saved to `path` with [`_save`]."""
     import matplotlib.pyplot as plt
 
     losses = list(summary)
@@ -834,17 +811,14 @@ def _grouped_bars(summary, metrics, labels, title, ylabel, path, ylim=None):
     width = 0.8 / max(len(losses), 1)
     figure, axis = plt.subplots(figsize=(max(6, 1.1 * len(metrics) * max(len(losses), 2) / 2 + 2), 4))
     for index, loss in enumerate(losses):
-        entries = [summary[loss].get(metric) for metric in metrics]
-        means = [np.nan if e is None else e["mean"] for e in entries]
-        stds = [0.0 if e is None or np.isnan(e["std"]) else e["std"] for e in entries]
+        means, stds = _mean_and_std(summary[loss], metrics)
         axis.bar(positions + (index - (len(losses) - 1) / 2) * width, means, width, yerr=stds, capsize=3, label=loss)
     axis.set_xticks(positions, labels, rotation=20, ha="right")
     axis.set_ylabel(ylabel)
     axis.set_title(title)
     if ylim is not None:
         axis.set_ylim(*ylim)
-    axis.legend()
-    _save(figure, path)
+    return _save(figure, path, caption)
 
 
 TASKS = {

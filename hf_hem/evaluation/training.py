@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -236,24 +237,12 @@ def train_model(
     parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
     optimizer = torch.optim.SGD(parameters, lr=learning_rate, momentum=momentum, weight_decay=weight_decay)
     decay_epochs = sorted({max(1, math.ceil(fraction * epochs)) for fraction in lr_decay_fractions if fraction < 1})
-    description = f"train {loss_name}"
+    run = _TrainingRun(
+        model, images, labels, optimizer, decay_epochs, f"train {loss_name}", progress, eval_fn, history
+    )
     if backend == "torch":
         criterion = loss_for_training(loss_name, class_counts, margin_scale, loss_fields)
-        _run_torch_loop(
-            model,
-            images,
-            labels,
-            criterion,
-            optimizer,
-            decay_epochs,
-            seed,
-            epochs,
-            batch_size,
-            description,
-            progress,
-            eval_fn,
-            history,
-        )
+        _run_torch_loop(run, criterion, seed, epochs, batch_size)
     else:
         config = {
             "loss_name": loss_name,
@@ -264,9 +253,7 @@ def train_model(
             "seed": seed,
             **loss_fields,
         }
-        _run_hem_trainer(
-            model, images, labels, optimizer, decay_epochs, config, description, progress, output_dir, eval_fn, history
-        )
+        _run_hem_trainer(run, config, output_dir)
     return model.eval()
 
 
@@ -290,40 +277,43 @@ def _violating_count(logits: torch.Tensor, labels: torch.Tensor, margin: torch.T
     return int((others.max(dim=1).values - target[:, 0] + mu > 0).sum())
 
 
-def _record_epoch(history: list, epoch: int, model, eval_fn, train_values: dict) -> None:
-    entry = {"epoch": epoch, **train_values}
-    if eval_fn is not None:
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            entry.update({key: float(value) for key, value in eval_fn(model).items()})
-        model.train(was_training)
-    history.append(entry)
+@dataclass
+class _TrainingRun:
+    """What the two backends of [`train_model`] share: the model and its training tensors, the optimiser and the
+    epochs where its learning rate drops, the progress bar, and the learning curves to record (`history`)."""
+
+    model: torch.nn.Module
+    images: torch.Tensor
+    labels: torch.Tensor
+    optimizer: torch.optim.Optimizer
+    decay_epochs: list[int]
+    description: str
+    progress: bool
+    eval_fn: Callable | None = None
+    history: list | None = None
+
+    def record_epoch(self, epoch: int, train_values: dict) -> None:
+        """Appends an epoch's entry to `history`: its training values and the metrics of `eval_fn`."""
+        entry = {"epoch": epoch, **train_values}
+        if self.eval_fn is not None:
+            was_training = self.model.training
+            self.model.eval()
+            with torch.no_grad():
+                entry.update({key: float(value) for key, value in self.eval_fn(self.model).items()})
+            self.model.train(was_training)
+        self.history.append(entry)
 
 
-def _run_torch_loop(
-    model,
-    images,
-    labels,
-    criterion,
-    optimizer,
-    decay_epochs,
-    seed,
-    epochs,
-    batch_size,
-    description,
-    progress,
-    eval_fn=None,
-    history=None,
-) -> None:
+def _run_torch_loop(run: _TrainingRun, criterion, seed: int, epochs: int, batch_size: int) -> None:
     from tqdm.auto import tqdm
 
+    model, images, labels, optimizer = run.model, run.images, run.labels, run.optimizer
     # Stepped once per epoch, so the drops fall on the epochs themselves.
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=decay_epochs, gamma=0.1)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=run.decay_epochs, gamma=0.1)
     generator = torch.Generator().manual_seed(seed)
     margin = getattr(criterion, "margin", None)
     model.train()
-    for epoch in tqdm(range(epochs), desc=description, leave=False, disable=not progress):
+    for epoch in tqdm(range(epochs), desc=run.description, leave=False, disable=not run.progress):
         loss_sum, violating, seen = 0.0, 0, 0
         for batch in torch.randperm(labels.numel(), generator=generator).split(batch_size):
             optimizer.zero_grad(set_to_none=True)
@@ -331,22 +321,20 @@ def _run_torch_loop(
             loss = criterion(logits, labels[batch])
             loss.backward()
             optimizer.step()
-            if history is not None:
+            if run.history is not None:
                 loss_sum += float(loss.detach()) * batch.numel()
                 seen += batch.numel()
                 if torch.is_tensor(margin):
                     violating += _violating_count(logits.detach(), labels[batch], margin.to(logits.device))
         scheduler.step()
-        if history is not None:
+        if run.history is not None:
             train_values = {"loss": loss_sum / max(seen, 1)}
             if torch.is_tensor(margin):
                 train_values["hem/violating_fraction"] = violating / max(seen, 1)
-            _record_epoch(history, epoch + 1, model, eval_fn, train_values)
+            run.record_epoch(epoch + 1, train_values)
 
 
-def _run_hem_trainer(
-    model, images, labels, optimizer, decay_epochs, config: dict, description, progress, output_dir, eval_fn, history
-) -> None:
+def _run_hem_trainer(run: _TrainingRun, config: dict, output_dir) -> None:
     import tempfile
 
     from transformers import PrinterCallback
@@ -354,9 +342,9 @@ def _run_hem_trainer(
     from ..trainer import HEMConfig, HEMTrainer
 
     # The Trainer steps the scheduler after every optimiser step: the drops are counted in steps.
-    steps_per_epoch = math.ceil(labels.numel() / config["per_device_train_batch_size"])
-    milestones = [epoch * steps_per_epoch for epoch in decay_epochs]
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+    steps_per_epoch = math.ceil(run.labels.numel() / config["per_device_train_batch_size"])
+    milestones = [epoch * steps_per_epoch for epoch in run.decay_epochs]
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(run.optimizer, milestones=milestones, gamma=0.1)
     with tempfile.TemporaryDirectory() as temporary:
         args = HEMConfig(
             output_dir=output_dir or temporary,
@@ -364,24 +352,27 @@ def _run_hem_trainer(
             save_strategy="no",
             # One training log per epoch when curves are recorded: its `loss` and `hem/violating_fraction` are the
             # epoch's means, the points of the training curves.
-            logging_strategy="epoch" if history is not None else "no",
+            logging_strategy="epoch" if run.history is not None else "no",
             report_to=[],
             disable_tqdm=True,  # the Trainer's bars would print each run's log dict; an epoch bar replaces them
             dataloader_num_workers=0,
             **config,
         )
         trainer = HEMTrainer(
-            model=model, args=args, train_dataset=_PixelDataset(images, labels), optimizers=(optimizer, scheduler)
+            model=run.model,
+            args=args,
+            train_dataset=_PixelDataset(run.images, run.labels),
+            optimizers=(run.optimizer, scheduler),
         )
         trainer.remove_callback(PrinterCallback)  # it prints the end-of-training summary of every run
-        if progress:
-            trainer.add_callback(_epoch_progress_callback(config["num_train_epochs"], description))
-        if history is not None:
-            trainer.add_callback(_history_callback(model, eval_fn, history))
+        if run.progress:
+            trainer.add_callback(_epoch_progress_callback(config["num_train_epochs"], run.description))
+        if run.history is not None:
+            trainer.add_callback(_history_callback(run))
         trainer.train()
 
 
-def _history_callback(model, eval_fn, history: list):
+def _history_callback(run: _TrainingRun):
     """A `TrainerCallback` that turns each epoch's training log into an entry of `history` (see [`train_model`])."""
     from transformers import TrainerCallback
 
@@ -390,7 +381,7 @@ def _history_callback(model, eval_fn, history: list):
             if not logs or "loss" not in logs or "train_runtime" in logs:
                 return
             values = {key: float(logs[key]) for key in ("loss", "hem/violating_fraction") if key in logs}
-            _record_epoch(history, round(state.epoch or 0), model, eval_fn, values)
+            run.record_epoch(round(state.epoch or 0), values)
 
     return EpochHistory()
 
