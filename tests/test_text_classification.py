@@ -26,6 +26,7 @@ except ImportError:
     from hub_server import LoopbackHub, hub_client_env
 
 from hf_hem.data.embedded_text import SENTIMENT_NAMES, load_embedded_sentiment_dataset
+from hf_hem.margins import margins_from_counts
 from hf_hem.pipelines import text_classification as text_module
 
 
@@ -360,13 +361,11 @@ def test_hem_trainer_trains_an_audio_classifier(tmp_path, loss_name):
     _train_and_check(model, dataset, tmp_path, loss_name)
 
 
-@pytest.mark.parametrize("loss_name", ["hem", "hem+", "ce"])
-def test_hem_trainer_trains_a_multiple_choice_model(tmp_path, loss_name):
+def tiny_multiple_choice(num_labels: int = 2):
+    """A `BertForMultipleChoice` with BERT's default `num_labels=2`, whatever the number of choices of the data."""
     from transformers import BertConfig, BertForMultipleChoice
 
     torch.manual_seed(0)
-    num_choices = 4
-    # The HEM classes of multiple choice are the choices: num_labels must be the number of choices.
     config = BertConfig(
         vocab_size=32,
         hidden_size=16,
@@ -374,22 +373,60 @@ def test_hem_trainer_trains_a_multiple_choice_model(tmp_path, loss_name):
         num_attention_heads=2,
         intermediate_size=32,
         max_position_embeddings=16,
-        num_labels=num_choices,
+        num_labels=num_labels,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     )
-    model = BertForMultipleChoice(config)
+    return BertForMultipleChoice(config)
+
+
+def multiple_choice_dataset(num_choices: int = 4, num_rows: int = 24, labels=None):
+    """Rows of `num_choices` token sequences; the right choice holds token 31 (learnable in a few steps)."""
     rng = np.random.default_rng(0)
-    labels = np.arange(24) % num_choices
-    input_ids = rng.integers(5, 31, size=(24, num_choices, 6))
-    input_ids[np.arange(24), labels, 1] = 31  # the right choice holds token 31
-    dataset = datasets.Dataset.from_dict(
+    labels = np.arange(num_rows) % num_choices if labels is None else np.asarray(labels)
+    input_ids = rng.integers(5, 31, size=(len(labels), num_choices, 6))
+    input_ids[np.arange(len(labels)), labels.clip(0, num_choices - 1), 1] = 31
+    return datasets.Dataset.from_dict(
         {"input_ids": input_ids, "attention_mask": np.ones_like(input_ids), "label": labels}
     ).with_format("torch")
+
+
+@pytest.mark.parametrize("loss_name", ["hem", "hem+", "ce"])
+def test_hem_trainer_trains_a_multiple_choice_model(tmp_path, loss_name):
+    from hf_hem.trainer import HEMTrainer
+
+    num_choices = 4
+    # config.num_labels (2, BERT's default) is not the number of choices: the classes are the 4 choices.
+    model = tiny_multiple_choice(num_labels=2)
+    # Unbalanced answer positions, so that per-choice counts and HEM+ margins differ between choices.
+    labels = np.array([0] * 10 + [1] * 7 + [2] * 5 + [3] * 2)
+    dataset = multiple_choice_dataset(num_choices, labels=labels)
     with torch.no_grad():
-        assert model(input_ids=torch.as_tensor(input_ids[:2])).logits.shape == (2, num_choices)
-    losses = _train_and_check(model, dataset, tmp_path, loss_name, steps=9)
+        assert model(input_ids=dataset[:2]["input_ids"]).logits.shape == (2, num_choices)
+    counted = HEMTrainer(model=model, args=hem_args(tmp_path / "count", loss_name=loss_name), train_dataset=dataset)
+    np.testing.assert_array_equal(counted.class_counts, [10, 7, 5, 2])
+    if loss_name != "ce":
+        expected = margins_from_counts([10, 7, 5, 2], per_class=loss_name == "hem+")
+        torch.testing.assert_close(counted.margins, expected)
+        assert counted.margins.shape == (num_choices,)
+        assert (len(set(counted.margins.tolist())) == num_choices) == (loss_name == "hem+")
+    losses = _train_and_check(model, dataset.shuffle(seed=0), tmp_path, loss_name, steps=9)
     assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses
+
+
+def test_multiple_choice_labels_beyond_the_choices_name_the_value_and_the_choices():
+    from hf_hem.trainer import HEMTrainer
+
+    # Label 4 with 4 choices: out of range, although config.num_labels is 5 here.
+    dataset = multiple_choice_dataset(4, labels=[0, 1, 2, 3, 4, 1])
+    with pytest.raises(ValueError, match=r"\[4\] outside \[0, 4\).*multiple-choice head.*4 choices.*\[0, 4\)"):
+        HEMTrainer(model=tiny_multiple_choice(num_labels=5), args=hem_args("unused"), train_dataset=dataset)
+    one_sequence = datasets.Dataset.from_dict({"input_ids": [[5, 6, 7], [8, 9, 10]], "label": [0, 1]})
+    with pytest.raises(ValueError, match=r"input_ids of shape \(num_choices, seq_len\).*single sequence of length 3"):
+        HEMTrainer(model=tiny_multiple_choice(), args=hem_args("unused"), train_dataset=one_sequence)
+    # Without rows to read the choices from, class_counts give them (one count per choice position).
+    trainer = HEMTrainer(model=tiny_multiple_choice(), args=hem_args("unused"), class_counts=[3, 3, 2, 1, 1])
+    assert trainer.margins.shape == (5,)
 
 
 def test_help_lists_the_text_flags(capsys):
