@@ -3,19 +3,28 @@
 huggingface_hub 2.x talks to the Hub through `httpx2`, so mocking libraries such as `responses` or `respx` do not
 intercept it; a real HTTP server on 127.0.0.1 is the robust fake. This module implements the handful of endpoints
 that `HfApi.create_repo`, `HfApi.upload_folder`/`create_commit`, `PreTrainedModel.push_to_hub`,
-`ModelCard.push_to_hub`/`ModelCard.load`, `hf_hub_download`, `snapshot_download` and `from_pretrained` use
-(huggingface_hub 2.4, transformers 5.x), with the headers and error codes those clients rely on:
+`ModelCard.push_to_hub`/`ModelCard.load`, `hf_hub_download`, `snapshot_download`, `from_pretrained`, and
+`datasets.load_dataset` of a Hub dataset (through `HfFileSystem`) use (huggingface_hub 2.4, transformers 5.x,
+datasets 5.x), with the headers and error codes those clients rely on. `{type}` is `models` or `datasets`:
 
 | Method | Route | Used by |
 |---|---|---|
 | GET | `/api/whoami-v2` | `HfApi.whoami` |
-| POST | `/api/repos/create` | `create_repo` (409 + `url` when it exists, as the Hub does) |
+| POST | `/api/repos/create` | `create_repo` of a model or dataset (409 + `url` when it exists, as the Hub does) |
 | POST | `/api/validate-yaml` | `create_commit` when README.md is committed, `ModelCard.validate` |
-| POST | `/api/models/{ns}/{name}/preupload/{rev}` | answers `"regular"` for every file: no LFS, no Xet |
-| POST | `/api/models/{ns}/{name}/commit/{rev}` | NDJSON: `header`, `file` (base64), `deletedFile`, `deletedFolder` |
-| GET | `/api/models/{ns}/{name}[/revision/{rev}]` | `model_info` / `repo_info` (sha, siblings, cardData) |
-| GET | `/api/models/{ns}/{name}/tree/{rev}[/{path}]` | `list_repo_tree`, `list_repo_files`, `snapshot_download` |
-| HEAD/GET | `/{ns}/{name}/resolve/{rev}/{path}` | `hf_hub_download` (`ETag`, `X-Repo-Commit`, `Content-Length`) |
+| POST | `/api/{type}/{id}/preupload/{rev}` | answers `"regular"` for every file: no LFS, no Xet |
+| POST | `/api/{type}/{id}/commit/{rev}` | NDJSON: `header`, `file` (base64), `deletedFile`, `deletedFolder` |
+| POST | `/api/{type}/{id}/paths-info/{rev}` | `get_paths_info`, `HfFileSystem.info` (form body `paths`, `expand`) |
+| GET | `/api/{type}/{id}[/revision/{rev}]` | `model_info`/`dataset_info` (sha, siblings, cardData) |
+| GET | `/api/{type}/{id}/tree/{rev}[/{path}]` | `list_repo_tree`, `snapshot_download`, `HfFileSystem.ls`/`glob` (`recursive`, `expand` with `lastCommit`, cursor pages in a `Link` header) |
+| HEAD/GET | `/{id}/resolve/{rev}/{path}` | `hf_hub_download` of a model file (`ETag`, `X-Repo-Commit`, `Content-Length`) |
+| HEAD/GET | `/datasets/{id}/resolve/{rev}/{path}` | the same for a dataset file (cards, parquet shards) |
+
+Dataset ids may lack a namespace, and an alias registered with [`LoopbackHub.add_dataset`] answers every dataset
+route with a 307 redirect to the canonical id, as the Hub does for the canonical datasets that moved under an
+organisation (`glue` -> `nyu-mll/glue`). The Hub's dataset viewer (`datasets-server.<host>`, asked for parquet
+exports) is another host, which clients reach only through DNS; against this server that lookup fails and `datasets`
+falls back to the repo's own files, as it does when the viewer has nothing.
 
 Write requests need an `Authorization: Bearer ...` header (any token), so a test also proves that the client sent
 one. Every commit is kept in memory (downloads by commit sha work), and the head of `main` of every repo is mirrored
@@ -690,11 +699,13 @@ def hub_client_env(
             Environment to start from; defaults to a copy of `os.environ`.
 
     Returns:
-        `dict[str, str]`: the environment, with `HF_HUB_OFFLINE`/`TRANSFORMERS_OFFLINE` removed (they block uploads)
-        and Xet, telemetry and implicit tokens from other places switched off.
+        `dict[str, str]`: the environment, with `HF_HUB_OFFLINE`/`TRANSFORMERS_OFFLINE`/`HF_DATASETS_OFFLINE` removed
+        (they block uploads and Hub datasets), the hub and datasets caches under `hf_home`, and Xet, telemetry and
+        implicit tokens from other places switched off.
     """
     env = dict(os.environ if base_env is None else base_env)
-    for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_TOKEN_PATH", "HF_HUB_CACHE"):
+    offline = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+    for variable in (*offline, "HF_TOKEN_PATH", "HF_HUB_CACHE", "HF_DATASETS_CACHE"):
         env.pop(variable, None)
     env.update(
         HF_ENDPOINT=endpoint,
