@@ -266,6 +266,60 @@ def test_loopback_hub_speaks_the_hub_error_protocol(tmp_path):
     assert (tmp_path / "hub" / "user" / "r" / ".gitattributes").is_file()
 
 
+def test_loopback_hub_serves_dataset_repos(tmp_path):
+    """The dataset routes that `datasets.load_dataset` and `HfFileSystem` use, through `HfApi` itself (in-process:
+    `endpoint=` reaches every call made here); the script tests load real datasets through them."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    files = {"README.md": b"---\nconfigs:\n- config_name: a\n  data_files: a/*.csv\n---\n"}
+    files.update({f"a/part-{index}.csv": f"x\n{index}\n".encode() for index in range(3)})
+    with LoopbackHub(tmp_path / "hub", tree_page_size=2) as hub:
+        api = HfApi(endpoint=hub.endpoint, token=DUMMY_TOKEN)
+        url = api.create_repo("org/data", repo_type="dataset")
+        assert url == f"{hub.endpoint}/datasets/org/data" and url.repo_type == "dataset"
+        assert api.create_repo("org/data", repo_type="dataset", exist_ok=True).repo_id == "org/data"  # 409 + url
+        first = api.create_commit(
+            "org/data",
+            [CommitOperationAdd("README.md", files["README.md"])],
+            commit_message="card",
+            repo_type="dataset",
+        )
+        operations = [CommitOperationAdd(path, content) for path, content in files.items() if path != "README.md"]
+        second = api.create_commit("org/data", operations, commit_message="shards", repo_type="dataset")
+        hub.add_dataset("org/data", {}, aliases=("data",), title="alias")
+        assert not api.repo_exists("org/data")  # a dataset repo is not a model repo
+
+        info = api.dataset_info("data")  # the bare name redirects to the repo
+        assert info.id == "org/data" and info.card_data["configs"][0]["config_name"] == "a"
+        assert [sibling.rfilename for sibling in info.siblings] == [".gitattributes", *sorted(files)]
+        assert api.dataset_info("org/data", revision=second.oid).sha == second.oid
+        # Three files under a/ with two entries a page: two pages, each entry with the commit that last changed it.
+        tree = list(api.list_repo_tree("org/data", "a", repo_type="dataset", expand=True))
+        assert [entry.path for entry in tree] == sorted(files)[1:]
+        assert {entry.last_commit.oid for entry in tree} == {second.oid}
+        root = {entry.path: entry for entry in api.list_repo_tree("org/data", repo_type="dataset", expand=True)}
+        assert root["README.md"].last_commit.oid == first.oid and root["a"].last_commit.oid == second.oid
+        paths = api.get_paths_info("org/data", ["a", "a/part-1.csv", "missing"], repo_type="dataset", expand=True)
+        assert [(type(entry).__name__, entry.path) for entry in paths] == [
+            ("RepoFolder", "a"),
+            ("RepoFile", "a/part-1.csv"),
+        ]
+        assert paths[1].blob_id == git_blob_sha1(files["a/part-1.csv"]) and paths[1].size == len(files["a/part-1.csv"])
+        local = api.hf_hub_download("data", "a/part-2.csv", repo_type="dataset", cache_dir=tmp_path / "cache")
+        assert Path(local).read_bytes() == files["a/part-2.csv"]
+        with pytest.raises(RepositoryNotFoundError):
+            api.dataset_info("org/other")
+        served = {(method, path.split("?")[0], status) for method, path, status in hub.requests}
+        assert hub.unhandled_requests == [] and hub.server_errors == []
+    assert ("GET", "/api/datasets/data", 307) in served and ("GET", "/api/datasets/org/data", 200) in served
+    assert ("POST", "/api/datasets/org/data/paths-info/main", 200) in served
+    pages = [path for _, path, _ in hub.requests if path.startswith("/api/datasets/org/data/tree/main/a?")]
+    assert len(pages) == 2 and "cursor=2" in pages[1]  # the second page came from the Link header
+    assert ("HEAD", "/datasets/data/resolve/main/a/part-2.csv", 307) in served
+    assert (tmp_path / "hub" / "datasets" / "org" / "data" / "a" / "part-0.csv").read_bytes() == b"x\n0\n"
+
+
 # The client half of the end-to-end test. It runs in a fresh interpreter because huggingface_hub reads HF_ENDPOINT at
 # import time and transformers caches an HfApi; the assertions live in the test, on what the server received.
 _CLIENT_SCRIPT = textwrap.dedent(

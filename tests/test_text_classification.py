@@ -1,10 +1,11 @@
 """Sequence classification with HEM beyond images: `scripts/run_text_classification.py` end to end and offline (local
-files, a Hub dataset served from local parquet files, a push to the loopback Hub), the bad inputs it rejects, and
+files; `glue`/`sst2` downloaded from, and the model pushed to, the loopback Hub), the bad inputs it rejects, and
 `HEMTrainer` on an audio classifier and a multiple-choice model.
 
 The runs are tiny (a tiny BERT, 32 sentences, one epoch): they check that the pieces fit, not what the model learns.
 """
 
+import io
 import json
 import subprocess
 import sys
@@ -25,6 +26,7 @@ except ImportError:
     from hub_server import LoopbackHub, hub_client_env
 
 from hf_hem.data.embedded_text import SENTIMENT_NAMES, load_embedded_sentiment_dataset
+from hf_hem.margins import margins_from_counts
 from hf_hem.pipelines import text_classification as text_module
 
 
@@ -48,29 +50,68 @@ TINY = [
 ]  # fmt: skip
 
 
+GLUE_README = textwrap.dedent(
+    """\
+    ---
+    pretty_name: GLUE (General Language Understanding Evaluation benchmark)
+    task_categories:
+    - text-classification
+    dataset_info:
+    - config_name: sst2
+      features:
+      - name: sentence
+        dtype: string
+      - name: label
+        dtype:
+          class_label:
+            names:
+              '0': negative
+              '1': positive
+      - name: idx
+        dtype: int32
+      splits:
+      - name: train
+        num_bytes: {train_bytes}
+        num_examples: 40
+      - name: validation
+        num_bytes: {validation_bytes}
+        num_examples: 16
+      - name: test
+        num_bytes: {test_bytes}
+        num_examples: 8
+    configs:
+    - config_name: sst2
+      data_files:
+      - split: train
+        path: sst2/train-*
+      - split: validation
+        path: sst2/validation-*
+      - split: test
+        path: sst2/test-*
+    ---
+
+    # GLUE (loopback copy: the sst2 config only)
+    """
+)
+
+
 @pytest.fixture(scope="module")
-def sst2_parquet(tmp_path_factory):
-    """`glue`/`sst2`-schema parquet files (`sentence`, `label` ClassLabel negative/positive, `idx`) in the Hub's
-    layout of the glue repo (`sst2/train-*.parquet`, `sst2/validation-*.parquet`)."""
-    folder = tmp_path_factory.mktemp("glue")
-    splits = load_embedded_sentiment_dataset(num_train=40, num_validation=16, seed=5)
-    assert splits["train"].features["label"].names == ["negative", "positive"]
-    for split in ("train", "validation"):
-        splits[split].to_parquet(str(folder / f"{split}-00000-of-00001.parquet"))
-    return folder
-
-
-def fake_glue(folder):
-    real = datasets.load_dataset
-    calls = []
-
-    def load_dataset(path, name=None, **kwargs):
-        calls.append((path, name))
-        if (path, name) != ("glue", "sst2"):
-            return real(path, name, **kwargs)
-        return real(str(folder))
-
-    return load_dataset, calls
+def glue_repo_files():
+    """`{path: bytes}` of a tiny `nyu-mll/glue` in the Hub's layout: config `sst2` (`sentence`, `label` ClassLabel
+    negative/positive, `idx`) as `sst2/{train,validation,test}-00000-of-00001.parquet`, and a README whose YAML
+    declares the config's files and features as the real repo's does. The test split is unlabelled (-1), as GLUE's."""
+    splits = load_embedded_sentiment_dataset(num_train=40, num_validation=24, seed=5)
+    splits["test"] = splits["validation"].select(range(16, 24)).map(lambda row: {"label": -1})
+    splits["validation"] = splits["validation"].select(range(16))
+    files, sizes = {}, {}
+    for split in ("train", "validation", "test"):
+        assert splits[split].features["label"].names == ["negative", "positive"]
+        buffer = io.BytesIO()
+        splits[split].to_parquet(buffer)
+        files[f"sst2/{split}-00000-of-00001.parquet"] = buffer.getvalue()
+        sizes[f"{split}_bytes"] = len(buffer.getvalue())
+    files["README.md"] = GLUE_README.format(**sizes).encode()
+    return files
 
 
 # ------------------------------------------------------------------------------------------------ the script
@@ -141,21 +182,6 @@ def test_sentence_pairs_from_local_files_train_and_load_back(tmp_path, suffix):
     assert card.data.datasets is None and {r.dataset_name for r in card.data.eval_results} == {tmp_path.name}
 
 
-def test_hub_dataset_in_the_glue_sst2_schema(sst2_parquet, tmp_path, monkeypatch):
-    load_dataset, calls = fake_glue(sst2_parquet)
-    monkeypatch.setattr(text_module, "load_dataset", load_dataset)
-    output_dir = tmp_path / "out"
-    argv = [*TINY, "--dataset_name", "glue", "--dataset_config_name", "sst2", "--output_dir", str(output_dir)]
-    assert script_main(SCRIPT)(argv) == 0
-    assert calls == [("glue", "sst2")]
-    run = json.loads((output_dir / "hem_run.json").read_text())
-    assert run["text_columns"] == ["sentence"] and run["classes"] == ["negative", "positive"]
-    card = ModelCard.load(output_dir / "README.md")
-    assert card.data.datasets == ["glue"]
-    accuracy = next(result for result in card.data.eval_results if result.metric_type == "accuracy")
-    assert (accuracy.dataset_name, accuracy.dataset_config, accuracy.dataset_split) == ("glue", "sst2", "validation")
-
-
 def test_bad_inputs_name_the_column_and_the_expected_shape(tmp_path):
     path = tmp_path / "train.json"
     datasets.Dataset.from_dict({"sentence": ["a b", "c"], "label": [[0, 1], [1]]}).to_json(str(path))
@@ -189,21 +215,6 @@ def test_trainer_rejects_list_labels_and_labels_beyond_num_labels():
 
 
 # ------------------------------------------------------------------------------------------------ Hub round trip
-_TRAIN_AND_PUSH = textwrap.dedent(
-    """
-    import runpy, sys
-    import datasets
-    from hf_hem.pipelines import text_classification
-
-    folder = sys.argv[1]
-    real = datasets.load_dataset
-    text_classification.load_dataset = lambda path, name=None, **kwargs: (
-        real(folder) if (path, name) == ("glue", "sst2") else real(path, name, **kwargs)
-    )
-    sys.argv = sys.argv[2:]
-    runpy.run_path(sys.argv[0], run_name="__main__")
-    """
-)
 _DOWNLOAD = textwrap.dedent(
     """
     import json, sys
@@ -230,12 +241,19 @@ _DOWNLOAD = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_push_to_loopback_hub_and_download_as_plain_checkpoint(sst2_parquet, tmp_path):
+def test_glue_sst2_from_the_loopback_hub_trains_pushes_and_downloads(glue_repo_files, tmp_path):
+    """`--dataset_name glue --dataset_config_name sst2`, as a user types it: the script asks the Hub for the dataset
+    (`glue` redirects to `nyu-mll/glue`), loads the sst2 config's parquet shards with their ClassLabel names, trains,
+    pushes, and the pushed repo downloads as a plain transformers checkpoint."""
     output_dir = tmp_path / "out"
+    hf_home = tmp_path / "hf_home"
     with LoopbackHub(tmp_path / "hub") as hub:
-        env = hub_client_env(hub.endpoint, hf_home=tmp_path / "hf_home", base_env=offline_env())
+        hub.add_dataset("nyu-mll/glue", glue_repo_files, aliases=("glue",))
+        # HF_HOME and HF_DATASETS_CACHE under tmp_path: nothing reaches the user's caches.
+        env = hub_client_env(hub.endpoint, hf_home=hf_home, base_env=offline_env())
+        env["HF_DATASETS_CACHE"] = str(hf_home / "datasets")
         command = [
-            sys.executable, "-c", _TRAIN_AND_PUSH, str(sst2_parquet), str(SCRIPT), *TINY,
+            sys.executable, str(SCRIPT), *TINY,
             "--dataset_name", "glue", "--dataset_config_name", "sst2", "--output_dir", str(output_dir),
             "--push_to_hub", "true", "--hub_model_id", "user/bert-hem-sst2",
         ]  # fmt: skip
@@ -251,11 +269,34 @@ def test_push_to_loopback_hub_and_download_as_plain_checkpoint(sst2_parquet, tmp
         )
         assert downloaded.returncode == 0, downloaded.stderr[-4000:]
         pushed = hub.files("user/bert-hem-sst2")
+        served = [(method, path, status) for method, path, status in hub.requests if "/datasets/" in path]
         assert hub.unhandled_requests == [] and hub.server_errors == []
+
+    # The dataset came through the dataset routes: the bare name redirected, the card and the three sst2 shards
+    # downloaded from the canonical repo.
+    assert ("GET", "/api/datasets/glue", 307) in served and ("GET", "/api/datasets/nyu-mll/glue", 200) in served
+    resolved = [path.split("/resolve/")[1] for method, path, _ in served if method == "GET" and "/resolve/" in path]
+    shards = {f"sst2/{split}-00000-of-00001.parquet" for split in ("train", "validation", "test")}
+    assert {path.split("/", 1)[1] for path in resolved} == {"README.md"} | shards
+    assert any("/api/datasets/nyu-mll/glue/tree/" in path for _, path, _ in served)
+    assert (hf_home / "datasets" / "nyu-mll___glue" / "sst2").is_dir()
+    # The ClassLabel names of the README's features reached the script, which took its classes from them.
+    run = json.loads((output_dir / "hem_run.json").read_text())
+    assert run["text_columns"] == ["sentence"] and run["classes"] == ["negative", "positive"]
+    card = ModelCard.load(output_dir / "README.md")
+    assert card.data.datasets == ["nyu-mll/glue"]
+    accuracy = next(result for result in card.data.eval_results if result.metric_type == "accuracy")
+    assert (accuracy.dataset_name, accuracy.dataset_config, accuracy.dataset_split) == (
+        "nyu-mll/glue",
+        "sst2",
+        "validation",
+    )
+
     result = json.loads(downloaded.stdout.strip().splitlines()[-1])
     assert result["class"] == "BertForSequenceClassification" and result["labels"] == ["negative", "positive"]
-    assert result["hem_loss"] == "hem" and result["shape"] == [1, 2] and result["datasets"] == ["glue"]
+    assert result["hem_loss"] == "hem" and result["shape"] == [1, 2] and result["datasets"] == ["nyu-mll/glue"]
     local = json.loads((output_dir / "all_results.json").read_text())
+    assert local["train_samples"] == 32 and local["eval_samples"] == 16
     assert result["metrics"]["accuracy"] == pytest.approx(local["eval_accuracy"], rel=1e-5)
     assert {"tokenizer.json", "model.safetensors", "README.md"} <= set(pushed)
     assert b"generated_from_trainer" not in pushed["README.md"]
@@ -320,13 +361,11 @@ def test_hem_trainer_trains_an_audio_classifier(tmp_path, loss_name):
     _train_and_check(model, dataset, tmp_path, loss_name)
 
 
-@pytest.mark.parametrize("loss_name", ["hem", "hem+", "ce"])
-def test_hem_trainer_trains_a_multiple_choice_model(tmp_path, loss_name):
+def tiny_multiple_choice(num_labels: int = 2):
+    """A `BertForMultipleChoice` with BERT's default `num_labels=2`, whatever the number of choices of the data."""
     from transformers import BertConfig, BertForMultipleChoice
 
     torch.manual_seed(0)
-    num_choices = 4
-    # The HEM classes of multiple choice are the choices: num_labels must be the number of choices.
     config = BertConfig(
         vocab_size=32,
         hidden_size=16,
@@ -334,22 +373,60 @@ def test_hem_trainer_trains_a_multiple_choice_model(tmp_path, loss_name):
         num_attention_heads=2,
         intermediate_size=32,
         max_position_embeddings=16,
-        num_labels=num_choices,
+        num_labels=num_labels,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     )
-    model = BertForMultipleChoice(config)
+    return BertForMultipleChoice(config)
+
+
+def multiple_choice_dataset(num_choices: int = 4, num_rows: int = 24, labels=None):
+    """Rows of `num_choices` token sequences; the right choice holds token 31 (learnable in a few steps)."""
     rng = np.random.default_rng(0)
-    labels = np.arange(24) % num_choices
-    input_ids = rng.integers(5, 31, size=(24, num_choices, 6))
-    input_ids[np.arange(24), labels, 1] = 31  # the right choice holds token 31
-    dataset = datasets.Dataset.from_dict(
+    labels = np.arange(num_rows) % num_choices if labels is None else np.asarray(labels)
+    input_ids = rng.integers(5, 31, size=(len(labels), num_choices, 6))
+    input_ids[np.arange(len(labels)), labels.clip(0, num_choices - 1), 1] = 31
+    return datasets.Dataset.from_dict(
         {"input_ids": input_ids, "attention_mask": np.ones_like(input_ids), "label": labels}
     ).with_format("torch")
+
+
+@pytest.mark.parametrize("loss_name", ["hem", "hem+", "ce"])
+def test_hem_trainer_trains_a_multiple_choice_model(tmp_path, loss_name):
+    from hf_hem.trainer import HEMTrainer
+
+    num_choices = 4
+    # config.num_labels (2, BERT's default) is not the number of choices: the classes are the 4 choices.
+    model = tiny_multiple_choice(num_labels=2)
+    # Unbalanced answer positions, so that per-choice counts and HEM+ margins differ between choices.
+    labels = np.array([0] * 10 + [1] * 7 + [2] * 5 + [3] * 2)
+    dataset = multiple_choice_dataset(num_choices, labels=labels)
     with torch.no_grad():
-        assert model(input_ids=torch.as_tensor(input_ids[:2])).logits.shape == (2, num_choices)
-    losses = _train_and_check(model, dataset, tmp_path, loss_name, steps=9)
+        assert model(input_ids=dataset[:2]["input_ids"]).logits.shape == (2, num_choices)
+    counted = HEMTrainer(model=model, args=hem_args(tmp_path / "count", loss_name=loss_name), train_dataset=dataset)
+    np.testing.assert_array_equal(counted.class_counts, [10, 7, 5, 2])
+    if loss_name != "ce":
+        expected = margins_from_counts([10, 7, 5, 2], per_class=loss_name == "hem+")
+        torch.testing.assert_close(counted.margins, expected)
+        assert counted.margins.shape == (num_choices,)
+        assert (len(set(counted.margins.tolist())) == num_choices) == (loss_name == "hem+")
+    losses = _train_and_check(model, dataset.shuffle(seed=0), tmp_path, loss_name, steps=9)
     assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses
+
+
+def test_multiple_choice_labels_beyond_the_choices_name_the_value_and_the_choices():
+    from hf_hem.trainer import HEMTrainer
+
+    # Label 4 with 4 choices: out of range, although config.num_labels is 5 here.
+    dataset = multiple_choice_dataset(4, labels=[0, 1, 2, 3, 4, 1])
+    with pytest.raises(ValueError, match=r"\[4\] outside \[0, 4\).*multiple-choice head.*4 choices.*\[0, 4\)"):
+        HEMTrainer(model=tiny_multiple_choice(num_labels=5), args=hem_args("unused"), train_dataset=dataset)
+    one_sequence = datasets.Dataset.from_dict({"input_ids": [[5, 6, 7], [8, 9, 10]], "label": [0, 1]})
+    with pytest.raises(ValueError, match=r"input_ids of shape \(num_choices, seq_len\).*single sequence of length 3"):
+        HEMTrainer(model=tiny_multiple_choice(), args=hem_args("unused"), train_dataset=one_sequence)
+    # Without rows to read the choices from, class_counts give them (one count per choice position).
+    trainer = HEMTrainer(model=tiny_multiple_choice(), args=hem_args("unused"), class_counts=[3, 3, 2, 1, 1])
+    assert trainer.margins.shape == (5,)
 
 
 def test_help_lists_the_text_flags(capsys):

@@ -1,10 +1,11 @@
 """Token classification with HEM: the entity metrics, the label alignment, `HEMTrainer` on `(N, L, C)` logits, and
-`scripts/run_token_classification.py` end to end and offline (local files, a Hub dataset served from local parquet
-files, a push to the loopback Hub, two CPU processes).
+`scripts/run_token_classification.py` end to end and offline (local files; `conll2003` downloaded from, and the
+model pushed to, the loopback Hub on two CPU processes).
 
 The runs are tiny (a tiny BERT, 32 sentences, one epoch): they check that the pieces fit, not what the model learns.
 """
 
+import io
 import json
 import os
 import socket
@@ -16,15 +17,15 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from huggingface_hub import ModelCard
+from huggingface_hub import CommitOperationAdd, HfApi, ModelCard
 
 
 try:  # tests/ may or may not become a package
     from .helpers import ACCELERATE_CPU_CONFIG, REPO_ROOT, hem_args, offline_env, script_main
-    from .hub_server import LoopbackHub, hub_client_env
+    from .hub_server import DUMMY_TOKEN, LoopbackHub, hub_client_env
 except ImportError:
     from helpers import ACCELERATE_CPU_CONFIG, REPO_ROOT, hem_args, offline_env, script_main
-    from hub_server import LoopbackHub, hub_client_env
+    from hub_server import DUMMY_TOKEN, LoopbackHub, hub_client_env
 
 from hf_hem import hem_loss
 from hf_hem.counting import resolve_class_counts
@@ -78,14 +79,41 @@ def conll_split(num_rows: int, seed: int) -> datasets.Dataset:
     return datasets.Dataset.from_dict(rows, features=conll_features())
 
 
+def conll_readme(split_bytes: dict[str, int]) -> str:
+    """The dataset card of the loopback `eriktks/conll2003`: features as `sequence:`/`class_label:` YAML, as the
+    real card writes them, and the default config's parquet files."""
+    tag_yaml = {
+        name: "\n".join(f"          '{index}': {tag}" for index, tag in enumerate(tags))
+        for name, tags in (("pos_tags", POS_NAMES), ("chunk_tags", CHUNK_NAMES), ("ner_tags", CONLL_NER_NAMES))
+    }
+    features = "\n".join(
+        f"  - name: {name}\n    sequence:\n      class_label:\n        names:\n{tags}"
+        for name, tags in tag_yaml.items()
+    )
+    splits = "\n".join(
+        f"  - name: {split}\n    num_bytes: {size}\n    num_examples: {rows}"
+        for (split, size), rows in zip(split_bytes.items(), (40, 16))
+    )
+    return (
+        "---\nlanguage:\n- en\npretty_name: CoNLL-2003\ndataset_info:\n  features:\n  - name: id\n    dtype: string\n"
+        f"  - name: tokens\n    sequence: string\n{features}\n  splits:\n{splits}\n"
+        "configs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/train-*\n"
+        "  - split: validation\n    path: data/validation-*\n---\n\n# CoNLL-2003 (loopback copy)\n"
+    )
+
+
 @pytest.fixture(scope="module")
-def conll_parquet(tmp_path_factory):
-    """`conll2003`-schema parquet files in the Hub's layout (`data/train-*.parquet`, `data/validation-*.parquet`)."""
-    folder = tmp_path_factory.mktemp("conll2003")
-    (folder / "data").mkdir()
-    conll_split(40, seed=1).to_parquet(str(folder / "data" / "train-00000-of-00001.parquet"))
-    conll_split(16, seed=2).to_parquet(str(folder / "data" / "validation-00000-of-00001.parquet"))
-    return folder
+def conll_repo_files():
+    """`{path: bytes}` of a tiny `eriktks/conll2003` in the Hub's layout (`data/train-*.parquet`,
+    `data/validation-*.parquet`, and a README whose YAML declares the ClassLabel tag names)."""
+    files, sizes = {}, {}
+    for split, rows, seed in (("train", 40, 1), ("validation", 16, 2)):
+        buffer = io.BytesIO()
+        conll_split(rows, seed=seed).to_parquet(buffer)
+        files[f"data/{split}-00000-of-00001.parquet"] = buffer.getvalue()
+        sizes[split] = len(buffer.getvalue())
+    files["README.md"] = conll_readme(sizes).encode()
+    return files
 
 
 def tiny_bert_token_model(num_labels: int, vocab_size: int = 64, seed: int = 0):
@@ -368,48 +396,7 @@ def test_scalar_tag_column_and_missing_columns_are_rejected(tmp_path):
         )
 
 
-def test_hub_dataset_in_the_conll2003_schema(conll_parquet, tmp_path, monkeypatch):
-    calls = []
-    real = datasets.load_dataset
-
-    def load_dataset(path, name=None, **kwargs):
-        calls.append((path, name))
-        if path != "conll2003":
-            return real(path, name, **kwargs)
-        return real(str(conll_parquet))
-
-    monkeypatch.setattr(token_module, "load_dataset", load_dataset)
-    output_dir = tmp_path / "out"
-    assert script_main(SCRIPT)([*TINY, "--dataset_name", "conll2003", "--output_dir", str(output_dir)]) == 0
-    assert calls == [("conll2003", None)]
-    config = json.loads((output_dir / "config.json").read_text())
-    assert [config["id2label"][str(index)] for index in range(9)] == list(CONLL_NER_NAMES)
-    card = ModelCard.load(output_dir / "README.md")
-    assert card.data.datasets == ["conll2003"]
-    indexed = {result.metric_type: result for result in card.data.eval_results}
-    assert set(indexed) == {"precision", "recall", "f1", "accuracy"}
-    assert indexed["f1"].dataset_name == "conll2003" and indexed["f1"].dataset_split == "validation"
-
-
 # ------------------------------------------------------------------------------------------------ Hub round trip
-# Runs the script with `load_dataset("conll2003")` answered from the local parquet files (the loopback Hub serves
-# models only), and pushes to the loopback Hub.
-_TRAIN_AND_PUSH = textwrap.dedent(
-    """
-    import sys
-    import datasets
-    from hf_hem.pipelines import token_classification
-
-    folder = sys.argv[1]
-    real = datasets.load_dataset
-    token_classification.load_dataset = lambda path, name=None, **kwargs: (
-        real(folder) if path == "conll2003" else real(path, name, **kwargs)
-    )
-    import runpy
-    sys.argv = [sys.argv[2], *sys.argv[3:]]
-    runpy.run_path(sys.argv[0], run_name="__main__")
-    """
-)
 _DOWNLOAD = textwrap.dedent(
     """
     import json, sys
@@ -437,14 +424,27 @@ _DOWNLOAD = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_push_to_loopback_hub_and_download_as_plain_checkpoint(conll_parquet, tmp_path):
+def test_conll2003_from_the_loopback_hub_on_two_processes_pushes_a_plain_checkpoint(conll_repo_files, tmp_path):
+    """The dataset is uploaded as a user would (`create_repo(repo_type="dataset")` + a commit), then
+    `accelerate launch` runs the script on two CPU processes with `--dataset_name eriktks/conll2003`: both ranks
+    load it from the Hub, train, and the main one pushes; the pushed repo downloads as a plain checkpoint."""
     output_dir = tmp_path / "out"
+    hf_home = tmp_path / "hf_home"
     with LoopbackHub(tmp_path / "hub") as hub:
-        env = hub_client_env(hub.endpoint, hf_home=tmp_path / "hf_home", base_env=offline_env())
+        api = HfApi(endpoint=hub.endpoint, token=DUMMY_TOKEN)
+        api.create_repo("eriktks/conll2003", repo_type="dataset")
+        operations = [CommitOperationAdd(path, content) for path, content in conll_repo_files.items()]
+        api.create_commit("eriktks/conll2003", operations, commit_message="Upload conll2003", repo_type="dataset")
+        uploaded = hub.files("eriktks/conll2003", repo_type="dataset")
+        assert {path: uploaded[path] for path in conll_repo_files} == conll_repo_files
+        hub.requests.clear()
+        # HF_HOME and HF_DATASETS_CACHE under tmp_path: nothing reaches the user's caches.
+        env = hub_client_env(hub.endpoint, hf_home=hf_home, base_env=offline_env())
+        env["HF_DATASETS_CACHE"] = str(hf_home / "datasets")
         command = [
-            sys.executable, "-c", _TRAIN_AND_PUSH, str(conll_parquet), str(SCRIPT), *TINY,
-            "--dataset_name", "conll2003", "--loss_name", "hem+", "--output_dir", str(output_dir),
-            "--push_to_hub", "true", "--hub_model_id", "user/bert-hem-conll2003",
+            sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CPU_CONFIG),
+            str(SCRIPT), *TINY, "--dataset_name", "eriktks/conll2003", "--loss_name", "hem+",
+            "--output_dir", str(output_dir), "--push_to_hub", "true", "--hub_model_id", "user/bert-hem-conll2003",
         ]  # fmt: skip
         trained = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
         assert trained.returncode == 0, trained.stderr[-4000:]
@@ -458,11 +458,31 @@ def test_push_to_loopback_hub_and_download_as_plain_checkpoint(conll_parquet, tm
         )
         assert downloaded.returncode == 0, downloaded.stderr[-4000:]
         pushed = hub.files("user/bert-hem-conll2003")
+        served = [(method, path, status) for method, path, status in hub.requests if "/datasets/" in path]
         assert hub.unhandled_requests == [] and hub.server_errors == []
+
+    # The data came through the dataset routes (info, tree listing, downloads of the card and both shards).
+    for route in ("/api/datasets/eriktks/conll2003/revision/", "/api/datasets/eriktks/conll2003/tree/"):
+        assert any(path.startswith(route) and status == 200 for _, path, status in served), route
+    resolved = {path.split("/resolve/")[1].split("/", 1)[1] for method, path, _ in served if method == "GET"
+                and "/resolve/" in path}  # fmt: skip
+    assert resolved == {"README.md", "data/train-00000-of-00001.parquet", "data/validation-00000-of-00001.parquet"}
+    assert (hf_home / "datasets" / "eriktks___conll2003").is_dir()
+    # Two processes share the 32 sentences: one step of 2 x 16.
+    assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 1
+    # The ClassLabel names of the README's features became the model's tags.
+    config = json.loads((output_dir / "config.json").read_text())
+    assert [config["id2label"][str(index)] for index in range(9)] == list(CONLL_NER_NAMES)
+    card = ModelCard.load(output_dir / "README.md")
+    assert card.data.datasets == ["eriktks/conll2003"]
+    indexed = {result.metric_type: result for result in card.data.eval_results}
+    assert set(indexed) == {"precision", "recall", "f1", "accuracy"}
+    assert indexed["f1"].dataset_name == "eriktks/conll2003" and indexed["f1"].dataset_split == "validation"
+
     result = json.loads(downloaded.stdout.strip().splitlines()[-1])
     assert result["class"] == "BertForTokenClassification" and result["labels"] == list(CONLL_NER_NAMES)
     assert result["hem_loss"] == "hem+" and result["shape"][0] == 1 and result["shape"][2] == 9
-    assert result["datasets"] == ["conll2003"]
+    assert result["datasets"] == ["eriktks/conll2003"]
     local = json.loads((output_dir / "all_results.json").read_text())
     for key in ("precision", "recall", "f1"):
         assert result["metrics"][key] == pytest.approx(local[f"eval_{key}"], rel=1e-5)

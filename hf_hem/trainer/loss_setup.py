@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import torch
 
-from ..counting import ClassCounts, find_label_column, resolve_class_counts
+from ..counting import ClassCounts, find_label_column, preserved_random_state, resolve_class_counts
 from ..losses.registry import needs_class_counts
 from ..losses.terms import LossTerms
 from ..margins import CONFIG_KEYS, resolve_margins, store_margins_in_config, stored_margins
@@ -73,7 +73,18 @@ class LossSetup:
         self.token_labels = type(model).__name__.endswith("ForTokenClassification")
         self.class_dim = -1 if self.token_labels else 1
         config = getattr(model, "config", None)
-        self.num_classes = self._model_num_classes(config, class_counts)
+        # A multiple-choice head scores each choice: its classes are the choices, whatever config.num_labels says.
+        self.num_choices = self._num_choices(model, config, train_dataset, class_counts)
+        self.num_classes = self.num_choices or self._model_num_classes(config, class_counts)
+        # Appended to label errors: what the classes are, and where their number comes from.
+        self.classes_note = (
+            f"The model has num_labels={self.num_classes}."
+            if self.num_choices is None
+            else (
+                f"The model is a multiple-choice head: its classes are the {self.num_choices} choices (dim 1 of "
+                f"input_ids and of the logits), so labels must be choice indices in [0, {self.num_choices})."
+            )
+        )
         semantic = getattr(config, "semantic_loss_ignore_index", None)
         default_ignore = int(semantic) if semantic is not None else -100
         self.ignore_index = default_ignore if args.loss_ignore_index is None else int(args.loss_ignore_index)
@@ -118,6 +129,62 @@ class LossSetup:
             )
         return int(num_labels)
 
+    @staticmethod
+    def _num_choices(model, config, train_dataset, class_counts) -> int | None:
+        """The number of choices of a multiple-choice model (`None` for any other head).
+
+        Read from the first training row (`input_ids`, or another input, of shape `(num_choices, seq_len)`), else
+        from `class_counts` (one count per choice position), else from margins stored by an earlier HEM run; with
+        none of them, `None` (and a warning): `config.num_labels` is then taken as the number of classes.
+        """
+        from transformers.models.auto.modeling_auto import MODEL_FOR_MULTIPLE_CHOICE_MAPPING_NAMES
+
+        name = type(model).__name__
+        if not (name.endswith("ForMultipleChoice") or name in MODEL_FOR_MULTIPLE_CHOICE_MAPPING_NAMES.values()):
+            return None
+        row = None
+        if train_dataset is not None and not isinstance(train_dataset, torch.utils.data.IterableDataset):
+            try:
+                if len(train_dataset):
+                    with preserved_random_state(train_dataset):  # a peek must not move a random transform
+                        row = train_dataset[0]
+            except (TypeError, NotImplementedError):  # no len() or no indexing: an iterable in disguise
+                row = None
+        for key in ("input_ids", "attention_mask", "inputs_embeds", "token_type_ids"):
+            value = row.get(key) if isinstance(row, dict) else None
+            if value is not None:
+                # A row of a multiple-choice set is (num_choices, seq_len): a list of per-choice sequences (possibly
+                # of different lengths before padding) or a tensor; inputs_embeds have one more dim.
+                if isinstance(value, (list, tuple)):
+                    rank = 2 if value and isinstance(value[0], (list, tuple, np.ndarray, torch.Tensor)) else 1
+                    size = len(value)
+                else:
+                    rank, size = np.ndim(value), (np.shape(value) or (0,))[0]
+                if rank < 2:
+                    raise ValueError(
+                        f"train_dataset rows of a multiple-choice model must hold {key} of shape (num_choices, "
+                        f"seq_len), got a single sequence of length {size}: that is a sequence-classification row."
+                    )
+                num_choices = int(size)
+                break
+        else:
+            stored = getattr(config, "hem_margins", None)
+            if class_counts is not None:
+                num_choices = len(class_counts)
+            elif stored is not None:
+                num_choices = len(stored)
+            else:
+                # Nothing to read the choices from (no training rows, e.g. evaluation only): keep num_labels.
+                logger.warning(
+                    f"cannot tell how many choices the multiple-choice model {name} scores (no train_dataset rows, "
+                    f"class_counts or stored margins); using config.num_labels={getattr(config, 'num_labels', None)}"
+                    " as the number of classes. Pass class_counts= with one count per choice if that is wrong."
+                )
+                return None
+        if num_choices < 2:
+            raise ValueError(f"a multiple-choice model needs at least 2 choices per sample, got {num_choices}.")
+        return num_choices
+
     def _segmentation_num_images(self) -> int:
         """S for segmentation counts given as `class_counts`: pixel totals as S would drive the margins to ~0."""
         if self.train_dataset is not None and hasattr(self.train_dataset, "__len__"):
@@ -147,7 +214,7 @@ class LossSetup:
                 num_samples=num_samples,
             )
         except ValueError as error:
-            raise ValueError(f"train_dataset: {error} The model has num_labels={self.num_classes}.") from None
+            raise ValueError(f"train_dataset: {error} {self.classes_note}") from None
 
     def _count_through_pipeline(self) -> None:
         """Counts labels (or label pixels) from collated training batches, exactly as the model will see them."""
@@ -173,7 +240,7 @@ class LossSetup:
                 total=total,
             )
         except ValueError as error:
-            raise ValueError(f"train_dataset: {error} The model has num_labels={self.num_classes}.") from None
+            raise ValueError(f"train_dataset: {error} {self.classes_note}") from None
         self.count_pending = False
 
     def adopt_stored(self, stored, source: str) -> bool:
