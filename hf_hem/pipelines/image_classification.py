@@ -17,7 +17,7 @@ pieces that example lacks for HEM experiments:
   checkpoint folder, and on the Hub with `--push_to_hub` ([`~hf_hem.HEMTrainer`] writes and pushes it; this module
   adds the dataset, the metrics to show and the per-class accuracy).
 
-The argument parsing, the run skeleton and the final push are shared with the segmentation pipeline
+The argument parsing, the run skeleton and the final push are shared with the other pipelines
 (`hf_hem.pipelines._common`).
 """
 
