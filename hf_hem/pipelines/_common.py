@@ -128,6 +128,18 @@ def check_data_source(arguments, train_source: str, validation_source: str) -> N
         raise ValueError(f"{validation_source}={validation!r} needs --{train_source} as well.")
 
 
+def check_integer(arguments, name: str, minimum: int, reason: str = "", optional: bool = False) -> None:
+    """The field `name` of a dataclass is an integer (not a bool) of at least `minimum`; with `optional`, `None` too.
+
+    `reason` follows the bound in the message, e.g. `" (SegFormer's total stride)"`.
+    """
+    value = getattr(arguments, name)
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}{reason}, got {value!r}.")
+
+
 def check_split_arguments(arguments) -> None:
     """`train_val_split` of a data dataclass lies strictly between 0 and 1, and `max_train_samples` /
     `max_eval_samples` are positive integers or `None`."""

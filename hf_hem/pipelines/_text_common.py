@@ -27,6 +27,7 @@ from ..data.embedded_text import build_wordpiece_tokenizer
 from ._common import (
     BaseModelArguments,
     check_data_source,
+    check_integer,
     check_model_type,
     check_split_arguments,
     eval_split_name_field,
@@ -98,10 +99,7 @@ class TextModelArguments(BaseModelArguments):
 
     def __post_init__(self):
         check_model_type(self, TEXT_SCRATCH_MODEL_TYPES)
-        if isinstance(self.tokenizer_vocab_size, bool) or not isinstance(self.tokenizer_vocab_size, int):
-            raise ValueError(f"tokenizer_vocab_size must be an integer, got {self.tokenizer_vocab_size!r}.")
-        if self.tokenizer_vocab_size < 16:
-            raise ValueError(f"tokenizer_vocab_size must be >= 16, got {self.tokenizer_vocab_size}.")
+        check_integer(self, "tokenizer_vocab_size", 16)
 
 
 @dataclass
@@ -139,12 +137,7 @@ class TextDataArguments:
                     f"{name}={path!r} must be a {', '.join(sorted(_FILE_BUILDERS))} file (got suffix "
                     f"{Path(path).suffix!r})."
                 )
-        if isinstance(self.max_seq_length, bool) or not isinstance(self.max_seq_length, int):
-            raise ValueError(f"max_seq_length must be an integer, got {self.max_seq_length!r}.")
-        if self.max_seq_length < 4:
-            raise ValueError(
-                f"max_seq_length must be >= 4 (room for [CLS], [SEP] and text), got {self.max_seq_length}."
-            )
+        check_integer(self, "max_seq_length", 4, " (room for [CLS], [SEP] and text)")
         check_split_arguments(self)
 
     @property

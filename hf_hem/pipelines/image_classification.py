@@ -53,6 +53,7 @@ from ._common import (
     PushToHubError,
     build_model_and_processor,
     check_data_source,
+    check_integer,
     check_model_type,
     check_split_arguments,
     eval_split_name_field,
@@ -165,8 +166,7 @@ class ModelArguments(BaseModelArguments):
 
     def __post_init__(self):
         check_model_type(self, SCRATCH_MODEL_TYPES)
-        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 8:
-            raise ValueError(f"image_size must be an integer >= 8, got {self.image_size!r}.")
+        check_integer(self, "image_size", 8)
 
 
 @dataclass

@@ -61,6 +61,7 @@ from ._common import (
     BaseModelArguments,
     PipelineRun,
     build_model_and_processor,
+    check_integer,
     check_split_arguments,
     max_train_samples_field,
     parse_pipeline_args,
@@ -159,13 +160,8 @@ class SegmentationModelArguments(BaseModelArguments):
     def __post_init__(self):
         if self.segformer_size not in SEGFORMER_SIZES:
             raise ValueError(f"segformer_size={self.segformer_size!r}; expected one of {', '.join(SEGFORMER_SIZES)}.")
-        if self.image_size is not None and (
-            isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 32
-        ):
-            # SegFormer downsamples by 32 in its last stage (and by 8 again in its first attention layer).
-            raise ValueError(
-                f"image_size must be an integer >= 32 (SegFormer's total stride), got {self.image_size!r}."
-            )
+        # SegFormer downsamples by 32 in its last stage (and by 8 again in its first attention layer).
+        check_integer(self, "image_size", 32, " (SegFormer's total stride)", optional=True)
 
 
 @dataclass
@@ -254,15 +250,11 @@ class SegmentationDataArguments:
         if self.validation_files and not self.data_files:
             raise ValueError(f"validation_files={self.validation_files!r} needs --data_files as well.")
         check_split_arguments(self)
-        if self.num_labels is not None and (
-            isinstance(self.num_labels, bool) or not isinstance(self.num_labels, int) or self.num_labels < 2
-        ):
-            raise ValueError(f"num_labels must be an integer >= 2, got {self.num_labels!r}.")
+        check_integer(self, "num_labels", 2, optional=True)
         low, high = self.scale_range
         if not (0.0 < low <= high):
             raise ValueError(f"need 0 < min_scale <= max_scale, got min_scale={low}, max_scale={high}.")
-        if isinstance(self.num_embedded_images, bool) or self.num_embedded_images < 10:
-            raise ValueError(f"num_embedded_images must be an integer >= 10, got {self.num_embedded_images!r}.")
+        check_integer(self, "num_embedded_images", 10)
 
     @property
     def uses_embedded_dataset(self) -> bool:
