@@ -313,12 +313,23 @@ def class_names_of(dataset_dict: DatasetDict, column: str, nested: bool) -> tupl
     """Class names in class-id order and the map raw label value -> class id.
 
     `ClassLabel` columns (or lists of them, `nested`) keep their names and ids; plain values (strings or integers)
-    are sorted and numbered.
+    are sorted and numbered. Fewer than 2 classes (tags, when `nested`) raise a `ValueError`: HEM's margins separate
+    a class from the others.
     """
     feature = dataset_dict["train"].features[column]
     inner = getattr(feature, "feature", feature) if nested else feature
     if isinstance(inner, ClassLabel):
-        return list(inner.names), {index: index for index in range(len(inner.names))}
+        names, raw_to_id = list(inner.names), {index: index for index in range(len(inner.names))}
+    else:
+        names, raw_to_id = _plain_class_values(dataset_dict, column, nested)
+    if len(names) < 2:
+        what, kind = ("tag", "tag(s)") if nested else ("label", "class(es)")
+        raise ValueError(f"{what} column {column!r} holds {len(names)} {kind} {names}; HEM needs at least 2.")
+    return names, raw_to_id
+
+
+def _plain_class_values(dataset_dict: DatasetDict, column: str, nested: bool) -> tuple[list[str], dict[Any, int]]:
+    """`class_names_of` for a column of plain values: every value of every split, sorted and numbered."""
     values = set()
     for split in dataset_dict.values():
         column_values = split.with_format("arrow")[column]

@@ -214,8 +214,6 @@ def run_text_classification(
     check_label_shape(dataset["train"], label_column, nested=False)
     text_columns = _resolve_text_columns(columns, data_args.text_columns)
     names, raw_to_id = class_names_of(dataset, label_column, nested=False)
-    if len(names) < 2:
-        raise ValueError(f"label column {label_column!r} holds {len(names)} class(es) {names}; HEM needs at least 2.")
     id2label, label2id = label_maps(names)
     train_dataset = truncate(dataset["train"], data_args.max_train_samples, training_args.seed)
     eval_dataset = truncate(dataset["validation"], data_args.max_eval_samples, training_args.seed)

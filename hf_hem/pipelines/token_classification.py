@@ -261,8 +261,6 @@ def run_token_classification(
     with training_args.main_process_first(desc="splitting strings"):
         dataset = _split_strings(dataset, [text_column, label_column])
     names, raw_to_id = class_names_of(dataset, label_column, nested=True)
-    if len(names) < 2:
-        raise ValueError(f"tag column {label_column!r} holds {len(names)} tag(s) {names}; HEM needs at least 2.")
     id2label, label2id = label_maps(names)
     train_dataset = truncate(dataset["train"], data_args.max_train_samples, training_args.seed)
     eval_dataset = truncate(dataset["validation"], data_args.max_eval_samples, training_args.seed)
