@@ -22,7 +22,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import datasets
@@ -32,7 +32,6 @@ import transformers
 import yaml
 from datasets import ClassLabel, DatasetDict
 from transformers import AutoConfig, AutoImageProcessor, HfArgumentParser, PrinterCallback, ProgressCallback, set_seed
-from transformers.hf_argparser import HfArg
 
 from ..data import collate_fn
 from ..hub import scrub_secrets
@@ -54,28 +53,39 @@ class PushToHubError(RuntimeError):
 class BaseModelArguments:
     """Model arguments shared by the pipelines: where a pretrained checkpoint comes from and how to load it."""
 
-    model_name_or_path: str | None = HfArg(
-        default=None, help="Checkpoint to fine-tune (Hub id or local folder). Default: a small model from its config."
-    )
-    config_name: str | None = HfArg(default=None, help="Config name or path if not the same as --model_name_or_path.")
-    config_overrides: str | None = HfArg(
+    model_name_or_path: str | None = field(
         default=None,
-        help="Comma-separated scalar config overrides, e.g. 'hidden_dropout_prob=0.1,decoder_hidden_size=64' "
-        "(PretrainedConfig.update_from_string).",
+        metadata={"help": "Checkpoint to fine-tune (Hub id or local folder). Default: a small model from its config."},
     )
-    cache_dir: str | None = HfArg(default=None, help="Where to store the models and datasets downloaded from the Hub.")
-    model_revision: str = HfArg(default="main", help="The model version to use (branch name, tag name or commit id).")
-    image_processor_name: str | None = HfArg(
-        default=None, help="Image processor name or path if not the same as --model_name_or_path."
+    config_name: str | None = field(
+        default=None, metadata={"help": "Config name or path if not the same as --model_name_or_path."}
     )
-    token: str | None = HfArg(
-        default=None, help="Hub token for private models and datasets. Default: the token of `hf auth login`."
+    config_overrides: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated scalar config overrides, e.g. 'hidden_dropout_prob=0.1,decoder_hidden_size=64' "
+            "(PretrainedConfig.update_from_string)."
+        },
     )
-    trust_remote_code: bool = HfArg(
-        default=False, help="Allow custom model code from the Hub (only for repos you trust)."
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Where to store the models and datasets downloaded from the Hub."}
     )
-    ignore_mismatched_sizes: bool = HfArg(
-        default=False, help="Re-initialise the classification head when its size differs (a new number of classes)."
+    model_revision: str = field(
+        default="main", metadata={"help": "The model version to use (branch name, tag name or commit id)."}
+    )
+    image_processor_name: str | None = field(
+        default=None, metadata={"help": "Image processor name or path if not the same as --model_name_or_path."}
+    )
+    token: str | None = field(
+        default=None,
+        metadata={"help": "Hub token for private models and datasets. Default: the token of `hf auth login`."},
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow custom model code from the Hub (only for repos you trust)."}
+    )
+    ignore_mismatched_sizes: bool = field(
+        default=False,
+        metadata={"help": "Re-initialise the classification head when its size differs (a new number of classes)."},
     )
 
     def hub_kwargs(self) -> dict[str, Any]:
@@ -84,24 +94,29 @@ class BaseModelArguments:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Data arguments: the fields several pipelines' data dataclasses have, and their checks
+# Data arguments: the fields both pipelines' data dataclasses have, and their checks
 
 
 def train_val_split_field():
     """The `train_val_split` field of a data dataclass; [`check_split_arguments`] checks it."""
-    return HfArg(default=0.15, help="Share of train held out for validation when there is no validation split.")
+    return field(
+        default=0.15, metadata={"help": "Share of train held out for validation when there is no validation split."}
+    )
 
 
 def max_train_samples_field():
     """The `max_train_samples` field of a data dataclass; [`check_split_arguments`] checks it."""
-    return HfArg(default=None, help="Truncate the training set to this many examples (debugging, quick runs).")
+    return field(
+        default=None, metadata={"help": "Truncate the training set to this many examples (debugging, quick runs)."}
+    )
 
 
 def eval_split_name_field(candidates: Sequence[str]):
     """The `eval_split_name` field of a data dataclass whose loader tries the split names `candidates` in order (see
     [`pick_eval_split`])."""
-    return HfArg(
-        default=None, help=f"Split to evaluate on. Default: the first of {', '.join(candidates)} that exists."
+    return field(
+        default=None,
+        metadata={"help": f"Split to evaluate on. Default: the first of {', '.join(candidates)} that exists."},
     )
 
 

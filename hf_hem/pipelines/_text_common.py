@@ -14,14 +14,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import datasets
 from datasets import ClassLabel, DatasetDict, Value, load_dataset
 from transformers import AutoConfig, AutoTokenizer, BertConfig
-from transformers.hf_argparser import HfArg
 
 from ..data.embedded_text import build_wordpiece_tokenizer
 from ._common import (
@@ -78,23 +77,30 @@ _FILE_BUILDERS = {
 class TextModelArguments(BaseModelArguments):
     """Arguments for the model and tokenizer: a pretrained checkpoint, or a small BERT from its config."""
 
-    model_name_or_path: str | None = HfArg(
+    model_name_or_path: str | None = field(
         default=None,
-        help="Checkpoint to fine-tune (Hub id or local folder), e.g. 'bert-base-cased'. Default: none, a small "
-        "model of --model_type is built from its config with random weights.",
+        metadata={
+            "help": "Checkpoint to fine-tune (Hub id or local folder), e.g. 'bert-base-cased'. Default: none, a small "
+            "model of --model_type is built from its config with random weights."
+        },
     )
-    model_type: str = HfArg(
+    model_type: str = field(
         default="bert",
-        help="Architecture built from its config when --model_name_or_path is not given.",
-        metadata={"choices": list(TEXT_SCRATCH_MODEL_TYPES)},
+        metadata={
+            "help": "Architecture built from its config when --model_name_or_path is not given.",
+            "choices": list(TEXT_SCRATCH_MODEL_TYPES),
+        },
     )
-    tokenizer_name: str | None = HfArg(
+    tokenizer_name: str | None = field(
         default=None,
-        help="Tokenizer name or path if not the same as --model_name_or_path. Default for a model from its "
-        "config: a WordPiece tokenizer trained on the training texts (offline).",
+        metadata={
+            "help": "Tokenizer name or path if not the same as --model_name_or_path. Default for a model from its "
+            "config: a WordPiece tokenizer trained on the training texts (offline)."
+        },
     )
-    tokenizer_vocab_size: int = HfArg(
-        default=2000, help="Vocabulary size of the WordPiece tokenizer built from the training texts."
+    tokenizer_vocab_size: int = field(
+        default=2000,
+        metadata={"help": "Vocabulary size of the WordPiece tokenizer built from the training texts."},
     )
 
     def __post_init__(self):
@@ -106,27 +112,37 @@ class TextModelArguments(BaseModelArguments):
 class TextDataArguments:
     """Data arguments both text pipelines have: the data source, the splits and the sequence length."""
 
-    dataset_name: str | None = HfArg(
+    dataset_name: str | None = field(
         default=None,
-        help="Hub dataset to train on (e.g. 'glue' with --dataset_config_name sst2, or 'conll2003'). Default: "
-        "none; without --dataset_name and --train_file an embedded synthetic dataset is used (offline).",
+        metadata={
+            "help": "Hub dataset to train on (e.g. 'glue' with --dataset_config_name sst2, or 'conll2003'). Default: "
+            "none; without --dataset_name and --train_file an embedded synthetic dataset is used (offline)."
+        },
     )
-    dataset_config_name: str | None = HfArg(default=None, help="Configuration name of the dataset.")
-    train_file: str | None = HfArg(default=None, help="Training data: a csv, tsv, json(l) or parquet file.")
-    validation_file: str | None = HfArg(default=None, help="Validation data in the same format as --train_file.")
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration name of the dataset."})
+    train_file: str | None = field(
+        default=None, metadata={"help": "Training data: a csv, tsv, json(l) or parquet file."}
+    )
+    validation_file: str | None = field(
+        default=None, metadata={"help": "Validation data in the same format as --train_file."}
+    )
     train_val_split: float = train_val_split_field()
     eval_split_name: str | None = eval_split_name_field(_EVAL_SPLIT_CANDIDATES)
     max_train_samples: int | None = max_train_samples_field()
-    max_eval_samples: int | None = HfArg(
-        default=None, help="Truncate the evaluation set to this many examples (debugging, quick runs)."
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Truncate the evaluation set to this many examples (debugging, quick runs)."}
     )
-    max_seq_length: int = HfArg(
-        default=128, help="Longest tokenized input; longer inputs are truncated, shorter ones padded per batch."
+    max_seq_length: int = field(
+        default=128,
+        metadata={"help": "Longest tokenized input; longer inputs are truncated, shorter ones padded per batch."},
     )
-    pad_to_max_length: bool = HfArg(
-        default=False, help="Pad every input to --max_seq_length instead of to the longest input of its batch."
+    pad_to_max_length: bool = field(
+        default=False,
+        metadata={"help": "Pad every input to --max_seq_length instead of to the longest input of its batch."},
     )
-    preprocessing_num_workers: int | None = HfArg(default=None, help="Processes for tokenizing the dataset.")
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Processes for tokenizing the dataset."}
+    )
 
     def __post_init__(self):
         check_data_source(self, "train_file", "validation_file")

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -40,7 +40,6 @@ from transformers import (
     SwinConfig,
     ViTConfig,
 )
-from transformers.hf_argparser import HfArg
 
 from ..cards import HEMModelCardCallback
 from ..counting import count_labels
@@ -148,20 +147,26 @@ _CARD_METRIC_KEYS = (
 class ModelArguments(BaseModelArguments):
     """Arguments for the model and image processor: a pretrained checkpoint, or a small model from its config."""
 
-    model_name_or_path: str | None = HfArg(
+    model_name_or_path: str | None = field(
         default=None,
-        help="Checkpoint to fine-tune (Hub id or local folder). Default: none, a model of --model_type is built "
-        "from its config with random weights.",
+        metadata={
+            "help": "Checkpoint to fine-tune (Hub id or local folder). Default: none, a model of --model_type is built "
+            "from its config with random weights."
+        },
     )
-    model_type: str = HfArg(
+    model_type: str = field(
         default="resnet",
-        help="Architecture built from scratch when --model_name_or_path is not given.",
-        metadata={"choices": list(SCRATCH_MODEL_TYPES)},
+        metadata={
+            "help": "Architecture built from scratch when --model_name_or_path is not given.",
+            "choices": list(SCRATCH_MODEL_TYPES),
+        },
     )
-    image_size: int = HfArg(
+    image_size: int = field(
         default=32,
-        help="Side of the input images for a model built from its config, and of the embedded digits "
-        "(upscaled from 8x8).",
+        metadata={
+            "help": "Side of the input images for a model built from its config, and of the embedded digits "
+            "(upscaled from 8x8)."
+        },
     )
 
     def __post_init__(self):
@@ -173,50 +178,58 @@ class ModelArguments(BaseModelArguments):
 class DataTrainingArguments:
     """Arguments for the data: where it comes from, which classes are held out as unknown, and augmentation."""
 
-    dataset_name: str | None = HfArg(
+    dataset_name: str | None = field(
         default=None,
-        help="Hub dataset to train on (e.g. 'cifar10', 'AI-Lab-Makerere/beans'). Default: none; without "
-        "--dataset_name and --train_dir the embedded scikit-learn digits are used (offline).",
+        metadata={
+            "help": "Hub dataset to train on (e.g. 'cifar10', 'AI-Lab-Makerere/beans'). Default: none; without "
+            "--dataset_name and --train_dir the embedded scikit-learn digits are used (offline)."
+        },
     )
-    dataset_config_name: str | None = HfArg(default=None, help="Configuration name of the dataset.")
-    train_dir: str | None = HfArg(
-        default=None, help="Image folder with the training images, one sub-folder per class."
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration name of the dataset."})
+    train_dir: str | None = field(
+        default=None, metadata={"help": "Image folder with the training images, one sub-folder per class."}
     )
-    validation_dir: str | None = HfArg(
-        default=None, help="Image folder with the validation images, one sub-folder per class."
+    validation_dir: str | None = field(
+        default=None, metadata={"help": "Image folder with the validation images, one sub-folder per class."}
     )
     train_val_split: float = train_val_split_field()
     eval_split_name: str | None = eval_split_name_field(_EVAL_SPLIT_CANDIDATES)
     max_train_samples: int | None = max_train_samples_field()
-    max_eval_samples: int | None = HfArg(
-        default=None, help="Truncate the evaluation set (and the unknown and OOD sets) to this many examples."
+    max_eval_samples: int | None = field(
+        default=None,
+        metadata={"help": "Truncate the evaluation set (and the unknown and OOD sets) to this many examples."},
     )
-    image_column_name: str = HfArg(default="image", help="Column holding the images.")
+    image_column_name: str = field(default="image", metadata={"help": "Column holding the images."})
     # The label column is `--label_column_name` of HEMConfig (the same flag as in the transformers examples; it also
     # names the column HEMTrainer counts margins from): `label` or `labels` when not given.
-    unknown_classes: list[str] | None = HfArg(
+    unknown_classes: list[str] | None = field(
         default=None,
-        help="Classes held out of training and scored as unknown after training (names or class ids, e.g. "
-        "'--unknown_classes 8 9'). Their validation images give the unknown-class rejection metrics.",
+        metadata={
+            "help": "Classes held out of training and scored as unknown after training (names or class ids, e.g. "
+            "'--unknown_classes 8 9'). Their validation images give the unknown-class rejection metrics."
+        },
     )
-    ood_dataset_name: str | None = HfArg(
-        default=None, help="Hub dataset of out-of-distribution images, scored as unknown."
+    ood_dataset_name: str | None = field(
+        default=None, metadata={"help": "Hub dataset of out-of-distribution images, scored as unknown."}
     )
-    ood_dataset_config_name: str | None = HfArg(default=None, help="Configuration of the OOD dataset.")
-    ood_dir: str | None = HfArg(default=None, help="Image folder of out-of-distribution images.")
-    ood_split: str | None = HfArg(
-        default=None, help="Split of the OOD dataset. Default: the first of test, validation, train."
+    ood_dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of the OOD dataset."})
+    ood_dir: str | None = field(default=None, metadata={"help": "Image folder of out-of-distribution images."})
+    ood_split: str | None = field(
+        default=None, metadata={"help": "Split of the OOD dataset. Default: the first of test, validation, train."}
     )
-    ood_image_column_name: str | None = HfArg(
-        default=None, help="Image column of the OOD dataset. Default: as --image_column_name."
+    ood_image_column_name: str | None = field(
+        default=None, metadata={"help": "Image column of the OOD dataset. Default: as --image_column_name."}
     )
-    min_crop_scale: float | None = HfArg(
+    min_crop_scale: float | None = field(
         default=None,
-        help="Smallest area share of the random resized crop. Default: 0.08 (as torchvision), 0.7 for the "
-        "embedded digits.",
+        metadata={
+            "help": "Smallest area share of the random resized crop. Default: 0.08 (as torchvision), 0.7 for the "
+            "embedded digits."
+        },
     )
-    horizontal_flip: bool | None = HfArg(
-        default=None, help="Random horizontal flips in training. Default: true, false for the embedded digits."
+    horizontal_flip: bool | None = field(
+        default=None,
+        metadata={"help": "Random horizontal flips in training. Default: true, false for the embedded digits."},
     )
 
     def __post_init__(self):

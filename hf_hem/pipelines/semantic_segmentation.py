@@ -29,7 +29,7 @@ import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -38,7 +38,6 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset, DatasetDict
 from transformers import AutoModelForSemanticSegmentation, SegformerConfig
-from transformers.hf_argparser import HfArg
 
 from ..counting import ClassCounts, resolve_class_counts
 from ..data import (
@@ -140,21 +139,27 @@ _MAX_RAW_MASK_VALUE = 65535
 class SegmentationModelArguments(BaseModelArguments):
     """Arguments for the model and image processor: a pretrained checkpoint, or a SegFormer from its config."""
 
-    model_name_or_path: str | None = HfArg(
+    model_name_or_path: str | None = field(
         default=None,
-        help="Checkpoint to fine-tune (Hub id or local folder, e.g. nvidia/mit-b0). Default: none, a SegFormer "
-        "of --segformer_size is built from its config with random weights.",
+        metadata={
+            "help": "Checkpoint to fine-tune (Hub id or local folder, e.g. nvidia/mit-b0). Default: none, a SegFormer "
+            "of --segformer_size is built from its config with random weights."
+        },
     )
-    segformer_size: str = HfArg(
+    segformer_size: str = field(
         default="tiny",
-        help="SegFormer built from its config when --model_name_or_path is not given: 'tiny' (4 stages of "
-        "16-128 channels, for CPUs) or 'b0' (the architecture of nvidia/mit-b0).",
-        metadata={"choices": list(SEGFORMER_SIZES)},
+        metadata={
+            "help": "SegFormer built from its config when --model_name_or_path is not given: 'tiny' (4 stages of "
+            "16-128 channels, for CPUs) or 'b0' (the architecture of nvidia/mit-b0).",
+            "choices": list(SEGFORMER_SIZES),
+        },
     )
-    image_size: int | None = HfArg(
+    image_size: int | None = field(
         default=None,
-        help="Side of the square training crops and evaluation images. Default: the image processor's size "
-        "(512 for SegFormer's ADE20K processor), 64 for the embedded digit scenes, 512 for a model from config.",
+        metadata={
+            "help": "Side of the square training crops and evaluation images. Default: the image processor's size "
+            "(512 for SegFormer's ADE20K processor), 64 for the embedded digit scenes, 512 for a model from config."
+        },
     )
 
     def __post_init__(self):
@@ -168,72 +173,92 @@ class SegmentationModelArguments(BaseModelArguments):
 class SegmentationDataArguments:
     """Arguments for the data: where images and masks come from, their labels, augmentation, bad examples."""
 
-    dataset_name: str | None = HfArg(
+    dataset_name: str | None = field(
         default=None,
-        help="Hub dataset: 'scene_parse_150' is ADE20K (read from its parquet conversion), or any dataset with "
-        "image and mask columns (e.g. 'segments/sidewalk-semantic'). Default: none; without --dataset_name, "
-        "--data_files and --train_dir the embedded synthetic digit scenes are used (offline).",
+        metadata={
+            "help": "Hub dataset: 'scene_parse_150' is ADE20K (read from its parquet conversion), or any dataset with "
+            "image and mask columns (e.g. 'segments/sidewalk-semantic'). Default: none; without --dataset_name, "
+            "--data_files and --train_dir the embedded synthetic digit scenes are used (offline)."
+        },
     )
-    dataset_config_name: str | None = HfArg(
-        default=None, help="Configuration of the dataset (for ADE20K, the parquet folder; default 'scene_parsing')."
-    )
-    dataset_revision: str | None = HfArg(
-        default=None, help="Dataset revision. Default: 'refs/convert/parquet' for ADE20K, else main."
-    )
-    data_files: list[str] | None = HfArg(
+    dataset_config_name: str | None = field(
         default=None,
-        help="Local parquet files in the ADE20K schema (image, annotation, scene_category), or one folder of "
-        "them whose file names give the splits (train-*.parquet, validation-*.parquet).",
+        metadata={"help": "Configuration of the dataset (for ADE20K, the parquet folder; default 'scene_parsing')."},
     )
-    validation_files: list[str] | None = HfArg(
-        default=None, help="Local parquet files of the validation split (with --data_files)."
+    dataset_revision: str | None = field(
+        default=None, metadata={"help": "Dataset revision. Default: 'refs/convert/parquet' for ADE20K, else main."}
     )
-    train_dir: str | None = HfArg(
+    data_files: list[str] | None = field(
         default=None,
-        help="Folder with images/ and annotations/ (or masks/, labels/) subfolders, paired by relative path; "
-        "an ADEChallengeData2016-style layout (images/training, images/validation) gives both splits.",
+        metadata={
+            "help": "Local parquet files in the ADE20K schema (image, annotation, scene_category), or one folder of "
+            "them whose file names give the splits (train-*.parquet, validation-*.parquet)."
+        },
     )
-    validation_dir: str | None = HfArg(default=None, help="Like --train_dir, for the validation split.")
-    image_column_name: str | None = HfArg(
-        default=None, help="Image column. Default: the first of image, pixel_values, img."
+    validation_files: list[str] | None = field(
+        default=None, metadata={"help": "Local parquet files of the validation split (with --data_files)."}
     )
-    mask_column_name: str | None = HfArg(
-        default=None, help="Mask column. Default: the first of annotation, label, mask, ... present."
-    )
-    id2label_file: str | None = HfArg(
+    train_dir: str | None = field(
         default=None,
-        help='JSON file {"0": "wall", ...} with the class names (ids after --do_reduce_labels). Default: '
-        "ADE20K's names (shipped), the digits, the dataset repo's id2label.json, or ids counted from the masks.",
+        metadata={
+            "help": "Folder with images/ and annotations/ (or masks/, labels/) subfolders, paired by relative path; "
+            "an ADEChallengeData2016-style layout (images/training, images/validation) gives both splits."
+        },
     )
-    num_labels: int | None = HfArg(
-        default=None, help="Number of classes, when there is no id2label file. Default: counted from the masks."
+    validation_dir: str | None = field(default=None, metadata={"help": "Like --train_dir, for the validation split."})
+    image_column_name: str | None = field(
+        default=None, metadata={"help": "Image column. Default: the first of image, pixel_values, img."}
     )
-    do_reduce_labels: bool | None = HfArg(
+    mask_column_name: str | None = field(
+        default=None, metadata={"help": "Mask column. Default: the first of annotation, label, mask, ... present."}
+    )
+    id2label_file: str | None = field(
         default=None,
-        help="Mask value 0 is background: it becomes the ignore index 255 and every other class id moves down "
-        "by one, as ADE20K needs. Default: true for ADE20K and the embedded digit scenes, else false.",
+        metadata={
+            "help": 'JSON file {"0": "wall", ...} with the class names (ids after --do_reduce_labels). Default: '
+            "ADE20K's names (shipped), the digits, the dataset repo's id2label.json, or ids counted from the masks."
+        },
+    )
+    num_labels: int | None = field(
+        default=None,
+        metadata={"help": "Number of classes, when there is no id2label file. Default: counted from the masks."},
+    )
+    do_reduce_labels: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Mask value 0 is background: it becomes the ignore index 255 and every other class id moves down "
+            "by one, as ADE20K needs. Default: true for ADE20K and the embedded digit scenes, else false."
+        },
     )
     train_val_split: float = train_val_split_field()
     max_train_samples: int | None = max_train_samples_field()
-    max_eval_samples: int | None = HfArg(default=None, help="Truncate the evaluation set to this many examples.")
-    min_scale: float | None = HfArg(
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Truncate the evaluation set to this many examples."}
+    )
+    min_scale: float | None = field(
         default=None,
-        help="Smallest random rescaling of training pairs, relative to the crop size. Default: 0.5 (as the "
-        "SegFormer recipe), 0.8 for the embedded digit scenes.",
+        metadata={
+            "help": "Smallest random rescaling of training pairs, relative to the crop size. Default: 0.5 (as the "
+            "SegFormer recipe), 0.8 for the embedded digit scenes."
+        },
     )
-    max_scale: float | None = HfArg(
-        default=None, help="Largest random rescaling of training pairs. Default: 2.0, 1.25 for the embedded scenes."
+    max_scale: float | None = field(
+        default=None,
+        metadata={"help": "Largest random rescaling of training pairs. Default: 2.0, 1.25 for the embedded scenes."},
     )
-    horizontal_flip: bool | None = HfArg(
-        default=None, help="Flip half of the training pairs horizontally. Default: true, false for the digit scenes."
+    horizontal_flip: bool | None = field(
+        default=None,
+        metadata={"help": "Flip half of the training pairs horizontally. Default: true, false for the digit scenes."},
     )
-    skip_bad_examples: bool = HfArg(
+    skip_bad_examples: bool = field(
         default=False,
-        help="Leave out examples whose image or mask cannot be decoded (found in one pass before training and "
-        "reported with their count) instead of stopping with an error naming the file.",
+        metadata={
+            "help": "Leave out examples whose image or mask cannot be decoded (found in one pass before training and "
+            "reported with their count) instead of stopping with an error naming the file."
+        },
     )
-    num_embedded_images: int = HfArg(
-        default=1000, help="Images of the embedded digit scenes (train and validation together)."
+    num_embedded_images: int = field(
+        default=1000, metadata={"help": "Images of the embedded digit scenes (train and validation together)."}
     )
 
     def __post_init__(self):

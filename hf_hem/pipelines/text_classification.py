@@ -24,13 +24,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from datasets import load_dataset
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
-from transformers.hf_argparser import HfArg
 
 from ..counting import resolve_class_counts
 from ..data.columns import pick_column
@@ -97,11 +96,13 @@ class TextClassificationModelArguments(TextModelArguments):
 class TextClassificationDataArguments(TextDataArguments):
     """Arguments for the data: source, text columns, splits and sequence length."""
 
-    text_column_names: str | None = HfArg(
+    text_column_names: str | None = field(
         default=None,
-        help="The text column, or two comma-separated columns for sentence pairs (e.g. 'sentence' or "
-        "'sentence1,sentence2'). Default: the first of sentence1+sentence2, question1+question2, "
-        "premise+hypothesis, question+sentence, sentence, text that exists.",
+        metadata={
+            "help": "The text column, or two comma-separated columns for sentence pairs (e.g. 'sentence' or "
+            "'sentence1,sentence2'). Default: the first of sentence1+sentence2, question1+question2, "
+            "premise+hypothesis, question+sentence, sentence, text that exists."
+        },
     )
     # The label column is `--label_column_name` of HEMConfig (the flag of the transformers examples): `label` or
     # `labels` when not given.

@@ -26,13 +26,12 @@ import json
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from datasets import load_dataset
 from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification
-from transformers.hf_argparser import HfArg
 
 from ..counting import resolve_class_counts
 from ..data.columns import pick_column
@@ -87,18 +86,22 @@ class TokenClassificationModelArguments(TextModelArguments):
 class TokenClassificationDataArguments(TextDataArguments):
     """Arguments for the data: source, word and tag columns, sub-token labelling, splits and sequence length."""
 
-    text_column_name: str | None = HfArg(
-        default=None, help="Column holding the list of words of each row. Default: 'tokens' or 'words'."
+    text_column_name: str | None = field(
+        default=None,
+        metadata={"help": "Column holding the list of words of each row. Default: 'tokens' or 'words'."},
     )
     # The tag column is `--label_column_name` of HEMConfig (the flag of the transformers examples); default here:
     # the first of ner_tags, labels, tags, label that exists.
-    label_all_tokens: bool = HfArg(
+    label_all_tokens: bool = field(
         default=False,
-        help="Label every sub-token of a word (later pieces of a B-X word get I-X) instead of only the first; "
-        "the others get -100 and are left out of the loss and the metrics.",
+        metadata={
+            "help": "Label every sub-token of a word (later pieces of a B-X word get I-X) instead of only the first; "
+            "the others get -100 and are left out of the loss and the metrics."
+        },
     )
-    return_entity_level_metrics: bool = HfArg(
-        default=False, help="Also report precision, recall and F1 of every entity type (eval_<TYPE>_f1, ...)."
+    return_entity_level_metrics: bool = field(
+        default=False,
+        metadata={"help": "Also report precision, recall and F1 of every entity type (eval_<TYPE>_f1, ...)."},
     )
 
 
