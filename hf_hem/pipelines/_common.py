@@ -1,12 +1,15 @@
-"""Pieces shared by the end-to-end pipelines (image classification, semantic segmentation).
+"""Pieces shared by the end-to-end pipelines (image classification, semantic segmentation, text and token
+classification).
 
 * the model arguments every pipeline has (checkpoint, config, cache, revision, token, …) as a base dataclass, the
-  data arguments they share (`train_val_split`, `max_train_samples`, …) and their checks;
+  data arguments they share (`train_val_split`, `eval_split_name`, `max_train_samples`, …) and their checks;
+* the data: the evaluation split, or a seeded share of train held out for it, and dataset truncation;
 * the model and image processor: a pretrained checkpoint, or a model built from its config;
 * argument parsing: flags, a leading `.yaml`/`.json` config file, `do_train`/`do_eval` on by default, training
   defaults for the embedded offline datasets, and CPU DDP under `accelerate launch` without GPUs;
-* the run skeleton: logging, dataset truncation, train-then-save, progress callbacks, and the final Hub push that
-  names the local folder when it fails, and the metrics the model card shows.
+* the run skeleton ([`PipelineRun`]): logging, train-then-save, progress callbacks, the final evaluation's metrics,
+  `hem_run.json`, and the final Hub push that names the local folder when it fails;
+* the classification metrics (image and text) and the metrics the model card shows.
 
 Model cards and the Hub behaviour during training live in [`~hf_hem.HEMTrainer`] itself.
 """
@@ -23,13 +26,16 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 import datasets
+import numpy as np
 import torch
 import transformers
 import yaml
-from transformers import AutoConfig, AutoImageProcessor, HfArgumentParser, PrinterCallback, ProgressCallback
+from datasets import ClassLabel, DatasetDict
+from transformers import AutoConfig, AutoImageProcessor, HfArgumentParser, PrinterCallback, ProgressCallback, set_seed
 
 from ..data import collate_fn
 from ..hub import scrub_secrets
+from ..metrics import accuracy, balanced_accuracy, expected_calibration_error, per_class_accuracy, softmax
 from ..trainer.hem_config import HEMConfig
 from ..trainer.hem_trainer import HEMTrainer
 
@@ -103,6 +109,50 @@ def max_train_samples_field():
     return field(
         default=None, metadata={"help": "Truncate the training set to this many examples (debugging, quick runs)."}
     )
+
+
+def eval_split_name_field(candidates: Sequence[str]):
+    """The `eval_split_name` field of a data dataclass whose loader tries the split names `candidates` in order (see
+    [`pick_eval_split`])."""
+    return field(
+        default=None,
+        metadata={"help": f"Split to evaluate on. Default: the first of {', '.join(candidates)} that exists."},
+    )
+
+
+def check_model_type(arguments, scratch_model_types: Sequence[str]) -> None:
+    """Without `model_name_or_path`, the `model_type` of a model dataclass must be one the pipeline builds from a
+    config (`scratch_model_types`)."""
+    if arguments.model_name_or_path is None and arguments.model_type not in scratch_model_types:
+        raise ValueError(
+            f"model_type={arguments.model_type!r} cannot be built from scratch; expected one of "
+            f"{', '.join(scratch_model_types)} (or give --model_name_or_path)."
+        )
+
+
+def check_data_source(arguments, train_source: str, validation_source: str) -> None:
+    """A data dataclass takes `dataset_name` or its local `train_source` (with `validation_source` optionally), not
+    both; `validation_source` alone has nothing to train on."""
+    train, validation = getattr(arguments, train_source), getattr(arguments, validation_source)
+    if arguments.dataset_name is not None and (train is not None or validation is not None):
+        raise ValueError(
+            f"dataset_name={arguments.dataset_name!r} and {train_source}/{validation_source} are exclusive; give one "
+            "data source."
+        )
+    if validation is not None and train is None:
+        raise ValueError(f"{validation_source}={validation!r} needs --{train_source} as well.")
+
+
+def check_integer(arguments, name: str, minimum: int, reason: str = "", optional: bool = False) -> None:
+    """The field `name` of a dataclass is an integer (not a bool) of at least `minimum`; with `optional`, `None` too.
+
+    `reason` follows the bound in the message, e.g. `" (SegFormer's total stride)"`.
+    """
+    value = getattr(arguments, name)
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}{reason}, got {value!r}.")
 
 
 def check_split_arguments(arguments) -> None:
@@ -331,6 +381,61 @@ def build_model_and_processor(
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Data
+
+
+def pick_eval_split(dataset_dict, requested: str | None, candidates: Sequence[str]) -> str | None:
+    """The split to evaluate on: `requested` (which must exist), else the first of `candidates` that exists, else
+    `None` (a share of train is then held out, see [`train_and_validation`])."""
+    if requested is not None:
+        if requested not in dataset_dict:
+            raise ValueError(
+                f"eval_split_name={requested!r} is not a split of the dataset; splits: {list(dataset_dict)}."
+            )
+        return requested
+    return next((name for name in candidates if name in dataset_dict), None)
+
+
+def train_and_validation(
+    dataset_dict, eval_split: str | None, train_val_split: float, seed: int, stratify_column: str | None = None
+) -> tuple[DatasetDict, str]:
+    """The `train` and `validation` splits of a run, and where the validation examples come from.
+
+    Args:
+        dataset_dict (`datasets.DatasetDict`): The loaded dataset, with a `train` split.
+        eval_split (`str`, *optional*): The split to validate on; `None` holds out a share of train instead.
+        train_val_split (`float`): That share.
+        seed (`int`): Seed of the held-out share.
+        stratify_column (`str`, *optional*): Column to stratify the held-out share by, used when it is a
+            `ClassLabel` (the only kind `datasets` stratifies).
+
+    Returns:
+        `tuple[DatasetDict, str]`: the two splits, and `eval_split` or e.g. `"train (15% held out)"` for the card.
+    """
+    train = dataset_dict["train"]
+    if eval_split is not None:
+        return DatasetDict({"train": train, "validation": dataset_dict[eval_split]}), eval_split
+    feature = train.features.get(stratify_column) if stratify_column else None
+    stratify = stratify_column if isinstance(feature, ClassLabel) else None
+    held_out = train.train_test_split(train_val_split, seed=seed, stratify_by_column=stratify)
+    splits = DatasetDict({"train": held_out["train"], "validation": held_out["test"]})
+    return splits, f"train ({train_val_split:.0%} held out)"
+
+
+def truncate(dataset, max_samples: int | None, seed: int):
+    """A seeded random subset of `max_samples` rows (`dataset` itself when it is not larger)."""
+    if max_samples is None or len(dataset) <= max_samples:
+        return dataset
+    return dataset.shuffle(seed=seed).select(range(max_samples))
+
+
+def label_maps(names: Sequence[str]) -> tuple[dict[int, str], dict[str, int]]:
+    """`(id2label, label2id)` of the classes `names`, given in class-id order."""
+    id2label = dict(enumerate(names))
+    return id2label, {name: index for index, name in id2label.items()}
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Running
 
 
@@ -363,52 +468,6 @@ def prepare_training_args(training_args) -> tuple[bool, bool]:
     return do_train, do_eval
 
 
-def truncate(dataset, max_samples: int | None, seed: int):
-    """A seeded random subset of `max_samples` rows (`dataset` itself when it is not larger)."""
-    if max_samples is None or len(dataset) <= max_samples:
-        return dataset
-    return dataset.shuffle(seed=seed).select(range(max_samples))
-
-
-def build_trainer(
-    model,
-    training_args,
-    image_processor,
-    train_dataset,
-    eval_dataset,
-    do_train: bool,
-    do_eval: bool,
-    callbacks: Sequence | None = None,
-    **trainer_kwargs,
-) -> HEMTrainer:
-    """The [`~hf_hem.HEMTrainer`] of a pipeline run, batching with [`~hf_hem.data.collate_fn`].
-
-    The training set is given only when training; the evaluation set when evaluating after training or during it
-    (`eval_strategy`). `callbacks` are added as [`use_callbacks`] does.
-
-    Args:
-        model, training_args, image_processor: The model, the [`HEMConfig`], and the processor saved beside them.
-        train_dataset, eval_dataset (`datasets.Dataset`): The transformed splits.
-        do_train (`bool`), do_eval (`bool`): As [`prepare_training_args`] returns them.
-        callbacks (`Sequence[TrainerCallback]`, *optional*): Extra callbacks.
-        trainer_kwargs: The rest of the trainer's arguments (`compute_metrics`, `card_kwargs`, `class_counts`, …).
-
-    Returns:
-        [`~hf_hem.HEMTrainer`].
-    """
-    trainer_kwargs.setdefault("data_collator", collate_fn)
-    trainer = HEMTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset if do_train else None,
-        eval_dataset=eval_dataset if (do_eval or training_args.eval_strategy != "no") else None,
-        processing_class=image_processor,
-        **trainer_kwargs,
-    )
-    use_callbacks(trainer, callbacks)
-    return trainer
-
-
 def use_callbacks(trainer, callbacks: Sequence | None) -> None:
     """Adds `callbacks`; a `ProgressCallback` or `PrinterCallback` among them replaces the Trainer's own display."""
     for callback in callbacks or ():
@@ -419,32 +478,206 @@ def use_callbacks(trainer, callbacks: Sequence | None) -> None:
         trainer.add_callback(callback)
 
 
-def train_and_save(trainer, training_args, do_train: bool, num_train_samples: int) -> dict[str, float]:
-    """Trains (resuming when asked), saves the model, and logs and saves the `train_*` metrics.
+class PipelineRun:
+    """The steps every pipeline run takes around its own data, model and metrics, and the state they share.
+
+    Creating it sets up logging ([`setup_logging`]), the settings every pipeline needs ([`prepare_training_args`])
+    and the seed. Then [`~PipelineRun.build_trainer`], [`~PipelineRun.train`], [`~PipelineRun.save_eval_metrics`]
+    and [`~PipelineRun.finish`] build the trainer, train and save, record the final evaluation, and write
+    `hem_run.json` and push; the metrics gather in `results`, which the pipeline returns.
+
+    Args:
+        model_args ([`BaseModelArguments`]): The model arguments (their `token` is kept out of push errors).
+        training_args ([`HEMConfig`]): Training and loss settings.
+        callbacks (`Sequence[TrainerCallback]`, *optional*): Extra callbacks, added as [`use_callbacks`] does.
+        loggers (`logging.Logger`): The pipeline's loggers, set to the process log level.
+
+    Attributes:
+        do_train (`bool`), do_eval (`bool`): As [`prepare_training_args`] returns them.
+        trainer ([`~hf_hem.HEMTrainer`]): Set by [`~PipelineRun.build_trainer`].
+        results (`dict[str, float]`): The `train_*` and `eval_*` metrics recorded so far.
+    """
+
+    def __init__(self, model_args, training_args, callbacks: Sequence | None = None, *loggers: logging.Logger):
+        setup_logging(training_args, *loggers)
+        self.do_train, self.do_eval = prepare_training_args(training_args)
+        set_seed(training_args.seed)
+        self.model_args = model_args
+        self.training_args = training_args
+        self.callbacks = callbacks
+        self.trainer: HEMTrainer | None = None
+        self.results: dict[str, float] = {}
+
+    def build_trainer(self, model, processing_class, train_dataset, eval_dataset, **trainer_kwargs) -> HEMTrainer:
+        """The [`~hf_hem.HEMTrainer`] of the run, batching with [`~hf_hem.data.collate_fn`] unless told otherwise.
+
+        The training set is given only when training; the evaluation set when evaluating after training or during it
+        (`eval_strategy`).
+
+        Args:
+            model, processing_class: The model, and the image processor or tokenizer saved beside it.
+            train_dataset, eval_dataset (`datasets.Dataset`): The transformed splits.
+            trainer_kwargs: The rest of the trainer's arguments (`compute_metrics`, `card_kwargs`, `class_counts`,
+                `data_collator`, …).
+
+        Returns:
+            [`~hf_hem.HEMTrainer`], also kept as `self.trainer`.
+        """
+        trainer_kwargs.setdefault("data_collator", collate_fn)
+        training_args = self.training_args
+        self.trainer = HEMTrainer(
+            model=model,
+            args=training_args,
+            train_dataset=train_dataset if self.do_train else None,
+            eval_dataset=eval_dataset if (self.do_eval or training_args.eval_strategy != "no") else None,
+            processing_class=processing_class,
+            **trainer_kwargs,
+        )
+        use_callbacks(self.trainer, self.callbacks)
+        return self.trainer
+
+    def train(self, num_train_samples: int) -> None:
+        """Trains (resuming when asked), saves the model, and logs, saves and records the `train_*` metrics with
+        `train_samples`; without training only saves the model."""
+        trainer, training_args = self.trainer, self.training_args
+        if not self.do_train:
+            if training_args.should_save:
+                trainer.save_model()
+            return
+        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.save_model()
+        metrics = dict(train_result.metrics)
+        metrics["train_samples"] = num_train_samples
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
+        trainer.save_state()
+        self.results.update(metrics)
+
+    def save_eval_metrics(self, eval_metrics: dict[str, Any], logged: bool = False) -> None:
+        """Logs and saves the final `eval_*` metrics, records them, and makes them the ones the model card shows.
+
+        Args:
+            eval_metrics (`dict`): The metrics of the final evaluation.
+            logged (`bool`, *optional*, defaults to `False`): Whether the trainer has logged them already
+                (`trainer.evaluate` does, `trainer.predict` does not).
+        """
+        trainer = self.trainer
+        if not logged:
+            trainer.log(eval_metrics)
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        self.results.update(eval_metrics)
+        trainer.card_metrics = eval_metrics
+
+    def finish(self, dataset_name: str, scratch_model: str, num_train_samples: int, **details) -> dict[str, float]:
+        """Writes the final HEM card and `hem_run.json` (what was trained on what) into the output folder, then pushes.
+
+        Args:
+            dataset_name (`str`): The dataset's name in cards and reports.
+            scratch_model (`str`): What the model was built as when no checkpoint was given, e.g. `"resnet"`.
+            num_train_samples (`int`): Training examples.
+            details: What else `hem_run.json` says about the run (the classes, …).
+
+        Returns:
+            `dict[str, float]`: `results`, the metrics the pipeline returns.
+
+        Raises:
+            [`PushToHubError`]: `--push_to_hub` failed; the model is saved locally and the message says where.
+        """
+        trainer, training_args = self.trainer, self.training_args
+        if trainer.is_world_process_zero() and training_args.should_save:
+            trainer.create_model_card()
+            info = {
+                "dataset_name": dataset_name,
+                "model": self.model_args.model_name_or_path or f"{scratch_model} (from config)",
+                "loss_name": training_args.loss_name,
+                **details,
+                "num_train_samples": num_train_samples,
+            }
+            with open(os.path.join(training_args.output_dir, "hem_run.json"), "w", encoding="utf-8") as handle:
+                json.dump(info, handle, indent=2)
+        self.push()
+        return self.results
+
+    def push(self) -> None:
+        """`trainer.push_to_hub()` when `--push_to_hub` is set; a failure raises [`PushToHubError`] naming the folder.
+
+        The error message never contains a token (the Hub's error text can echo request headers).
+        """
+        trainer, training_args = self.trainer, self.training_args
+        if not training_args.push_to_hub:
+            return
+        try:
+            trainer.push_to_hub(commit_message="End of training")
+        except Exception as error:
+            secrets = [training_args.hub_token, getattr(self.model_args, "token", None), os.environ.get("HF_TOKEN")]
+            message = (
+                f"Pushing to the Hub repo {training_args.hub_model_id or trainer.hub_model_id!r} failed "
+                f"({type(error).__name__}: {scrub_secrets(str(error), secrets)}). The trained model is saved locally "
+                f"in {os.path.abspath(training_args.output_dir)}; push it later with `hf upload` or "
+                "`trainer.push_to_hub()`."
+            )
+            raise PushToHubError(message) from None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Metrics
+
+
+def logits_array(predictions) -> np.ndarray:
+    """The logits of `EvalPrediction.predictions` as `float64`; models that also return hidden states give a tuple,
+    whose first entry they are."""
+    if isinstance(predictions, (tuple, list)):
+        predictions = predictions[0]
+    return np.asarray(predictions, dtype=np.float64)
+
+
+def macro_f1(predictions: np.ndarray, labels: np.ndarray, num_labels: int) -> float:
+    """Unweighted mean F1 over the classes that occur in the labels or the predictions."""
+    scores = []
+    for label in range(num_labels):
+        true_positive = int(np.sum((predictions == label) & (labels == label)))
+        predicted, actual = int(np.sum(predictions == label)), int(np.sum(labels == label))
+        if predicted == 0 and actual == 0:
+            continue
+        scores.append(2 * true_positive / (predicted + actual))
+    return float(np.mean(scores)) if scores else 0.0
+
+
+def make_classification_metrics(num_labels: int, n_bins: int = 15, with_macro_f1: bool = False) -> Callable:
+    """`compute_metrics` for a classifier's Trainer: accuracy, balanced accuracy, optionally macro F1, and expected
+    calibration error (NumPy only, no network).
+
+    Args:
+        num_labels (`int`): Number of classes.
+        n_bins (`int`, *optional*, defaults to 15): Confidence bins of the calibration error.
+        with_macro_f1 (`bool`, *optional*, defaults to `False`): Also return `macro_f1` (see [`macro_f1`]).
 
     Returns:
-        `dict[str, float]`: the `train_*` metrics plus `train_samples` (empty without training).
+        `Callable[[EvalPrediction], dict[str, float]]`: keys `accuracy`, `balanced_accuracy`, (`macro_f1`,) `ece`.
     """
-    if not do_train:
-        if training_args.should_save:
-            trainer.save_model()
-        return {}
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()
-    metrics = dict(train_result.metrics)
-    metrics["train_samples"] = num_train_samples
-    trainer.log_metrics("train", metrics)
-    trainer.save_metrics("train", metrics)
-    trainer.save_state()
-    return metrics
+
+    def compute_metrics(eval_prediction) -> dict[str, float]:
+        logits = logits_array(eval_prediction.predictions)
+        labels = np.asarray(eval_prediction.label_ids).astype(np.int64)
+        predictions = logits.argmax(axis=-1)
+        metrics = {
+            "accuracy": accuracy(predictions, labels),
+            "balanced_accuracy": balanced_accuracy(predictions, labels, num_classes=num_labels),
+        }
+        if with_macro_f1:
+            metrics["macro_f1"] = macro_f1(predictions, labels, num_labels)
+        metrics["ece"] = expected_calibration_error(softmax(logits), labels, n_bins=n_bins)
+        return metrics
+
+    return compute_metrics
 
 
-def write_run_info(trainer, training_args, info: dict[str, Any]) -> None:
-    """Writes the final HEM card and `hem_run.json` (what was trained on what) into the output folder."""
-    if trainer.is_world_process_zero() and training_args.should_save:
-        trainer.create_model_card()
-        with open(os.path.join(training_args.output_dir, "hem_run.json"), "w", encoding="utf-8") as handle:
-            json.dump(info, handle, indent=2)
+def per_class_accuracy_table(logits: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> dict[str, float]:
+    """`{class name: accuracy}` of a classifier's predictions, classes without an example left out: the model card's
+    per-class table."""
+    accuracies = per_class_accuracy(logits.argmax(axis=-1), labels, num_classes=len(names))
+    return {name: float(value) for name, value in zip(names, accuracies) if np.isfinite(value)}
 
 
 def select_card_metrics(metrics: dict[str, Any], keys: Sequence[str]) -> dict[str, float]:
@@ -468,10 +701,13 @@ def pipeline_card_kwargs(
     task: str,
     metrics: dict[str, Any],
     metric_keys: Sequence[str],
+    dataset_on_hub: bool | None = None,
 ) -> dict[str, Any]:
     """What a pipeline adds to the HEM model card of its trainer (which fills in the model, loss, margins, classes and
     hyper-parameters): the base model, the dataset, the task, and the metrics of `metric_keys` (see
     [`select_card_metrics`]). The per-class table and the class names are left to the pipeline.
+
+    `dataset_on_hub` says whether `dataset_name` is a Hub dataset id; by default, whether `--dataset_name` is given.
 
     Returns:
         `dict`: keyword arguments of the card (the `card_kwargs` of [`~hf_hem.HEMTrainer`]).
@@ -480,27 +716,8 @@ def pipeline_card_kwargs(
         "base_model": model_args.model_name_or_path,
         "dataset_name": dataset_name,
         "dataset_config": data_args.dataset_config_name,
-        "dataset_on_hub": data_args.dataset_name is not None,
+        "dataset_on_hub": data_args.dataset_name is not None if dataset_on_hub is None else dataset_on_hub,
         "eval_split": eval_split,
         "task": task,
         "metrics": select_card_metrics(metrics, metric_keys),
     }
-
-
-def push_or_raise(trainer, training_args, model_args) -> None:
-    """`trainer.push_to_hub()` when `--push_to_hub` is set; a failure raises [`PushToHubError`] naming the folder.
-
-    The error message never contains a token (the Hub's error text can echo request headers).
-    """
-    if not training_args.push_to_hub:
-        return
-    try:
-        trainer.push_to_hub(commit_message="End of training")
-    except Exception as error:
-        secrets = [training_args.hub_token, getattr(model_args, "token", None), os.environ.get("HF_TOKEN")]
-        message = (
-            f"Pushing to the Hub repo {training_args.hub_model_id or trainer.hub_model_id!r} failed "
-            f"({type(error).__name__}: {scrub_secrets(str(error), secrets)}). The trained model is saved locally in "
-            f"{os.path.abspath(training_args.output_dir)}; push it later with `hf upload` or `trainer.push_to_hub()`."
-        )
-        raise PushToHubError(message) from None

@@ -6,14 +6,14 @@
 * loading the splits from the Hub, from csv/json/parquet files, or from an embedded synthetic dataset;
 * the tokenizer: a pretrained one, or a WordPiece tokenizer trained on the training texts (offline);
 * the model: pretrained, or a small BERT from its config sized for the tokenizer;
-* the [`~hf_hem.HEMTrainer`] of a run with a padding collator.
+* tokenizing the splits, and the training defaults for the embedded datasets.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -23,12 +23,16 @@ from datasets import ClassLabel, DatasetDict, Value, load_dataset
 from transformers import AutoConfig, AutoTokenizer, BertConfig
 
 from ..data.embedded_text import build_wordpiece_tokenizer
-from ..trainer.hem_trainer import HEMTrainer
 from ._common import (
     BaseModelArguments,
-    build_trainer,
+    check_data_source,
+    check_integer,
+    check_model_type,
     check_split_arguments,
+    eval_split_name_field,
     max_train_samples_field,
+    pick_eval_split,
+    train_and_validation,
     train_val_split_field,
 )
 
@@ -37,6 +41,22 @@ logger = logging.getLogger(__name__)
 
 #: Model types `--model_type` can build from a config (no download).
 TEXT_SCRATCH_MODEL_TYPES = ("bert",)
+
+#: Training defaults for the embedded sentiment data and a model from config; anything given on the command line
+#: wins. The embedded NER data trains the same way at twice the learning rate.
+EMBEDDED_TEXT_TRAINING_DEFAULTS = {
+    "num_train_epochs": 4.0,
+    "learning_rate": 1e-3,
+    "weight_decay": 0.01,
+    "lr_scheduler_type": "linear",
+    "warmup_steps": 0.1,
+    "per_device_train_batch_size": 32,
+    "per_device_eval_batch_size": 128,
+    "eval_strategy": "epoch",
+    "save_strategy": "no",
+    "logging_steps": 10,
+    "report_to": "none",
+}
 
 # Split names taken as the evaluation split, in order of preference, when `eval_split_name` is not given.
 _EVAL_SPLIT_CANDIDATES = ("validation", "valid", "val", "dev", "test")
@@ -84,15 +104,8 @@ class TextModelArguments(BaseModelArguments):
     )
 
     def __post_init__(self):
-        if self.model_name_or_path is None and self.model_type not in TEXT_SCRATCH_MODEL_TYPES:
-            raise ValueError(
-                f"model_type={self.model_type!r} cannot be built from scratch; expected one of "
-                f"{', '.join(TEXT_SCRATCH_MODEL_TYPES)} (or give --model_name_or_path)."
-            )
-        if isinstance(self.tokenizer_vocab_size, bool) or not isinstance(self.tokenizer_vocab_size, int):
-            raise ValueError(f"tokenizer_vocab_size must be an integer, got {self.tokenizer_vocab_size!r}.")
-        if self.tokenizer_vocab_size < 16:
-            raise ValueError(f"tokenizer_vocab_size must be >= 16, got {self.tokenizer_vocab_size}.")
+        check_model_type(self, TEXT_SCRATCH_MODEL_TYPES)
+        check_integer(self, "tokenizer_vocab_size", 16)
 
 
 @dataclass
@@ -114,12 +127,7 @@ class TextDataArguments:
         default=None, metadata={"help": "Validation data in the same format as --train_file."}
     )
     train_val_split: float = train_val_split_field()
-    eval_split_name: str | None = field(
-        default=None,
-        metadata={
-            "help": "Split to evaluate on. Default: the first of validation, valid, val, dev, test that exists."
-        },
-    )
+    eval_split_name: str | None = eval_split_name_field(_EVAL_SPLIT_CANDIDATES)
     max_train_samples: int | None = max_train_samples_field()
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Truncate the evaluation set to this many examples (debugging, quick runs)."}
@@ -137,12 +145,7 @@ class TextDataArguments:
     )
 
     def __post_init__(self):
-        if self.dataset_name is not None and (self.train_file is not None or self.validation_file is not None):
-            raise ValueError(
-                f"dataset_name={self.dataset_name!r} and train_file/validation_file are exclusive; give one data source."
-            )
-        if self.validation_file is not None and self.train_file is None:
-            raise ValueError(f"validation_file={self.validation_file!r} needs --train_file as well.")
+        check_data_source(self, "train_file", "validation_file")
         for name in ("train_file", "validation_file"):
             path = getattr(self, name)
             if path is not None and Path(path).suffix.lower() not in _FILE_BUILDERS:
@@ -150,12 +153,7 @@ class TextDataArguments:
                     f"{name}={path!r} must be a {', '.join(sorted(_FILE_BUILDERS))} file (got suffix "
                     f"{Path(path).suffix!r})."
                 )
-        if isinstance(self.max_seq_length, bool) or not isinstance(self.max_seq_length, int):
-            raise ValueError(f"max_seq_length must be an integer, got {self.max_seq_length!r}.")
-        if self.max_seq_length < 4:
-            raise ValueError(
-                f"max_seq_length must be >= 4 (room for [CLS], [SEP] and text), got {self.max_seq_length}."
-            )
+        check_integer(self, "max_seq_length", 4, " (room for [CLS], [SEP] and text)")
         check_split_arguments(self)
 
     @property
@@ -171,16 +169,6 @@ class TextData(NamedTuple):
     name: str  # the dataset's name in cards and reports
     on_hub: bool  # whether `name` is a Hub dataset id
     eval_split: str  # where the "validation" split comes from, e.g. "validation" or "train (15% held out)"
-
-
-def _pick_eval_split(dataset_dict, requested: str | None) -> str | None:
-    if requested is not None:
-        if requested not in dataset_dict:
-            raise ValueError(
-                f"eval_split_name={requested!r} is not a split of the dataset; splits: {list(dataset_dict)}."
-            )
-        return requested
-    return next((name for name in _EVAL_SPLIT_CANDIDATES if name in dataset_dict), None)
 
 
 def _load_files(data_args: TextDataArguments, cache_dir: str | None):
@@ -268,17 +256,9 @@ def load_text_data(
         name, on_hub = path.parent.name if path.stem.lower() in ("train", "training") else path.stem, False
     if "train" not in loaded:
         raise ValueError(f"the dataset has no 'train' split; splits: {list(loaded)}.")
-    eval_split = _pick_eval_split(loaded, data_args.eval_split_name)
-    if eval_split is None:
-        train = loaded["train"]
-        feature = train.features.get(stratify_column) if stratify_column else None
-        stratify = stratify_column if isinstance(feature, ClassLabel) else None
-        split = train.train_test_split(data_args.train_val_split, seed=seed, stratify_by_column=stratify)
-        splits = DatasetDict({"train": split["train"], "validation": split["test"]})
-        return TextData(splits, name, on_hub, f"train ({data_args.train_val_split:.0%} held out)")
-    return TextData(
-        DatasetDict({"train": loaded["train"], "validation": loaded[eval_split]}), name, on_hub, eval_split
-    )
+    eval_split = pick_eval_split(loaded, data_args.eval_split_name, _EVAL_SPLIT_CANDIDATES)
+    splits, eval_split = train_and_validation(loaded, eval_split, data_args.train_val_split, seed, stratify_column)
+    return TextData(splits, name, on_hub, eval_split)
 
 
 def load_tokenizer(model_args: TextModelArguments, training_texts: Callable[[], Iterable], max_length: int, **build):
@@ -377,12 +357,23 @@ def class_names_of(dataset_dict: DatasetDict, column: str, nested: bool) -> tupl
     """Class names in class-id order and the map raw label value -> class id.
 
     `ClassLabel` columns (or lists of them, `nested`) keep their names and ids; plain values (strings or integers)
-    are sorted and numbered.
+    are sorted and numbered. Fewer than 2 classes (tags, when `nested`) raise a `ValueError`: HEM's margins separate
+    a class from the others.
     """
     feature = dataset_dict["train"].features[column]
     inner = getattr(feature, "feature", feature) if nested else feature
     if isinstance(inner, ClassLabel):
-        return list(inner.names), {index: index for index in range(len(inner.names))}
+        names, raw_to_id = list(inner.names), {index: index for index in range(len(inner.names))}
+    else:
+        names, raw_to_id = _plain_class_values(dataset_dict, column, nested)
+    if len(names) < 2:
+        what, kind = ("tag", "tag(s)") if nested else ("label", "class(es)")
+        raise ValueError(f"{what} column {column!r} holds {len(names)} {kind} {names}; HEM needs at least 2.")
+    return names, raw_to_id
+
+
+def _plain_class_values(dataset_dict: DatasetDict, column: str, nested: bool) -> tuple[list[str], dict[Any, int]]:
+    """`class_names_of` for a column of plain values: every value of every split, sorted and numbered."""
     values = set()
     for split in dataset_dict.values():
         column_values = split.with_format("arrow")[column]
@@ -427,28 +418,17 @@ def check_label_shape(dataset, column: str, nested: bool) -> None:
         )
 
 
-def build_text_trainer(
-    model,
-    training_args,
-    tokenizer,
-    data_collator,
-    train_dataset,
-    eval_dataset,
-    do_train: bool,
-    do_eval: bool,
-    callbacks: Sequence | None = None,
-    **trainer_kwargs,
-) -> HEMTrainer:
-    """As `pipelines._common.build_trainer`, with the tokenizer as processing class and a padding collator."""
-    return build_trainer(
-        model,
-        training_args,
-        tokenizer,
-        train_dataset,
-        eval_dataset,
-        do_train,
-        do_eval,
-        callbacks,
-        data_collator=data_collator,
-        **trainer_kwargs,
-    )
+def tokenize_splits(training_args, data_args: TextDataArguments, tokenize: Callable, train_dataset, eval_dataset):
+    """`(train_dataset, eval_dataset)` through `tokenize` (batched, in `--preprocessing_num_workers` processes), every
+    original column dropped, the main process first so the others read its cache."""
+    with training_args.main_process_first(desc="tokenizing the dataset"):
+        return tuple(
+            split.map(
+                tokenize,
+                batched=True,
+                remove_columns=split.column_names,
+                num_proc=data_args.preprocessing_num_workers,
+                desc=f"Tokenizing the {name} split",
+            )
+            for name, split in (("training", train_dataset), ("validation", eval_dataset))
+        )

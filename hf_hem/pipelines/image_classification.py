@@ -17,7 +17,7 @@ pieces that example lacks for HEM experiments:
   checkpoint folder, and on the Hub with `--push_to_hub` ([`~hf_hem.HEMTrainer`] writes and pushes it; this module
   adds the dataset, the metrics to show and the per-class accuracy).
 
-The argument parsing, the run skeleton and the final push are shared with the segmentation pipeline
+The argument parsing, the run skeleton and the final push are shared with the other pipelines
 (`hf_hem.pipelines._common`).
 """
 
@@ -39,38 +39,35 @@ from transformers import (
     ResNetConfig,
     SwinConfig,
     ViTConfig,
-    set_seed,
 )
 
 from ..cards import HEMModelCardCallback
 from ..counting import count_labels
 from ..data import build_classification_transforms, load_digits_dataset
-from ..metrics import (
-    accuracy,
-    balanced_accuracy,
-    expected_calibration_error,
-    per_class_accuracy,
-    rejection_metrics,
-    softmax,
-)
+from ..metrics import rejection_metrics
 from ..trainer.hem_trainer import HEMTrainer
 from ._common import (
     BaseModelArguments,
+    PipelineRun,
     PushToHubError,
     build_model_and_processor,
-    build_trainer,
+    check_data_source,
+    check_integer,
+    check_model_type,
     check_split_arguments,
+    eval_split_name_field,
+    label_maps,
+    logits_array,
+    make_classification_metrics,
     max_train_samples_field,
     parse_pipeline_args,
     peek_dataclass,
+    per_class_accuracy_table,
+    pick_eval_split,
     pipeline_card_kwargs,
-    prepare_training_args,
-    push_or_raise,
-    setup_logging,
-    train_and_save,
+    train_and_validation,
     train_val_split_field,
     truncate,
-    write_run_info,
 )
 
 
@@ -173,13 +170,8 @@ class ModelArguments(BaseModelArguments):
     )
 
     def __post_init__(self):
-        if self.model_name_or_path is None and self.model_type not in SCRATCH_MODEL_TYPES:
-            raise ValueError(
-                f"model_type={self.model_type!r} cannot be built from scratch; expected one of "
-                f"{', '.join(SCRATCH_MODEL_TYPES)} (or give --model_name_or_path)."
-            )
-        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 8:
-            raise ValueError(f"image_size must be an integer >= 8, got {self.image_size!r}.")
+        check_model_type(self, SCRATCH_MODEL_TYPES)
+        check_integer(self, "image_size", 8)
 
 
 @dataclass
@@ -201,10 +193,7 @@ class DataTrainingArguments:
         default=None, metadata={"help": "Image folder with the validation images, one sub-folder per class."}
     )
     train_val_split: float = train_val_split_field()
-    eval_split_name: str | None = field(
-        default=None,
-        metadata={"help": "Split to evaluate on. Default: the first of validation, valid, val, test that exists."},
-    )
+    eval_split_name: str | None = eval_split_name_field(_EVAL_SPLIT_CANDIDATES)
     max_train_samples: int | None = max_train_samples_field()
     max_eval_samples: int | None = field(
         default=None,
@@ -244,12 +233,7 @@ class DataTrainingArguments:
     )
 
     def __post_init__(self):
-        if self.dataset_name is not None and (self.train_dir is not None or self.validation_dir is not None):
-            raise ValueError(
-                f"dataset_name={self.dataset_name!r} and train_dir/validation_dir are exclusive; give one data source."
-            )
-        if self.validation_dir is not None and self.train_dir is None:
-            raise ValueError(f"validation_dir={self.validation_dir!r} needs --train_dir as well.")
+        check_data_source(self, "train_dir", "validation_dir")
         if self.ood_dataset_name is not None and self.ood_dir is not None:
             raise ValueError(
                 f"ood_dataset_name={self.ood_dataset_name!r} and ood_dir={self.ood_dir!r} are exclusive; give one."
@@ -318,16 +302,6 @@ def parse_image_classification_args(argv: Sequence[str] | None = None):
 # Data
 
 
-def _pick_eval_split(dataset_dict, requested: str | None) -> str | None:
-    if requested is not None:
-        if requested not in dataset_dict:
-            raise ValueError(
-                f"eval_split_name={requested!r} is not a split of the dataset; splits: {list(dataset_dict)}."
-            )
-        return requested
-    return next((name for name in _EVAL_SPLIT_CANDIDATES if name in dataset_dict), None)
-
-
 def _load_hub_dataset(name: str, config_name: str | None, model_args: ModelArguments):
     """A Hub dataset (or its cached copy), read with the cache folder and token of the model arguments."""
     return load_dataset(name, config_name, cache_dir=model_args.cache_dir, token=model_args.token)
@@ -373,19 +347,14 @@ def load_image_classification_data(
         name = train_path.parent.name if train_path.name.lower() in ("train", "training") else train_path.name
     if "train" not in loaded:
         raise ValueError(f"the dataset has no 'train' split; splits: {list(loaded)}.")
-    eval_split = _pick_eval_split(loaded, data_args.eval_split_name)
+    eval_split = pick_eval_split(loaded, data_args.eval_split_name, _EVAL_SPLIT_CANDIDATES)
     columns = loaded["train"].column_names
     if label_column is None:
         label_column = next((name for name in ("label", "labels") if name in columns), None)
     for column, flag in ((data_args.image_column_name, "--image_column_name"), (label_column, "--label_column_name")):
         if column is None or column not in columns:
             raise ValueError(f"column {column!r} not found in the training split; columns: {columns}. Set {flag}.")
-    if eval_split is None:
-        stratify = label_column if isinstance(loaded["train"].features[label_column], ClassLabel) else None
-        split = loaded["train"].train_test_split(data_args.train_val_split, seed=seed, stratify_by_column=stratify)
-        splits = DatasetDict({"train": split["train"], "validation": split["test"]})
-        return ImageClassificationData(splits, name, label_column, f"train ({data_args.train_val_split:.0%} held out)")
-    splits = DatasetDict({"train": loaded["train"], "validation": loaded[eval_split]})
+    splits, eval_split = train_and_validation(loaded, eval_split, data_args.train_val_split, seed, label_column)
     return ImageClassificationData(splits, name, label_column, eval_split)
 
 
@@ -581,13 +550,6 @@ class _RelabelledTransform:
         return output
 
 
-def _logits_array(predictions) -> np.ndarray:
-    # Models that also return hidden states give a tuple; the logits come first.
-    if isinstance(predictions, (tuple, list)):
-        predictions = predictions[0]
-    return np.asarray(predictions, dtype=np.float64)
-
-
 def make_compute_metrics(num_labels: int, n_bins: int = 15) -> Callable:
     """`compute_metrics` for the Trainer: accuracy, balanced accuracy and expected calibration error (NumPy only).
 
@@ -598,18 +560,7 @@ def make_compute_metrics(num_labels: int, n_bins: int = 15) -> Callable:
     Returns:
         `Callable[[EvalPrediction], dict[str, float]]`: keys `accuracy`, `balanced_accuracy`, `ece`.
     """
-
-    def compute_metrics(eval_prediction) -> dict[str, float]:
-        logits = _logits_array(eval_prediction.predictions)
-        labels = np.asarray(eval_prediction.label_ids).astype(np.int64)
-        predictions = logits.argmax(axis=-1)
-        return {
-            "accuracy": accuracy(predictions, labels),
-            "balanced_accuracy": balanced_accuracy(predictions, labels, num_classes=num_labels),
-            "ece": expected_calibration_error(softmax(logits), labels, n_bins=n_bins),
-        }
-
-    return compute_metrics
+    return make_classification_metrics(num_labels, n_bins)
 
 
 def _rejection_summary(known_logits: np.ndarray, unknown_logits: np.ndarray, prefix: str) -> dict[str, float]:
@@ -660,9 +611,7 @@ def run_image_classification(
     Raises:
         [`PushToHubError`]: `--push_to_hub` failed; the model is saved locally and the message says where.
     """
-    setup_logging(training_args, logger)
-    do_train, do_eval = prepare_training_args(training_args)
-    set_seed(training_args.seed)
+    run = PipelineRun(model_args, training_args, callbacks, logger)
 
     # ---- data ----
     with training_args.main_process_first(desc="loading the dataset"):
@@ -694,8 +643,7 @@ def run_image_classification(
     if unknown_dataset is not None and len(unknown_dataset) == 0:
         raise ValueError(f"the evaluation split has no image of the unknown classes {unknown_names}.")
 
-    id2label = dict(enumerate(known_names))
-    label2id = {name: index for index, name in id2label.items()}
+    id2label, label2id = label_maps(known_names)
     logger.info(
         "Dataset %s: %d training and %d validation images of %d known classes%s.",
         dataset_name,
@@ -754,31 +702,26 @@ def run_image_classification(
             "class_names": known_names,
         }
 
-    trainer = build_trainer(
+    trainer = run.build_trainer(
         model,
-        training_args,
         image_processor,
         train_dataset,
         eval_dataset,
-        do_train,
-        do_eval,
-        callbacks,
         compute_metrics=make_compute_metrics(len(known_names)),
         card_kwargs=card_kwargs,
-        class_counts=class_counts if do_train else None,
+        class_counts=class_counts if run.do_train else None,
     )
+    run.train(len(train_dataset))
 
-    results: dict[str, float] = train_and_save(trainer, training_args, do_train, len(train_dataset))
-
-    if do_eval:
+    if run.do_eval:
         known = trainer.predict(eval_dataset, metric_key_prefix="eval")
         eval_metrics = dict(known.metrics)
         eval_metrics["eval_samples"] = len(eval_dataset)
-        known_logits = _logits_array(known.predictions)
+        known_logits = logits_array(known.predictions)
         known_labels = np.asarray(known.label_ids).astype(np.int64)
         arrays = {"eval_logits": known_logits, "eval_labels": known_labels}
         if unknown_dataset is not None:
-            unknown_logits = _logits_array(trainer.predict(unknown_dataset, metric_key_prefix="unknown").predictions)
+            unknown_logits = logits_array(trainer.predict(unknown_dataset, metric_key_prefix="unknown").predictions)
             eval_metrics.update(
                 {
                     f"eval_{key}": value
@@ -788,21 +731,14 @@ def run_image_classification(
             eval_metrics["eval_unknown_samples"] = len(unknown_dataset)
             arrays["unknown_logits"] = unknown_logits
         if ood_dataset is not None:
-            ood_logits = _logits_array(trainer.predict(ood_dataset, metric_key_prefix="ood").predictions)
+            ood_logits = logits_array(trainer.predict(ood_dataset, metric_key_prefix="ood").predictions)
             eval_metrics.update(
                 {f"eval_{key}": value for key, value in _rejection_summary(known_logits, ood_logits, "ood").items()}
             )
             eval_metrics["eval_ood_samples"] = len(ood_dataset)
             arrays["ood_logits"] = ood_logits
-        trainer.log(eval_metrics)
-        trainer.log_metrics("eval", eval_metrics)
-        trainer.save_metrics("eval", eval_metrics)
-        results.update(eval_metrics)
-        trainer.card_metrics = eval_metrics
-        accuracies = per_class_accuracy(known_logits.argmax(axis=-1), known_labels, num_classes=len(known_names))
-        card_state["per_class_accuracy"] = {
-            name: float(value) for name, value in zip(known_names, accuracies) if np.isfinite(value)
-        }
+        run.save_eval_metrics(eval_metrics)
+        card_state["per_class_accuracy"] = per_class_accuracy_table(known_logits, known_labels, known_names)
         if trainer.is_world_process_zero() and training_args.output_dir:
             np.savez(
                 os.path.join(training_args.output_dir, "predictions.npz"),
@@ -811,17 +747,10 @@ def run_image_classification(
                 **arrays,
             )
 
-    write_run_info(
-        trainer,
-        training_args,
-        {
-            "dataset_name": dataset_name,
-            "model": model_args.model_name_or_path or f"{model_args.model_type} (from config)",
-            "loss_name": training_args.loss_name,
-            "known_classes": known_names,
-            "unknown_classes": unknown_names,
-            "num_train_samples": len(train_dataset),
-        },
+    return run.finish(
+        dataset_name,
+        model_args.model_type,
+        len(train_dataset),
+        known_classes=known_names,
+        unknown_classes=unknown_names,
     )
-    push_or_raise(trainer, training_args, model_args)
-    return results

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from datasets import Dataset, DatasetDict
-from transformers import AutoModelForSemanticSegmentation, SegformerConfig, set_seed
+from transformers import AutoModelForSemanticSegmentation, SegformerConfig
 
 from ..counting import ClassCounts, resolve_class_counts
 from ..data import (
@@ -58,20 +58,17 @@ from ..losses.registry import needs_class_counts
 from ..metrics import StreamingConfusionMatrix
 from ._common import (
     BaseModelArguments,
+    PipelineRun,
     build_model_and_processor,
-    build_trainer,
+    check_integer,
     check_split_arguments,
     max_train_samples_field,
     parse_pipeline_args,
     peek_dataclass,
     pipeline_card_kwargs,
-    prepare_training_args,
-    push_or_raise,
-    setup_logging,
-    train_and_save,
+    train_and_validation,
     train_val_split_field,
     truncate,
-    write_run_info,
 )
 
 
@@ -168,13 +165,8 @@ class SegmentationModelArguments(BaseModelArguments):
     def __post_init__(self):
         if self.segformer_size not in SEGFORMER_SIZES:
             raise ValueError(f"segformer_size={self.segformer_size!r}; expected one of {', '.join(SEGFORMER_SIZES)}.")
-        if self.image_size is not None and (
-            isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 32
-        ):
-            # SegFormer downsamples by 32 in its last stage (and by 8 again in its first attention layer).
-            raise ValueError(
-                f"image_size must be an integer >= 32 (SegFormer's total stride), got {self.image_size!r}."
-            )
+        # SegFormer downsamples by 32 in its last stage (and by 8 again in its first attention layer).
+        check_integer(self, "image_size", 32, " (SegFormer's total stride)", optional=True)
 
 
 @dataclass
@@ -283,15 +275,11 @@ class SegmentationDataArguments:
         if self.validation_files and not self.data_files:
             raise ValueError(f"validation_files={self.validation_files!r} needs --data_files as well.")
         check_split_arguments(self)
-        if self.num_labels is not None and (
-            isinstance(self.num_labels, bool) or not isinstance(self.num_labels, int) or self.num_labels < 2
-        ):
-            raise ValueError(f"num_labels must be an integer >= 2, got {self.num_labels!r}.")
+        check_integer(self, "num_labels", 2, optional=True)
         low, high = self.scale_range
         if not (0.0 < low <= high):
             raise ValueError(f"need 0 < min_scale <= max_scale, got min_scale={low}, max_scale={high}.")
-        if isinstance(self.num_embedded_images, bool) or self.num_embedded_images < 10:
-            raise ValueError(f"num_embedded_images must be an integer >= 10, got {self.num_embedded_images!r}.")
+        check_integer(self, "num_embedded_images", 10)
 
     @property
     def uses_embedded_dataset(self) -> bool:
@@ -450,13 +438,8 @@ def load_semantic_segmentation_data(
             train_dir=data_args.train_dir, validation_dir=data_args.validation_dir, **common
         )
         name = _local_name(data_args.train_dir)
-    eval_split = "validation"
-    if "validation" not in dataset:
-        held_out = dataset["train"].train_test_split(test_size=data_args.train_val_split, seed=seed)
-        dataset = DatasetDict({"train": held_out["train"], "validation": held_out["test"]})
-        eval_split = f"train ({data_args.train_val_split:.0%} held out)"
-    else:
-        dataset = DatasetDict({"train": dataset["train"], "validation": dataset["validation"]})
+    eval_split = "validation" if "validation" in dataset else None
+    dataset, eval_split = train_and_validation(dataset, eval_split, data_args.train_val_split, seed)
 
     reduce = data_args.do_reduce_labels
     if reduce is None:
@@ -795,9 +778,7 @@ def run_semantic_segmentation(
             mask that cannot be decoded (naming the file), unless `skip_bad_examples`.
         [`~hf_hem.pipelines.PushToHubError`]: `--push_to_hub` failed; the model is saved locally.
     """
-    setup_logging(training_args, logger)
-    do_train, do_eval = prepare_training_args(training_args)
-    set_seed(training_args.seed)
+    run = PipelineRun(model_args, training_args, callbacks, logger)
 
     # ---- data ----
     pixel_counts = None
@@ -861,7 +842,7 @@ def run_semantic_segmentation(
     # ---- margins: pixel counts of the training masks, at their native size, streamed once ----
     counts = None
     if (
-        do_train
+        run.do_train
         and needs_class_counts(training_args.loss_name, training_args.margin)
         and training_args.class_counts is None
     ):
@@ -897,15 +878,11 @@ def run_semantic_segmentation(
             "class_names": class_names,
         }
 
-    trainer = build_trainer(
+    trainer = run.build_trainer(
         model,
-        training_args,
         image_processor,
         train_dataset,
         eval_dataset,
-        do_train,
-        do_eval,
-        callbacks,
         compute_metrics=compute_metrics,
         preprocess_logits_for_metrics=upsample_and_argmax,
         card_kwargs=card_kwargs,
@@ -913,17 +890,12 @@ def run_semantic_segmentation(
         class_counts=None if counts is None else counts.counts,
         num_margin_samples=None if counts is None else counts.num_samples,
     )
+    run.train(len(train_dataset))
 
-    results: dict[str, float] = train_and_save(trainer, training_args, do_train, len(train_dataset))
-
-    if do_eval:
-        eval_metrics = dict(trainer.evaluate(eval_dataset))
-        eval_metrics["eval_samples"] = len(eval_dataset)
-        eval_metrics.update(skipped)
-        trainer.log_metrics("eval", eval_metrics)
-        trainer.save_metrics("eval", eval_metrics)
-        results.update(eval_metrics)
-        trainer.card_metrics = eval_metrics
+    if run.do_eval:
+        run.save_eval_metrics(
+            {**trainer.evaluate(eval_dataset), "eval_samples": len(eval_dataset), **skipped}, logged=True
+        )
         if trainer.is_world_process_zero() and training_args.should_save:
             per_class = {name: None for name in class_names}
             per_class.update(compute_metrics.per_class_iou() or {})
@@ -937,21 +909,14 @@ def run_semantic_segmentation(
                 **pictured,
             )
     elif skipped:
-        results.update(skipped)
+        run.results.update(skipped)
 
-    write_run_info(
-        trainer,
-        training_args,
-        {
-            "dataset_name": dataset_name,
-            "model": model_args.model_name_or_path or f"segformer-{model_args.segformer_size} (from config)",
-            "loss_name": training_args.loss_name,
-            "classes": class_names,
-            "do_reduce_labels": do_reduce_labels,
-            "ignore_index": ignore_index,
-            "image_size": image_size,
-            "num_train_samples": len(train_dataset),
-        },
+    return run.finish(
+        dataset_name,
+        f"segformer-{model_args.segformer_size}",
+        len(train_dataset),
+        classes=class_names,
+        do_reduce_labels=do_reduce_labels,
+        ignore_index=ignore_index,
+        image_size=image_size,
     )
-    push_or_raise(trainer, training_args, model_args)
-    return results

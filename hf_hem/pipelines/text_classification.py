@@ -29,31 +29,32 @@ from typing import Any
 
 import numpy as np
 from datasets import load_dataset
-from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, set_seed
+from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
 
 from ..counting import resolve_class_counts
+from ..data.columns import pick_column
 from ..data.embedded_text import load_embedded_sentiment_dataset
-from ..metrics import accuracy, balanced_accuracy, expected_calibration_error, per_class_accuracy, softmax
 from ._common import (
+    PipelineRun,
     PushToHubError,
+    label_maps,
+    logits_array,
+    make_classification_metrics,
     parse_pipeline_args,
+    per_class_accuracy_table,
     pipeline_card_kwargs,
-    prepare_training_args,
-    push_or_raise,
-    setup_logging,
-    train_and_save,
     truncate,
-    write_run_info,
 )
 from ._text_common import (
+    EMBEDDED_TEXT_TRAINING_DEFAULTS,
     TextDataArguments,
     TextModelArguments,
     build_text_model,
-    build_text_trainer,
     check_label_shape,
     class_names_of,
     load_text_data,
     load_tokenizer,
+    tokenize_splits,
 )
 
 
@@ -72,21 +73,6 @@ __all__ = [
 
 #: Name under which the embedded sentiment data appears in model cards and reports.
 EMBEDDED_TEXT_DATASET_NAME = "hf-hem-synthetic-sentiment"
-
-#: Training defaults for the embedded data and a model from config; anything given on the command line wins.
-EMBEDDED_TEXT_TRAINING_DEFAULTS = {
-    "num_train_epochs": 4.0,
-    "learning_rate": 1e-3,
-    "weight_decay": 0.01,
-    "lr_scheduler_type": "linear",
-    "warmup_steps": 0.1,
-    "per_device_train_batch_size": 32,
-    "per_device_eval_batch_size": 128,
-    "eval_strategy": "epoch",
-    "save_strategy": "no",
-    "logging_steps": 10,
-    "report_to": "none",
-}
 
 # Text columns tried, in order, when --text_column_names is not given (the names GLUE-style datasets use).
 _TEXT_COLUMN_CANDIDATES = (
@@ -168,24 +154,6 @@ def _resolve_text_columns(columns: list[str], requested: list[str] | None) -> li
     )
 
 
-def _macro_f1(predictions: np.ndarray, labels: np.ndarray, num_labels: int) -> float:
-    """Unweighted mean F1 over the classes that occur in the labels or the predictions."""
-    scores = []
-    for label in range(num_labels):
-        true_positive = int(np.sum((predictions == label) & (labels == label)))
-        predicted, actual = int(np.sum(predictions == label)), int(np.sum(labels == label))
-        if predicted == 0 and actual == 0:
-            continue
-        scores.append(2 * true_positive / (predicted + actual))
-    return float(np.mean(scores)) if scores else 0.0
-
-
-def _logits_array(predictions) -> np.ndarray:
-    if isinstance(predictions, (tuple, list)):  # models that also return hidden states
-        predictions = predictions[0]
-    return np.asarray(predictions, dtype=np.float64)
-
-
 def make_text_classification_metrics(num_labels: int, n_bins: int = 15) -> Callable:
     """`compute_metrics` for the Trainer: accuracy, balanced accuracy, macro F1 and expected calibration error.
 
@@ -196,19 +164,7 @@ def make_text_classification_metrics(num_labels: int, n_bins: int = 15) -> Calla
     Returns:
         `Callable[[EvalPrediction], dict[str, float]]`: keys `accuracy`, `balanced_accuracy`, `macro_f1`, `ece`.
     """
-
-    def compute_metrics(eval_prediction) -> dict[str, float]:
-        logits = _logits_array(eval_prediction.predictions)
-        labels = np.asarray(eval_prediction.label_ids).astype(np.int64)
-        predictions = logits.argmax(axis=-1)
-        return {
-            "accuracy": accuracy(predictions, labels),
-            "balanced_accuracy": balanced_accuracy(predictions, labels, num_classes=num_labels),
-            "macro_f1": _macro_f1(predictions, labels, num_labels),
-            "ece": expected_calibration_error(softmax(logits), labels, n_bins=n_bins),
-        }
-
-    return compute_metrics
+    return make_classification_metrics(num_labels, n_bins, with_macro_f1=True)
 
 
 def run_text_classification(
@@ -237,9 +193,7 @@ def run_text_classification(
         [`PushToHubError`]: `--push_to_hub` failed; the model is saved locally and the message says where.
         `ValueError`: missing columns, a label column with a list per row, float (regression) labels.
     """
-    setup_logging(training_args, logger)
-    do_train, do_eval = prepare_training_args(training_args)
-    set_seed(training_args.seed)
+    run = PipelineRun(model_args, training_args, callbacks, logger)
 
     # ---- data ----
     with training_args.main_process_first(desc="loading the dataset"):
@@ -254,20 +208,14 @@ def run_text_classification(
         )
     dataset = data.dataset
     columns = dataset["train"].column_names
-    label_column = training_args.label_column_name or next((c for c in _LABEL_COLUMN_CANDIDATES if c in columns), None)
-    if label_column is None or label_column not in columns:
-        raise ValueError(
-            f"label column {label_column!r} not found in the training split; columns: {columns}. Set "
-            "--label_column_name."
-        )
+    label_column = pick_column(
+        columns, training_args.label_column_name, _LABEL_COLUMN_CANDIDATES, "label", hint="Set --label_column_name."
+    )
     # One label per row, checked before anything is tokenized: a list column belongs to token classification.
     check_label_shape(dataset["train"], label_column, nested=False)
     text_columns = _resolve_text_columns(columns, data_args.text_columns)
     names, raw_to_id = class_names_of(dataset, label_column, nested=False)
-    if len(names) < 2:
-        raise ValueError(f"label column {label_column!r} holds {len(names)} class(es) {names}; HEM needs at least 2.")
-    id2label = dict(enumerate(names))
-    label2id = {name: index for index, name in id2label.items()}
+    id2label, label2id = label_maps(names)
     train_dataset = truncate(dataset["train"], data_args.max_train_samples, training_args.seed)
     eval_dataset = truncate(dataset["validation"], data_args.max_eval_samples, training_args.seed)
     logger.info(
@@ -306,21 +254,11 @@ def run_text_classification(
         encoded["labels"] = [raw_to_id[value] for value in batch[label_column]]
         return encoded
 
-    with training_args.main_process_first(desc="tokenizing the dataset"):
-        train_dataset, eval_dataset = (
-            split.map(
-                tokenize,
-                batched=True,
-                remove_columns=split.column_names,
-                num_proc=data_args.preprocessing_num_workers,
-                desc=f"Tokenizing the {name} split",
-            )
-            for name, split in (("training", train_dataset), ("validation", eval_dataset))
-        )
+    train_dataset, eval_dataset = tokenize_splits(training_args, data_args, tokenize, train_dataset, eval_dataset)
 
     # ---- margins: counted once here, in the ids the model predicts ----
     class_counts = None
-    if do_train and training_args.class_counts is None:
+    if run.do_train and training_args.class_counts is None:
         class_counts = resolve_class_counts("label_column", len(names), dataset=train_dataset, label_column="labels")
         class_counts = class_counts.counts
 
@@ -328,43 +266,35 @@ def run_text_classification(
 
     def card_kwargs(metrics: dict) -> dict:
         kwargs = pipeline_card_kwargs(
-            model_args, data_args, data.name, data.eval_split, "text-classification", metrics, _CARD_METRIC_KEYS
+            model_args,
+            data_args,
+            data.name,
+            data.eval_split,
+            "text-classification",
+            metrics,
+            _CARD_METRIC_KEYS,
+            data.on_hub,
         )
-        kwargs["dataset_on_hub"] = data.on_hub
         return {**kwargs, "per_class_table": card_state["per_class_accuracy"], "class_names": names}
 
-    trainer = build_text_trainer(
+    trainer = run.build_trainer(
         model,
-        training_args,
         tokenizer,
-        None if data_args.pad_to_max_length else DataCollatorWithPadding(tokenizer),
         train_dataset,
         eval_dataset,
-        do_train,
-        do_eval,
-        callbacks,
+        data_collator=None if data_args.pad_to_max_length else DataCollatorWithPadding(tokenizer),
         compute_metrics=make_text_classification_metrics(len(names)),
         card_kwargs=card_kwargs,
         class_counts=class_counts,
     )
+    run.train(len(train_dataset))
 
-    results: dict[str, float] = train_and_save(trainer, training_args, do_train, len(train_dataset))
-
-    if do_eval:
+    if run.do_eval:
         output = trainer.predict(eval_dataset, metric_key_prefix="eval")
-        eval_metrics = dict(output.metrics)
-        eval_metrics["eval_samples"] = len(eval_dataset)
-        trainer.log(eval_metrics)
-        trainer.log_metrics("eval", eval_metrics)
-        trainer.save_metrics("eval", eval_metrics)
-        results.update(eval_metrics)
-        trainer.card_metrics = eval_metrics
-        logits = _logits_array(output.predictions)
+        run.save_eval_metrics({**output.metrics, "eval_samples": len(eval_dataset)})
+        logits = logits_array(output.predictions)
         labels = np.asarray(output.label_ids).astype(np.int64)
-        accuracies = per_class_accuracy(logits.argmax(axis=-1), labels, num_classes=len(names))
-        card_state["per_class_accuracy"] = {
-            name: float(value) for name, value in zip(names, accuracies) if np.isfinite(value)
-        }
+        card_state["per_class_accuracy"] = per_class_accuracy_table(logits, labels, names)
         if trainer.is_world_process_zero() and training_args.output_dir:
             np.savez(
                 os.path.join(training_args.output_dir, "predictions.npz"),
@@ -373,17 +303,4 @@ def run_text_classification(
                 eval_labels=labels,
             )
 
-    write_run_info(
-        trainer,
-        training_args,
-        {
-            "dataset_name": data.name,
-            "model": model_args.model_name_or_path or f"{model_args.model_type} (from config)",
-            "loss_name": training_args.loss_name,
-            "classes": names,
-            "text_columns": text_columns,
-            "num_train_samples": len(train_dataset),
-        },
-    )
-    push_or_raise(trainer, training_args, model_args)
-    return results
+    return run.finish(data.name, model_args.model_type, len(train_dataset), classes=names, text_columns=text_columns)
