@@ -33,3 +33,15 @@ def interpreted_triton(monkeypatch):
     module = importlib.import_module("hf_hem.losses.kernels._triton")
     monkeypatch.setattr(_function, "_triton_module", module)
     return module
+
+
+@pytest.fixture
+def hub_reachable(monkeypatch):
+    """Lets this process's huggingface_hub talk to a loopback Hub. Test modules set `HF_HUB_OFFLINE=1` when they are
+    collected, and huggingface_hub reads it once, at import: whichever test imported it first decides for the whole
+    session, so an in-process Hub test turns the switch off itself (the environment included, for `datasets`)."""
+    import huggingface_hub
+
+    for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)

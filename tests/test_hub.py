@@ -266,7 +266,7 @@ def test_loopback_hub_speaks_the_hub_error_protocol(tmp_path):
     assert (tmp_path / "hub" / "user" / "r" / ".gitattributes").is_file()
 
 
-def test_loopback_hub_serves_dataset_repos(tmp_path):
+def test_loopback_hub_serves_dataset_repos(tmp_path, hub_reachable):
     """The dataset routes that `datasets.load_dataset` and `HfFileSystem` use, through `HfApi` itself (in-process:
     `endpoint=` reaches every call made here); the script tests load real datasets through them."""
     from huggingface_hub import CommitOperationAdd, HfApi
@@ -318,6 +318,28 @@ def test_loopback_hub_serves_dataset_repos(tmp_path):
     assert len(pages) == 2 and "cursor=2" in pages[1]  # the second page came from the Link header
     assert ("HEAD", "/datasets/data/resolve/main/a/part-2.csv", 307) in served
     assert (tmp_path / "hub" / "datasets" / "org" / "data" / "a" / "part-0.csv").read_bytes() == b"x\n0\n"
+
+
+def test_pipelines_load_hub_datasets_under_their_namespaced_ids(tmp_path, monkeypatch, hub_reachable):
+    """`--dataset_name glue` reaches the data as `nyu-mll/glue` (huggingface_hub rejects `hf://` paths without a
+    namespace); namespaced ids and local folders are passed through without asking the Hub, and a name the Hub does
+    not know is left for `load_dataset` to report."""
+    import huggingface_hub
+
+    from hf_hem.pipelines import hub_dataset_id
+
+    with LoopbackHub(tmp_path / "hub") as hub:
+        hub.add_dataset("nyu-mll/glue", {"README.md": b"---\n---\n"}, aliases=("glue",), title="glue")
+        # HfApi() reads the endpoint from the constants when it is built, as a pipeline's call does.
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", hub.endpoint)
+        assert hub_dataset_id("glue", token=DUMMY_TOKEN) == "nyu-mll/glue"
+        assert hub_dataset_id("unknown_name", token=DUMMY_TOKEN) == "unknown_name"
+        asked = len(hub.requests)
+        assert hub_dataset_id("org/data") == "org/data"
+        assert hub_dataset_id(str(tmp_path)) == str(tmp_path)
+        assert len(hub.requests) == asked  # neither asked the Hub
+    assert ("GET", "/api/datasets/glue", 307) in hub.requests
+    assert ("GET", "/api/datasets/unknown_name", 404) in hub.requests
 
 
 # The client half of the end-to-end test. It runs in a fresh interpreter because huggingface_hub reads HF_ENDPOINT at

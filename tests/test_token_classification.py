@@ -424,7 +424,9 @@ _DOWNLOAD = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_conll2003_from_the_loopback_hub_on_two_processes_pushes_a_plain_checkpoint(conll_repo_files, tmp_path):
+def test_conll2003_from_the_loopback_hub_on_two_processes_pushes_a_plain_checkpoint(
+    conll_repo_files, tmp_path, hub_reachable
+):
     """The dataset is uploaded as a user would (`create_repo(repo_type="dataset")` + a commit), then
     `accelerate launch` runs the script on two CPU processes with `--dataset_name eriktks/conll2003`: both ranks
     load it from the Hub, train, and the main one pushes; the pushed repo downloads as a plain checkpoint."""

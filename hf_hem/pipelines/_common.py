@@ -3,7 +3,7 @@ classification).
 
 * the model arguments every pipeline has (checkpoint, config, cache, revision, token, …) as a base dataclass, the
   data arguments they share (`train_val_split`, `eval_split_name`, `max_train_samples`, …) and their checks;
-* the data: the evaluation split, or a seeded share of train held out for it, and dataset truncation;
+* the data: Hub datasets under their namespaced ids, the evaluation split, or a seeded share of train held out for it, and dataset truncation;
 * the model and image processor: a pretrained checkpoint, or a model built from its config;
 * argument parsing: flags, a leading `.yaml`/`.json` config file, `do_train`/`do_eval` on by default, training
   defaults for the embedded offline datasets, and CPU DDP under `accelerate launch` without GPUs;
@@ -382,6 +382,49 @@ def build_model_and_processor(
 
 # --------------------------------------------------------------------------------------------------------------------
 # Data
+
+
+def hub_dataset_id(name: str, token: str | bool | None = None) -> str:
+    """The Hub's own id of a dataset named without a namespace, e.g. `glue` -> `nyu-mll/glue`.
+
+    The Hub redirects the old bare names of the canonical datasets to their organisations, but `datasets` reads the
+    files through `hf://datasets/<namespace>/<name>` paths, which huggingface_hub rejects without a namespace; so
+    the id is asked from the Hub first (its `dataset_info` follows the redirect).
+
+    Args:
+        name (`str`): The `--dataset_name` as given.
+        token (`str` or `bool`, *optional*): The Hub token.
+
+    Returns:
+        `str`: the id the Hub answers with, or `name` itself when it has a namespace, is a local folder, or the Hub
+        cannot say (offline, unknown name): `load_dataset` then reports the problem, or finds the dataset in its
+        cache.
+    """
+    if "/" in name or os.path.isdir(name):
+        return name
+    from huggingface_hub import HfApi
+
+    try:
+        return HfApi(token=token).dataset_info(name).id
+    except Exception as error:  # noqa: BLE001 - best effort: load_dataset gives the authoritative error
+        logger.debug(f"could not resolve dataset {name!r} on the Hub ({type(error).__name__}: {error})")
+        return name
+
+
+def load_hub_dataset(name: str, config_name: str | None, model_args) -> tuple[DatasetDict, str]:
+    """A Hub dataset (or its cached copy) and the id it was loaded under (see [`hub_dataset_id`]).
+
+    Args:
+        name (`str`): `--dataset_name`: a Hub id, a bare canonical name (`glue`), or a local folder in the Hub layout.
+        config_name (`str`, *optional*): `--dataset_config_name`.
+        model_args ([`BaseModelArguments`]): `cache_dir` and `token`.
+
+    Returns:
+        `tuple[DatasetDict, str]`: the splits, and the dataset's id (the namespaced one for a bare name).
+    """
+    dataset_id = hub_dataset_id(name, model_args.token)
+    loaded = datasets.load_dataset(dataset_id, config_name, cache_dir=model_args.cache_dir, token=model_args.token)
+    return loaded, dataset_id
 
 
 def pick_eval_split(dataset_dict, requested: str | None, candidates: Sequence[str]) -> str | None:

@@ -30,6 +30,7 @@ from ._common import (
     check_model_type,
     check_split_arguments,
     eval_split_name_field,
+    load_hub_dataset,
     max_train_samples_field,
     pick_eval_split,
     train_and_validation,
@@ -185,33 +186,6 @@ def _load_files(data_args: TextDataArguments, cache_dir: str | None):
     return load_dataset(builder, data_files=files, cache_dir=cache_dir, **options)
 
 
-def hub_dataset_id(name: str, token: str | bool | None = None) -> str:
-    """The Hub's own id of a dataset named without a namespace, e.g. `glue` -> `nyu-mll/glue`.
-
-    The Hub redirects the old bare names of the canonical datasets to their organisations, but `datasets` reads the
-    files through `hf://datasets/<namespace>/<name>` paths, which huggingface_hub rejects without a namespace; so
-    the id is asked from the Hub first (its `dataset_info` follows the redirect).
-
-    Args:
-        name (`str`): The `--dataset_name` as given.
-        token (`str` or `bool`, *optional*): The Hub token.
-
-    Returns:
-        `str`: the id the Hub answers with, or `name` itself when it has a namespace, is a local folder, or the Hub
-        cannot say (offline, unknown name): `load_dataset` then reports the problem, or finds the dataset in its
-        cache.
-    """
-    if "/" in name or os.path.isdir(name):
-        return name
-    from huggingface_hub import HfApi
-
-    try:
-        return HfApi(token=token).dataset_info(name).id
-    except Exception as error:  # noqa: BLE001 - best effort: load_dataset gives the authoritative error
-        logger.debug(f"could not resolve dataset {name!r} on the Hub ({type(error).__name__}: {error})")
-        return name
-
-
 def load_text_data(
     data_args: TextDataArguments,
     model_args: BaseModelArguments,
@@ -219,7 +193,6 @@ def load_text_data(
     embedded_name: str,
     seed: int = 0,
     stratify_column: str | None = None,
-    load: Callable = load_dataset,
 ) -> TextData:
     """The `train` and `validation` splits of a text run: from the Hub, from files, or embedded.
 
@@ -230,8 +203,6 @@ def load_text_data(
         embedded_name (`str`): Its name in cards and reports.
         seed (`int`, *optional*, defaults to 0): Seed of the embedded data and of the held-out validation share.
         stratify_column (`str`, *optional*): `ClassLabel` column to stratify that share by.
-        load (`Callable`, *optional*): `datasets.load_dataset` (the pipelines pass their module's, which tests
-            replace to serve a Hub dataset from local files).
 
     Returns:
         [`TextData`].
@@ -239,13 +210,7 @@ def load_text_data(
     if data_args.uses_embedded_dataset:
         return TextData(embedded(seed), embedded_name, False, "validation")
     if data_args.dataset_name is not None:
-        dataset_id = hub_dataset_id(data_args.dataset_name, model_args.token)
-        loaded = load(
-            dataset_id,
-            data_args.dataset_config_name,
-            cache_dir=model_args.cache_dir,
-            token=model_args.token,
-        )
+        loaded, dataset_id = load_hub_dataset(data_args.dataset_name, data_args.dataset_config_name, model_args)
         # A local folder in the Hub layout is not a Hub id: name it by its folder, without a Hub link.
         local = os.path.isdir(data_args.dataset_name)
         name = Path(data_args.dataset_name).resolve().name if local else dataset_id

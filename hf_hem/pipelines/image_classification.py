@@ -57,6 +57,7 @@ from ._common import (
     check_split_arguments,
     eval_split_name_field,
     label_maps,
+    load_hub_dataset,
     logits_array,
     make_classification_metrics,
     max_train_samples_field,
@@ -302,11 +303,6 @@ def parse_image_classification_args(argv: Sequence[str] | None = None):
 # Data
 
 
-def _load_hub_dataset(name: str, config_name: str | None, model_args: ModelArguments):
-    """A Hub dataset (or its cached copy), read with the cache folder and token of the model arguments."""
-    return load_dataset(name, config_name, cache_dir=model_args.cache_dir, token=model_args.token)
-
-
 class ImageClassificationData(NamedTuple):
     """What [`load_image_classification_data`] returns."""
 
@@ -335,8 +331,7 @@ def load_image_classification_data(
         digits = load_digits_dataset(image_size=model_args.image_size, seed=seed)
         return ImageClassificationData(digits, EMBEDDED_DATASET_NAME, "label", "validation")
     if data_args.dataset_name is not None:
-        loaded = _load_hub_dataset(data_args.dataset_name, data_args.dataset_config_name, model_args)
-        name = data_args.dataset_name
+        loaded, name = load_hub_dataset(data_args.dataset_name, data_args.dataset_config_name, model_args)
     else:
         data_files = {"train": os.path.join(data_args.train_dir, "**")}
         if data_args.validation_dir is not None:
@@ -410,7 +405,7 @@ def _load_ood_dataset(data_args: DataTrainingArguments, model_args: ModelArgumen
     if data_args.ood_dataset_name is None and data_args.ood_dir is None:
         return None, None
     if data_args.ood_dataset_name is not None:
-        loaded = _load_hub_dataset(data_args.ood_dataset_name, data_args.ood_dataset_config_name, model_args)
+        loaded, _ = load_hub_dataset(data_args.ood_dataset_name, data_args.ood_dataset_config_name, model_args)
     else:
         if not os.path.isdir(data_args.ood_dir):
             raise ValueError(f"ood_dir={data_args.ood_dir!r} is not a folder.")

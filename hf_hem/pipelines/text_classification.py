@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from datasets import load_dataset
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
 
 from ..counting import resolve_class_counts
@@ -204,7 +203,6 @@ def run_text_classification(
             EMBEDDED_TEXT_DATASET_NAME,
             seed=training_args.seed,
             stratify_column=training_args.label_column_name or "label",
-            load=load_dataset,
         )
     dataset = data.dataset
     columns = dataset["train"].column_names

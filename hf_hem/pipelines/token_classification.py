@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from datasets import load_dataset
 from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification
 
 from ..counting import resolve_class_counts
@@ -250,7 +249,6 @@ def run_token_classification(
             lambda seed: load_embedded_ner_dataset(seed=seed),
             EMBEDDED_NER_DATASET_NAME,
             seed=training_args.seed,
-            load=load_dataset,
         )
     dataset = data.dataset
     columns = dataset["train"].column_names
