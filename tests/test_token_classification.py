@@ -29,7 +29,12 @@ except ImportError:
 
 from hf_hem import hem_loss
 from hf_hem.counting import resolve_class_counts
-from hf_hem.data.embedded_text import CONLL_NER_NAMES, build_wordpiece_tokenizer, load_embedded_ner_dataset
+from hf_hem.data.embedded_text import (
+    CONLL_NER_NAMES,
+    SPECIAL_TOKENS,
+    build_wordpiece_tokenizer,
+    load_embedded_ner_dataset,
+)
 from hf_hem.margins import margins_from_counts
 from hf_hem.metrics.token_classification import entity_spans, token_classification_metrics
 from hf_hem.pipelines import token_classification as token_module
@@ -210,14 +215,39 @@ def test_wordpiece_tokenizer_splits_rare_words_and_round_trips(tmp_path):
 
     words = load_embedded_ner_dataset(num_train=64, num_validation=1)["train"]["tokens"]
     tokenizer = build_wordpiece_tokenizer(words, vocab_size=120)
-    encoded = tokenizer(["Krzysztof", "Wojciechowski", "visited", "Paris"], is_split_into_words=True)
+    rare = "Krzysztofowicz"  # not a training word; its letters are
+    assert rare not in tokenizer.get_vocab()
+    encoded = tokenizer([rare, "Wojciechowski", "visited", "Paris"], is_split_into_words=True)
     word_ids = encoded.word_ids()
     assert word_ids[0] is None and word_ids[-1] is None
     assert word_ids.count(0) > 1  # a rare name is split into pieces
+    assert tokenizer.unk_token_id not in encoded["input_ids"]
     tokenizer.save_pretrained(tmp_path)
     reloaded = AutoTokenizer.from_pretrained(tmp_path)
     assert reloaded("Paris", "Berlin")["input_ids"] == tokenizer("Paris", "Berlin")["input_ids"]
     assert reloaded("Paris", "Berlin")["token_type_ids"][-2:] == [1, 1]
+
+
+def test_wordpiece_tokenizer_is_the_same_in_every_process():
+    """A seeded run must repeat: the vocabulary may not depend on a process's hash seeds (the `tokenizers` trainer's
+    tie-breaking did, so three processes gave three vocabularies of the same texts)."""
+    script = (
+        "import hashlib, json\n"
+        "from hf_hem.data.embedded_text import build_wordpiece_tokenizer, load_embedded_ner_dataset\n"
+        "words = load_embedded_ner_dataset(seed=0)['train']['tokens']\n"
+        "for size in (120, 1000):\n"
+        "    vocab = build_wordpiece_tokenizer(words, vocab_size=size).get_vocab()\n"
+        "    print(hashlib.sha256(json.dumps(sorted(vocab.items())).encode()).hexdigest())\n"
+    )
+    env = offline_env()
+    outputs = {
+        subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True).stdout
+        for _ in range(3)
+    }
+    assert len(outputs) == 1, outputs
+    words = load_embedded_ner_dataset(seed=0)["train"]["tokens"]
+    vocab = build_wordpiece_tokenizer(words, vocab_size=120).get_vocab()
+    assert len(vocab) == 120 and [vocab[token] for token in SPECIAL_TOKENS] == list(range(len(SPECIAL_TOKENS)))
 
 
 # ------------------------------------------------------------------------------------------------ HEMTrainer

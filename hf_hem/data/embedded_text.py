@@ -1,8 +1,9 @@
 """Embedded text datasets and a tokenizer built on the spot, so the text pipelines run offline.
 
 Neither dataset nor tokenizer is downloaded: the sentences are generated from small templates with a seeded random
-generator, and the tokenizer is a WordPiece model trained (in well under a second) on the training texts. Both
-datasets use the schema of their Hub counterparts, so the same pipeline code handles them and real data alike:
+generator, and the tokenizer is a WordPiece model whose vocabulary is built from the training texts (in well under a
+second, the same in every process). Both datasets use the schema of their Hub counterparts, so the same pipeline code
+handles them and real data alike:
 
 * [`load_embedded_sentiment_dataset`]: `glue`/`sst2`-style rows `sentence`, `label` (`ClassLabel` negative /
   positive), `idx`;
@@ -15,6 +16,7 @@ saved with the model it loads back with plain `AutoTokenizer`.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -183,21 +185,42 @@ def load_embedded_ner_dataset(num_train: int = 512, num_validation: int = 128, s
     )
 
 
+def _wordpiece_vocabulary(word_counts: Counter[str], vocab_size: int) -> dict[str, int]:
+    """Token -> id: the special tokens, each character as a start and as a `##` continuation, then the most frequent
+    whole words (ties by spelling) while the vocabulary is below `vocab_size`. Sorted throughout, so deterministic."""
+    characters = sorted({character for word in word_counts for character in word})
+    tokens = [*SPECIAL_TOKENS, *characters, *(f"##{character}" for character in characters)]
+    known = set(tokens)
+    for word, _ in sorted(word_counts.items(), key=lambda item: (-item[1], item[0])):
+        if len(tokens) >= vocab_size:
+            break
+        if word not in known:
+            tokens.append(word)
+            known.add(word)
+    return {token: index for index, token in enumerate(tokens)}
+
+
 def build_wordpiece_tokenizer(
     texts: Iterable[str | Sequence[str]],
     vocab_size: int = 1000,
     lowercase: bool = False,
     model_max_length: int = 512,
 ):
-    """A BERT-style WordPiece tokenizer trained on `texts`, as a `transformers` fast tokenizer.
+    """A BERT-style WordPiece tokenizer whose vocabulary is built from `texts`, as a `transformers` fast tokenizer.
 
-    Special tokens are [`SPECIAL_TOKENS`] (`[PAD]` = 0); single texts become `[CLS] a [SEP]` and pairs
-    `[CLS] a [SEP] b [SEP]` with token type ids 0 and 1, as for BERT. Words the vocabulary does not hold whole are
-    split into `##` pieces. Saved with `save_pretrained`, it loads back with plain `AutoTokenizer`.
+    The vocabulary is the special tokens [`SPECIAL_TOKENS`] (`[PAD]` = 0), every character of the texts (as a word
+    start and as a `##` continuation), then whole words by frequency, ties by spelling, up to `vocab_size`; a word
+    the vocabulary does not hold whole is split into the longest pieces it holds. Built this way, the same texts give
+    the same tokenizer in every process: the `tokenizers` WordPiece trainer breaks ties between equally frequent
+    merges in hash order, which differs from process to process, so a seeded run would not repeat. Single texts
+    become `[CLS] a [SEP]` and pairs `[CLS] a [SEP] b [SEP]` with token type ids 0 and 1, as for BERT. Saved with
+    `save_pretrained`, it loads back with plain `AutoTokenizer`.
 
     Args:
         texts (`Iterable[str | Sequence[str]]`): Training texts: strings, or pre-split word lists (CoNLL tokens).
-        vocab_size (`int`, *optional*, defaults to 1000): Largest vocabulary, special tokens included.
+        vocab_size (`int`, *optional*, defaults to 1000): Largest vocabulary, special tokens included; the
+            characters are always kept (a text must stay encodable), so an alphabet larger than this leaves no room
+            for whole words.
         lowercase (`bool`, *optional*, defaults to `False`): Lower-case the text first (keep `False` for NER, where
             capitals are a strong cue).
         model_max_length (`int`, *optional*, defaults to 512): Longest input the model takes.
@@ -205,20 +228,20 @@ def build_wordpiece_tokenizer(
     Returns:
         `transformers.PreTrainedTokenizerFast`.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     vocab_size = _check_int("vocab_size", vocab_size, len(SPECIAL_TOKENS) + 1)
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=False)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False
-    )
-    # Word lists are joined: the pre-tokenizer splits them again at the same places.
-    tokenizer.train_from_iterator(
-        (text if isinstance(text, str) else " ".join(text) for text in texts), trainer=trainer
-    )
+    normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=False)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    word_counts: Counter[str] = Counter()
+    for text in texts:
+        # Word lists are joined: the pre-tokenizer splits them again at the same places.
+        joined = text if isinstance(text, str) else " ".join(text)
+        word_counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(joined)))
+    tokenizer = Tokenizer(models.WordPiece(_wordpiece_vocabulary(word_counts, vocab_size), unk_token="[UNK]"))
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizer
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",

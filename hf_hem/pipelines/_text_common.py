@@ -4,7 +4,7 @@
   `--tokenizer_name`), and the text data arguments (`--dataset_name` or `--train_file`/`--validation_file`,
   `--max_seq_length`, ...);
 * loading the splits from the Hub, from csv/json/parquet files, or from an embedded synthetic dataset;
-* the tokenizer: a pretrained one, or a WordPiece tokenizer trained on the training texts (offline);
+* the tokenizer: a pretrained one, or a WordPiece tokenizer built from the training texts (offline);
 * the model: pretrained, or a small BERT from its config sized for the tokenizer;
 * tokenizing the splits, and the training defaults for the embedded datasets.
 """
@@ -96,7 +96,7 @@ class TextModelArguments(BaseModelArguments):
         default=None,
         metadata={
             "help": "Tokenizer name or path if not the same as --model_name_or_path. Default for a model from its "
-            "config: a WordPiece tokenizer trained on the training texts (offline)."
+            "config: a WordPiece tokenizer built from the training texts (offline)."
         },
     )
     tokenizer_vocab_size: int = field(

@@ -8,7 +8,7 @@ The flags follow transformers' `examples/pytorch/text-classification/run_glue.py
   (`sentence1,sentence2`); without it the usual GLUE names are tried. The label column is `--label_column_name`
   (a `ClassLabel`, integer ids or class names).
 * **Model and tokenizer**: a pretrained checkpoint (`--model_name_or_path`, `--tokenizer_name`), or a small BERT
-  built from its config (`--model_type bert`) with a WordPiece tokenizer trained on the training texts, both saved
+  built from its config (`--model_type bert`) with a WordPiece tokenizer built from the training texts, both saved
   so the result loads with plain `AutoModelForSequenceClassification` + `AutoTokenizer`.
 * **Training**: [`~hf_hem.HEMTrainer`] with any loss of the registry (`--loss_name`); margins from the training
   label counts; metrics without the network (accuracy, balanced accuracy, macro F1, expected calibration error).

@@ -12,7 +12,7 @@ The flags follow transformers' `examples/pytorch/token-classification/run_ner.py
   loss, the margins or the metrics, unless `--label_all_tokens` labels them too (a `B-X` word's later pieces get
   `I-X`). Special tokens always get -100.
 * **Model and tokenizer**: a pretrained checkpoint (`--model_name_or_path`; its tokenizer must be a fast one, for
-  the word ids), or a small BERT from its config with a WordPiece tokenizer trained on the training words.
+  the word ids), or a small BERT from its config with a WordPiece tokenizer built from the training words.
 * **Training**: [`~hf_hem.HEMTrainer`]: every labelled token is one sample of the loss (logits `(N, L, C)`), the
   margins come from the token label counts (`S` = labelled training tokens).
 * **Metrics**: entity-level precision, recall and F1 (CoNLL conventions, [`hf_hem.metrics.token_classification`],
