@@ -20,6 +20,9 @@ from __future__ import annotations
 import importlib.util
 import io
 import os
+import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -55,6 +58,26 @@ def offline_env(**extra) -> dict:
     """The environment of a launched script: offline Hub and datasets, one OpenMP thread, this checkout first."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1", **extra)
     return with_repo_on_pythonpath(env)
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface, for a launch's `--main_process_port`."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch_two_processes(script, workdir) -> None:
+    """Runs `script workdir` on two real CPU ranks (gloo) under `accelerate launch`, offline, with `tests/` on the
+    `PYTHONPATH` (the scripts in `tests/scripts/` import `step_recording`)."""
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(free_port()), str(script), str(workdir),
+    ]  # fmt: skip
+    env = with_repo_on_pythonpath(offline_env(CUDA_VISIBLE_DEVICES=""), tests_dir=True)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"launch failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
 
 
 def script_main(script: Path) -> Callable:

@@ -8,7 +8,6 @@ The runs are tiny (a tiny BERT, 32 sentences, one epoch): they check that the pi
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -21,10 +20,10 @@ from huggingface_hub import CommitOperationAdd, HfApi, ModelCard
 
 
 try:  # tests/ may or may not become a package
-    from .helpers import ACCELERATE_CPU_CONFIG, REPO_ROOT, hem_args, offline_env, script_main
+    from .helpers import ACCELERATE_CPU_CONFIG, REPO_ROOT, hem_args, launch_two_processes, offline_env, script_main
     from .hub_server import DUMMY_TOKEN, LoopbackHub, hub_client_env
 except ImportError:
-    from helpers import ACCELERATE_CPU_CONFIG, REPO_ROOT, hem_args, offline_env, script_main
+    from helpers import ACCELERATE_CPU_CONFIG, REPO_ROOT, hem_args, launch_two_processes, offline_env, script_main
     from hub_server import DUMMY_TOKEN, LoopbackHub, hub_client_env
 
 from hf_hem import hem_loss
@@ -523,12 +522,6 @@ def test_conll2003_from_the_loopback_hub_on_two_processes_pushes_a_plain_checkpo
 
 
 # ------------------------------------------------------------------------------------------------ two processes
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="needs torch.distributed with gloo")
 def test_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path):
@@ -539,14 +532,7 @@ def test_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path):
     dataset = token_batch_dataset(num_rows=8, num_labels=5, seed=3)
     data = {key: torch.tensor(dataset[key]) for key in ("input_ids", "attention_mask", "labels")}
     torch.save(data, tmp_path / "data.pt")
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()), str(DDP_SCRIPT), str(tmp_path),
-    ]  # fmt: skip
-    env = offline_env(CUDA_VISIBLE_DEVICES="")
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, completed.stderr[-4000:]
+    launch_two_processes(DDP_SCRIPT, tmp_path)
 
     counts = np.bincount(data["labels"][data["labels"] != -100].numpy(), minlength=5)
     for case, loss_name in (("hem", "hem"), ("hem_plus", "hem+"), ("ce", "ce")):

@@ -32,8 +32,10 @@ from hf_hem.trainer import HEMConfig, HEMTrainer, hem_loss_func  # noqa: E402
 
 try:  # tests/ may or may not become a package
     from .helpers import NUM_CLASSES, image_dataset, segmentation_dataset, tiny_resnet, tiny_segformer, tiny_vit
+    from .step_recording import GradientRecorder
 except ImportError:
     from helpers import NUM_CLASSES, image_dataset, segmentation_dataset, tiny_resnet, tiny_segformer, tiny_vit
+    from step_recording import GradientRecorder
 
 # Tiny models: one intra-op thread is faster, and far steadier when other jobs share the cores.
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -71,16 +73,6 @@ def exact_step_args(tmp_path, **overrides):
     }
     settings.update(overrides)
     return make_args(tmp_path, **settings)
-
-
-class GradientRecorder(TrainerCallback):
-    """Copies every parameter's gradient just before the optimizer step (after accumulation and any all-reduce)."""
-
-    def __init__(self):
-        self.gradients = []
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        self.gradients.append({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
 
 
 class RecordingHEMTrainer(HEMTrainer):
@@ -259,7 +251,7 @@ def test_gradient_accumulation_equals_the_concatenated_batch(tmp_path, loss_name
     expected = criterion(reference(pixel_values=pixels).logits, labels)
     expected.backward()
     for name, parameter in reference.named_parameters():
-        torch.testing.assert_close(recorder.gradients[0][name], parameter.grad, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(recorder.steps[0][name], parameter.grad, rtol=1e-5, atol=1e-6)
     # The logged loss is the optimised loss.
     assert trainer.state.log_history[0]["loss"] == pytest.approx(expected.item(), rel=1e-6)
 
@@ -283,7 +275,7 @@ def test_hem_loss_func_with_stock_trainer_matches_hem_trainer(tmp_path):
                 compute_loss_func=hem_loss_func("hem", margin=1.0),
             )
         trainer.train()
-        gradients[kind] = (recorder.gradients[0], trainer.state.log_history[0]["loss"])
+        gradients[kind] = (recorder.steps[0], trainer.state.log_history[0]["loss"])
     for name, gradient in gradients["hem_trainer"][0].items():
         torch.testing.assert_close(gradients["stock"][0][name], gradient, rtol=1e-5, atol=1e-6)
     assert gradients["stock"][1] == pytest.approx(gradients["hem_trainer"][1], rel=1e-6)

@@ -5,9 +5,6 @@
 """
 
 import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +15,12 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from transformers import ViTConfig, ViTForImageClassification  # noqa: E402
+
+
+try:  # tests/ may or may not become a package
+    from .helpers import launch_two_processes
+except ImportError:
+    from helpers import launch_two_processes
 
 from hf_hem.losses import cross_entropy_loss, hem_loss  # noqa: E402
 from hf_hem.margins import margins_from_counts  # noqa: E402
@@ -33,12 +36,6 @@ pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
     reason="needs torch.distributed with gloo",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def tiny_vit() -> ViTForImageClassification:
@@ -78,24 +75,6 @@ def reference_gradients(model, pixel_values, labels, loss_name):
         loss = hem_loss(logits, labels, margins if loss_name == "hem_plus" else float(margins[0]))
     loss.backward()
     return {n: p.grad.detach().clone() for n, p in model.named_parameters()}, float(loss.detach()), margins
-
-
-def launch_two_processes(script, workdir) -> None:
-    """Runs `script workdir` on two real CPU ranks (gloo) under `accelerate launch`, offline."""
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(free_port()), str(script), str(workdir),
-    ]  # fmt: skip
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-        "CUDA_VISIBLE_DEVICES": "",
-        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, f"launch failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
 
 
 def test_two_processes_match_one_process_on_the_concatenated_batch(tmp_path):

@@ -15,7 +15,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import datasets  # noqa: E402
-from transformers import ResNetConfig, ResNetForImageClassification, TrainerCallback  # noqa: E402
+from transformers import ResNetConfig, ResNetForImageClassification  # noqa: E402
 
 from hf_hem.losses import cross_entropy_loss, hem_loss  # noqa: E402
 from hf_hem.margins import margins_from_counts  # noqa: E402
@@ -23,10 +23,12 @@ from hf_hem.trainer import HEMConfig, HEMTrainer  # noqa: E402
 from hf_hem.trainer.sample_skipping import StaleZeroLossTracker, skip_pays  # noqa: E402
 
 
-try:
+try:  # tests/ may or may not become a package
     from .helpers import tiny_vit
+    from .step_recording import GradientRecorder, SequentialHEMTrainer, one_sgd_step_settings
 except ImportError:
     from helpers import tiny_vit
+    from step_recording import GradientRecorder, SequentialHEMTrainer, one_sgd_step_settings
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -56,42 +58,17 @@ def satisfied_vit():
     return model
 
 
-class GradientRecorder(TrainerCallback):
-    def __init__(self):
-        self.gradients = None
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        self.gradients = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
-class SequentialHEMTrainer(HEMTrainer):
-    """Batches in dataset order, so the violating samples land where the test puts them."""
-
-    def _get_train_sampler(self, train_dataset=None):
-        return torch.utils.data.SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
-
-
 def one_step(tmp_path, model, dataset, loss_name, batch_size, accumulation, **config):
     recorder = GradientRecorder()
     args = HEMConfig(
-        output_dir=str(tmp_path / f"{loss_name}-{batch_size}-{accumulation}"),
-        use_cpu=True,
-        report_to="none",
-        disable_tqdm=True,
-        save_strategy="no",
-        optim="sgd",
-        learning_rate=0.1,
-        max_grad_norm=0.0,
-        weight_decay=0.0,
-        lr_scheduler_type="constant",
-        max_steps=1,
-        logging_steps=1,
-        per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=accumulation,
-        loss_name=loss_name,
-        margin_scale=MARGIN_SCALE,
-        seed=0,
-        **config,
+        **one_sgd_step_settings(
+            tmp_path / f"{loss_name}-{batch_size}-{accumulation}",
+            per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation,
+            loss_name=loss_name,
+            margin_scale=MARGIN_SCALE,
+            **config,
+        )
     )
     trainer = SequentialHEMTrainer(model=model, args=args, train_dataset=dataset, callbacks=[recorder])
     trainer.train()

@@ -16,38 +16,20 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import datasets  # noqa: E402
-from transformers import TrainerCallback, ViTConfig, ViTForImageClassification  # noqa: E402
-from transformers.data.data_collator import default_data_collator  # noqa: E402
+from step_recording import (  # noqa: E402
+    GradientRecorder,
+    RecordingCollator,
+    SequentialHEMTrainer,
+    one_sgd_step_settings,
+)
+from transformers import ViTConfig, ViTForImageClassification  # noqa: E402
 
-from hf_hem.trainer import HEMConfig, HEMTrainer  # noqa: E402
+from hf_hem.trainer import HEMConfig  # noqa: E402
 
 
 # (case, loss, skip_zero_loss)
 CASES = [("hem", "hem", "off"), ("hem_plus", "hem+", "off"), ("ce", "ce", "off"), ("hem_exact", "hem", "exact")]
 MARGIN_SCALE = 4.0
-
-
-class GradientRecorder(TrainerCallback):
-    def __init__(self):
-        self.gradients = None
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        self.gradients = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
-class RecordingCollator:
-    def __init__(self):
-        self.labels = []
-
-    def __call__(self, features):
-        batch = default_data_collator(features)
-        self.labels.append(batch["labels"].clone())
-        return batch
-
-
-class SequentialHEMTrainer(HEMTrainer):
-    def _get_train_sampler(self, train_dataset=None):
-        return torch.utils.data.SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
 
 
 def main(workdir: str) -> None:
@@ -63,25 +45,15 @@ def main(workdir: str) -> None:
         model.load_state_dict(weights)
         recorder, collator = GradientRecorder(), RecordingCollator()
         args = HEMConfig(
-            output_dir=os.path.join(workdir, "out"),
-            use_cpu=True,
-            report_to="none",
-            disable_tqdm=True,
-            save_strategy="no",
-            optim="sgd",
-            learning_rate=0.1,
-            max_grad_norm=0.0,
-            weight_decay=0.0,
-            lr_scheduler_type="constant",
-            max_steps=1,
-            logging_steps=1,
-            per_device_train_batch_size=16,
-            gradient_accumulation_steps=2,
-            loss_name=loss_name,
-            margin_scale=MARGIN_SCALE,
-            skip_zero_loss=skip,
-            skip_backward_ratio=1e6,  # select from the first micro-batch on
-            seed=0,
+            **one_sgd_step_settings(
+                os.path.join(workdir, "out"),
+                per_device_train_batch_size=16,
+                gradient_accumulation_steps=2,
+                loss_name=loss_name,
+                margin_scale=MARGIN_SCALE,
+                skip_zero_loss=skip,
+                skip_backward_ratio=1e6,  # select from the first micro-batch on
+            )
         )
         trainer = SequentialHEMTrainer(
             model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=[recorder]

@@ -20,8 +20,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import datasets  # noqa: E402
-from transformers import Trainer, TrainerCallback, TrainingArguments, ViTConfig, ViTForImageClassification  # noqa: E402
-from transformers.data.data_collator import default_data_collator  # noqa: E402
+from step_recording import GradientRecorder, RecordingCollator, one_sgd_step_settings  # noqa: E402
+from transformers import Trainer, TrainingArguments, ViTConfig, ViTForImageClassification  # noqa: E402
 
 from hf_hem.trainer import HEMConfig, HEMTrainer, hem_loss_func  # noqa: E402
 
@@ -37,24 +37,6 @@ MARGIN_SCALE = 4.0
 STOCK_MARGIN = 0.6
 
 
-class GradientRecorder(TrainerCallback):
-    def __init__(self):
-        self.gradients = None
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        self.gradients = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
-class RecordingCollator:
-    def __init__(self):
-        self.labels = []
-
-    def __call__(self, features):
-        batch = default_data_collator(features)
-        self.labels.append(batch["labels"].clone())
-        return batch
-
-
 def main(workdir: str) -> None:
     torch.set_num_threads(1)
     data = torch.load(os.path.join(workdir, "data.pt"))
@@ -65,22 +47,7 @@ def main(workdir: str) -> None:
     weights = torch.load(os.path.join(workdir, "weights.pt"))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     per_device = len(dataset) // world_size
-    common = {
-        "output_dir": os.path.join(workdir, "out"),
-        "use_cpu": True,
-        "report_to": "none",
-        "disable_tqdm": True,
-        "save_strategy": "no",
-        "optim": "sgd",
-        "learning_rate": 0.1,
-        "max_grad_norm": 0.0,
-        "weight_decay": 0.0,
-        "lr_scheduler_type": "constant",
-        "max_steps": 1,
-        "logging_steps": 1,
-        "per_device_train_batch_size": per_device,
-        "seed": 0,
-    }
+    common = one_sgd_step_settings(os.path.join(workdir, "out"), per_device_train_batch_size=per_device)
     for name, kind, loss_name in CASES:
         model = ViTForImageClassification(config)
         model.load_state_dict(weights)

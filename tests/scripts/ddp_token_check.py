@@ -20,32 +20,14 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import datasets  # noqa: E402
-from transformers import BertConfig, BertForTokenClassification, TrainerCallback  # noqa: E402
-from transformers.data.data_collator import default_data_collator  # noqa: E402
+from step_recording import GradientRecorder, RecordingCollator, one_sgd_step_settings  # noqa: E402
+from transformers import BertConfig, BertForTokenClassification  # noqa: E402
 
 from hf_hem.trainer import HEMConfig, HEMTrainer  # noqa: E402
 
 
 CASES = [("hem", "hem"), ("hem_plus", "hem+"), ("ce", "ce")]
 MARGIN_SCALE = 4.0
-
-
-class GradientRecorder(TrainerCallback):
-    def __init__(self):
-        self.gradients = None
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        self.gradients = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
-class RecordingCollator:
-    def __init__(self):
-        self.labels = []
-
-    def __call__(self, features):
-        batch = default_data_collator(features)
-        self.labels.append(batch["labels"].clone())
-        return batch
 
 
 def main(workdir: str) -> None:
@@ -60,22 +42,12 @@ def main(workdir: str) -> None:
         model.load_state_dict(weights)
         recorder, collator = GradientRecorder(), RecordingCollator()
         args = HEMConfig(
-            output_dir=os.path.join(workdir, "out"),
-            loss_name=loss_name,
-            margin_scale=MARGIN_SCALE,
-            use_cpu=True,
-            report_to="none",
-            disable_tqdm=True,
-            save_strategy="no",
-            optim="sgd",
-            learning_rate=0.1,
-            max_grad_norm=0.0,
-            weight_decay=0.0,
-            lr_scheduler_type="constant",
-            max_steps=1,
-            logging_steps=1,
-            per_device_train_batch_size=len(dataset) // world_size,
-            seed=0,
+            **one_sgd_step_settings(
+                os.path.join(workdir, "out"),
+                loss_name=loss_name,
+                margin_scale=MARGIN_SCALE,
+                per_device_train_batch_size=len(dataset) // world_size,
+            )
         )
         trainer = HEMTrainer(
             model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=[recorder]
