@@ -22,22 +22,10 @@ import tempfile
 
 import torch
 from loss_bench import MIB, CpuPeakMemory, cpu_name
+from train_step_bench import segformer_b2
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def segformer_b2(num_labels: int = 150):
-    from transformers import SegformerConfig, SegformerForSemanticSegmentation
-
-    config = SegformerConfig(
-        depths=[3, 4, 6, 3],
-        hidden_sizes=[64, 128, 320, 512],
-        num_attention_heads=[1, 2, 5, 8],
-        decoder_hidden_size=768,
-        num_labels=num_labels,
-    )
-    return SegformerForSemanticSegmentation(config)
 
 
 def main() -> None:
