@@ -11,6 +11,7 @@ a quick start that loads the checkpoint with plain `AutoModelFor...` classes, fr
 and `push_to_hub` with the same keyword arguments.
 """
 
+import functools
 import importlib.metadata
 import importlib.resources
 import logging
@@ -51,7 +52,7 @@ class _TaskInfo:
     pipeline_tag: str  # Hub pipeline tag, also the model-index task type
     task_name: str  # human-readable task, used in prose and as model-index task name
     auto_model_class: str  # class the quick start loads the checkpoint with
-    kind: str  # "classification", "segmentation", "text-classification" or "token-classification": the quick start
+    kind: str  # which quick start the card shows: "classification", "segmentation" or the text/audio task's tag
 
 
 _TASKS = {
@@ -66,6 +67,12 @@ _TASKS = {
     ),
     "token-classification": _TaskInfo(
         "token-classification", "token classification", "AutoModelForTokenClassification", "token-classification"
+    ),
+    "multiple-choice": _TaskInfo(
+        "multiple-choice", "multiple choice", "AutoModelForMultipleChoice", "multiple-choice"
+    ),
+    "audio-classification": _TaskInfo(
+        "audio-classification", "audio classification", "AutoModelForAudioClassification", "audio-classification"
     ),
 }
 # The Hub has no "semantic-segmentation" pipeline tag; semantic segmentation models use "image-segmentation".
@@ -113,6 +120,20 @@ _METRICS = {
     "fpr95_mls": ("fpr_at_95_tpr", "Unknown-class rejection FPR at 95% TPR (MLS)"),
     "ece": ("ece", "Expected calibration error"),
 }
+# Where a task names a metric differently: token classification's accuracy counts tokens, not pixels; `seqeval`'s
+# `overall_*` scores (as `run_ner.py` with `--return_entity_level_metrics` logs them) are the entity-level ones.
+_TASK_METRICS = {
+    "token-classification": {
+        "accuracy": ("accuracy", "Token accuracy"),
+        "overall_accuracy": ("accuracy", "Token accuracy"),
+        "overall_precision": ("precision", "Precision"),
+        "overall_recall": ("recall", "Recall"),
+        "overall_f1": ("f1", "F1"),
+    },
+}
+# Per-entity-type scores of token classification (`seqeval`'s `<TYPE>_precision`, ..., `<TYPE>_number`).
+_ENTITY_METRIC = re.compile(r"(?P<entity>.+)_(?P<score>precision|recall|f1|number)")
+_ENTITY_SCORE_NAMES = {"precision": "Precision", "recall": "Recall", "f1": "F1", "number": "entities"}
 # Trainer bookkeeping that `Trainer.evaluate()` mixes into its metrics dict; not model quality.
 _BOOKKEEPING_METRICS = {"runtime", "samples_per_second", "steps_per_second", "epoch", "step", "total_flos"}
 # Losses differ between runs by construction (HEM vs CE), so the loss is shown but never indexed on the Hub.
@@ -276,7 +297,22 @@ def _loss_setting_rows(
     return rows, summaries
 
 
-def _metric_rows(metrics: Mapping[str, Any] | None, loss_display: str) -> list[dict]:
+def _metric_type_and_name(key: str, task: str) -> tuple[str, str, bool]:
+    """`(model-index type, display name, indexed)` of a metric key (prefix dropped) for a card task."""
+    task_metrics = _TASK_METRICS.get(task, {})
+    if key in task_metrics:
+        return (*task_metrics[key], True)
+    if key in _METRICS:
+        return (*_METRICS[key], True)
+    entity = _ENTITY_METRIC.fullmatch(key) if task == "token-classification" else None
+    if entity is not None:
+        score = entity["score"]
+        # `<TYPE>_number` counts the reference entities of a type: shown, but a count is no score to index.
+        return score, f"{entity['entity']} {_ENTITY_SCORE_NAMES[score]}", score != "number"
+    return key, key.replace("_", " ").capitalize(), True
+
+
+def _metric_rows(metrics: Mapping[str, Any] | None, loss_display: str, task: str = "") -> list[dict]:
     """Normalise Trainer-style metrics (`eval_accuracy`, `eval_runtime`, ...) into typed rows."""
     if metrics is None:
         return []
@@ -295,9 +331,9 @@ def _metric_rows(metrics: Mapping[str, Any] | None, loss_display: str) -> list[d
         if key in seen:
             raise ValueError(f"Metric {key!r} is given twice (as {seen[key]!r} and {raw_key!r}); expected it once.")
         seen[key] = raw_key
-        metric_type, name = _METRICS.get(key, (key, key.replace("_", " ").capitalize()))
+        metric_type, name, indexed = _metric_type_and_name(key, task)
         if key == _LOSS_METRIC:
-            metric_type, name = "loss", f"Evaluation loss ({loss_display})"
+            metric_type, name, indexed = "loss", f"Evaluation loss ({loss_display})", False
         # 6 significant digits: float32 metrics would otherwise show as 0.8999999761581421 on the Hub.
         value = float(f"{float(value):.6g}")
         rows.append(
@@ -307,7 +343,7 @@ def _metric_rows(metrics: Mapping[str, Any] | None, loss_display: str) -> list[d
                 "name": name,
                 "number": value,
                 "value": _format_number(value, style="metric"),
-                "indexed": key != _LOSS_METRIC and math.isfinite(value),
+                "indexed": indexed and math.isfinite(value),
             }
         )
     return rows
@@ -430,7 +466,7 @@ def generate_model_card(
         raise ValueError(f"`dataset_name` must be a non-empty string or None, got {dataset_name!r}.")
     _, loss_info = _normalize_loss_name(loss_name)
 
-    metric_rows = _metric_rows(metrics, loss_info.display)
+    metric_rows = _metric_rows(metrics, loss_info.display, task_key)
     loss_rows, per_class_settings = _loss_setting_rows(loss_settings, class_names)
     per_class_rows = []
     if per_class_table is not None:
@@ -578,24 +614,78 @@ def training_summary_from_args(args: Any) -> dict[str, Any]:
 
 # ---- what a trainer knows for its card, and the callback that writes it while training runs ----
 
-# Model classes the HEM card can describe, by class-name suffix -> card task (the Hub pipeline tag).
-# `ForSequenceClassification` is not listed: audio classifiers (`Wav2Vec2ForSequenceClassification`, ...) end in it
-# too, and would get a text card; the text pipeline names its task in `card_kwargs`.
+# The heads the HEM card describes, as transformers' auto classes list them: `MODEL_FOR_<name>_MAPPING_NAMES`
+# (model type -> head class name) -> card task (the Hub pipeline tag). Audio classifiers come before sequence
+# classification in this order, though no class is in both lists: `Wav2Vec2ForSequenceClassification` is an audio head.
+CARD_TASK_MAPPINGS = (
+    ("SEMANTIC_SEGMENTATION", "image-segmentation"),
+    ("IMAGE_CLASSIFICATION", "image-classification"),
+    ("AUDIO_CLASSIFICATION", "audio-classification"),
+    ("SEQUENCE_CLASSIFICATION", "text-classification"),
+    ("TOKEN_CLASSIFICATION", "token-classification"),
+    ("MULTIPLE_CHOICE", "multiple-choice"),
+)
+# Heads outside those lists (custom models) by class-name suffix; `ForSequenceClassification` is not one, as it
+# names text and audio heads alike.
 CARD_TASKS = (
     ("ForSemanticSegmentation", "image-segmentation"),
     ("ForImageClassification", "image-classification"),
+    ("ForAudioClassification", "audio-classification"),
     ("ForTokenClassification", "token-classification"),
+    ("ForMultipleChoice", "multiple-choice"),
 )
 CARD_TASK_TAGS = {
     "image-classification": ["image-classification", "vision"],
     "image-segmentation": ["image-segmentation", "vision"],
     "text-classification": ["text-classification", "nlp"],
     "token-classification": ["token-classification", "nlp"],
+    "multiple-choice": ["multiple-choice", "nlp"],
+    "audio-classification": ["audio-classification", "audio"],
 }
 
 
+@functools.cache
+def _card_task_by_class_name() -> dict[str, str]:
+    """Head class name -> card task, from transformers' auto-model lists (read once; they are static)."""
+    from transformers.models.auto import modeling_auto
+
+    tasks: dict[str, str] = {}
+    for mapping_name, task in CARD_TASK_MAPPINGS:
+        for class_names in getattr(modeling_auto, f"MODEL_FOR_{mapping_name}_MAPPING_NAMES", {}).values():
+            # A model type may list several heads, e.g. DeiT's classifier with and without the teacher.
+            for class_name in (class_names,) if isinstance(class_names, str) else class_names:
+                tasks.setdefault(class_name, task)
+    return tasks
+
+
 def card_task_for_model(model) -> str | None:
-    """The card task (Hub pipeline tag) of a model, from its class name; `None` for models the card cannot describe."""
+    """The card task (Hub pipeline tag) of a model; `None` for models the card cannot describe.
+
+    The head is looked up in transformers' auto-model lists (`MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES`, ...):
+    by the model's class and its base classes (a subclass of `BertForTokenClassification` is a token classifier),
+    then by the class names saved in `config.architectures`; a PEFT model is looked up through its base model.
+    Heads outside those lists are recognised by class-name suffix (`ForTokenClassification`, ...).
+
+    Example:
+
+    ```python
+    >>> from transformers import Wav2Vec2Config, Wav2Vec2ForSequenceClassification
+    >>> card_task_for_model(Wav2Vec2ForSequenceClassification(Wav2Vec2Config()))
+    'audio-classification'
+    ```
+    """
+    if model is None:
+        return None
+    get_base_model = getattr(model, "get_base_model", None)  # peft.PeftModel: the task is its base model's
+    if callable(get_base_model) and get_base_model() is not model:
+        return card_task_for_model(get_base_model())
+    by_class_name = _card_task_by_class_name()
+    config = getattr(model, "config", None)
+    class_names = [cls.__name__ for cls in type(model).__mro__]
+    class_names += list(getattr(config, "architectures", None) or [])
+    for name in class_names:
+        if name in by_class_name:
+            return by_class_name[name]
     name = type(model).__name__
     return next((task for suffix, task in CARD_TASKS if name.endswith(suffix)), None)
 

@@ -338,7 +338,7 @@ def test_bad_arguments_are_rejected(capsys):
 
 # ------------------------------------------------------------------------------------------------ trainer and cards
 def test_hem_trainer_writes_the_hem_card_for_segmenters_and_keeps_the_token_out_of_its_args(tmp_path, monkeypatch):
-    from transformers import BertConfig, BertForSequenceClassification
+    from transformers import BertConfig, BertForMaskedLM
 
     monkeypatch.setenv("HF_TOKEN", "restored-after-the-test")
     args = hem_args(tmp_path / "segformer", margin=0.5, hub_token="hf_secret")
@@ -351,8 +351,8 @@ def test_hem_trainer_writes_the_hem_card_for_segmenters_and_keeps_the_token_out_
     assert [(r.metric_type, r.metric_value) for r in card.data.eval_results] == [("mean_iou", 0.25)]
     assert "Margin μ" in card.text
 
-    # A model the HEM card cannot describe gets the stock card.
-    bert = BertForSequenceClassification(
+    # A model the HEM card cannot describe (no classification head) gets the stock card.
+    bert = BertForMaskedLM(
         BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8)
     )
     other = HEMTrainer(model=bert, args=hem_args(tmp_path / "bert", margin=0.5))

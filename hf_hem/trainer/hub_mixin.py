@@ -36,25 +36,31 @@ class HEMCardHubMixin:
     to disk; push with `push_to_hub`.
     """
 
-    def model_card_kwargs(self, metrics: dict[str, float] | None = None) -> dict[str, Any] | None:
+    def model_card_kwargs(
+        self, metrics: dict[str, float] | None = None, task: str | None = None
+    ) -> dict[str, Any] | None:
         """The keyword arguments of [`hf_hem.cards.write_model_card`] for this run's card, or `None` for no HEM card.
 
         The trainer fills in what it knows: the model name (from `hub_model_id` or the output folder), the base
-        model (`config._name_or_path` when it is a Hub id), the task (from the model class: image classification or
-        semantic segmentation), the loss and its margins, class names (`config.id2label`), the training
-        hyper-parameters, and the card-worthy `eval_*` metrics. `card_kwargs` (see [`HEMTrainer`]) override these.
+        model (`config._name_or_path` when it is a Hub id), the task (from the model's head, see
+        [`hf_hem.cards.card_task_for_model`]: image classification, semantic segmentation, text (sequence), token
+        and audio classification, multiple choice), the loss and its margins, class names (`config.id2label`), the
+        training hyper-parameters, and the card-worthy `eval_*` metrics. `card_kwargs` (see [`HEMTrainer`]) override
+        these.
 
         Args:
             metrics (`dict[str, float]`, *optional*): Evaluation metrics (`eval_*` keys) for the card.
+            task (`str`, *optional*): The card task when neither `card_kwargs` nor the model's head names one (e.g.
+                the `tasks` a script passes to `create_model_card`).
 
         Returns:
-            `dict` or `None`: `None` when the task is neither known nor given in `card_kwargs`.
+            `dict` or `None`: `None` when the task is neither known nor given.
         """
         metrics = dict(metrics or {})
         extra = self.card_kwargs(metrics) if callable(self.card_kwargs) else dict(self.card_kwargs or {})
         extra = dict(extra or {})
         model = self.accelerator.unwrap_model(self.model) if self.model is not None else None
-        task = extra.get("task") or card_task_for_model(model)
+        task = extra.get("task") or card_task_for_model(model) or task
         if task is None:
             return None
         args = self.args
@@ -63,6 +69,13 @@ class HEMCardHubMixin:
         config = getattr(model, "config", None)
         id2label = getattr(config, "id2label", None) or {}
         setup = self._loss_setup  # not the trainer's properties: a card must not start a counting pass
+        class_names = [str(id2label[index]) for index in sorted(id2label)] if id2label else None
+        # A multiple-choice head's classes are the choice positions, which `id2label` (LABEL_0, LABEL_1 by default)
+        # does not name; any other mismatch with the margins would label them wrongly too.
+        if task == "multiple-choice" or (
+            class_names is not None and setup.margins is not None and len(class_names) != len(setup.margins)
+        ):
+            class_names = None
         kwargs = {
             "model_name": model_name,
             "base_model": hub_reference(getattr(config, "_name_or_path", None)),
@@ -77,7 +90,7 @@ class HEMCardHubMixin:
                 options=args,
             ),
             "metrics": card_worthy_metrics(metrics),
-            "class_names": [str(id2label[index]) for index in sorted(id2label)] if id2label else None,
+            "class_names": class_names,
             "tags": list(CARD_TASK_TAGS.get(task, [])),
             "training_summary": training_summary_from_args(args),
         }
@@ -98,14 +111,18 @@ class HEMCardHubMixin:
     ) -> None:
         """Writes the HEM card to `output_dir/README.md` (the stock card for models the HEM card cannot describe).
 
-        Called by `push_to_hub`. The metrics are `card_metrics` when set (the pipelines set the final evaluation),
+        Every classification head gets the HEM card (image, text, token and audio classification, multiple choice,
+        semantic segmentation); other models (e.g. a masked language model) get the stock card. Called by
+        `push_to_hub`. The metrics are `card_metrics` when set (the pipelines set the final evaluation),
         else the latest evaluation in the log history. The stock arguments `license`, `tags` (added to the HEM tags),
         `model_name`, `finetuned_from` and `dataset` are honoured; the others only apply to the stock card.
         """
         if not self.is_world_process_zero():
             return
         metrics = self.card_metrics if self.card_metrics is not None else latest_eval_metrics(self.state.log_history)
-        kwargs = self.model_card_kwargs(metrics)
+        # transformers' example scripts name the task (`tasks="text-classification"`): used when the head does not.
+        task_names = [tasks] if isinstance(tasks, str) else list(tasks or [])
+        kwargs = self.model_card_kwargs(metrics, task=next((t for t in task_names if t in CARD_TASK_TAGS), None))
         if kwargs is None:
             super().create_model_card(
                 language=language,
