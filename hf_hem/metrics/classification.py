@@ -37,6 +37,52 @@ def accuracy(predictions, references) -> float:
     return float(np.mean(predictions == references))
 
 
+def accuracy_score(predictions, references, normalize: bool = True, sample_weight=None) -> float:
+    """Accuracy with the arguments of the Hub's `accuracy` metric (and scikit-learn's `accuracy_score`).
+
+    Args:
+        predictions (array-like of `int`): Predicted labels, shape `(N,)`; or `(N, L)` label sets (multi-label),
+            where a sample is right only when all its labels are.
+        references (array-like of `int`): True labels, the shape of `predictions`.
+        normalize (`bool`, *optional*, defaults to `True`): The fraction of right samples; with `False`, their
+            number (their summed weight with `sample_weight`).
+        sample_weight (array-like of `float`, *optional*): One weight per sample.
+
+    Returns:
+        `float`: The (weighted) fraction, or number, of right samples.
+
+    Example:
+
+    ```python
+    >>> accuracy_score([0, 1, 1, 2], [0, 1, 2, 2], sample_weight=[1, 1, 2, 0])
+    0.5
+    ```
+    """
+    predictions = to_numpy(predictions)
+    references = to_numpy(references)
+    if predictions.ndim not in (1, 2) or predictions.shape != references.shape:
+        raise ValueError(
+            f"`predictions` and `references` must have the same shape, (N,) or (N, L) for label sets, got "
+            f"{predictions.shape} and {references.shape}."
+        )
+    if len(predictions) == 0:
+        raise ValueError("`predictions` and `references` are empty; at least one sample is needed.")
+    right = predictions == references
+    if right.ndim == 2:
+        right = right.all(axis=1)
+    right = right.astype(np.float64)
+    if sample_weight is None:
+        return float(right.mean() if normalize else right.sum())
+    weights = as_scores(sample_weight, "sample_weight")
+    if weights.shape != right.shape:
+        raise ValueError(f"`sample_weight` must hold one weight per sample ({len(right)}), got shape {weights.shape}.")
+    if normalize:
+        if weights.sum() == 0:
+            raise ValueError("`sample_weight` sums to zero; the weighted accuracy is undefined.")
+        return float(np.average(right, weights=weights))
+    return float(np.dot(right, weights))
+
+
 def per_class_accuracy(predictions, references, num_classes: int) -> np.ndarray:
     """Recall of each class: the fraction of the samples of class `c` that are predicted as `c`.
 

@@ -17,22 +17,24 @@ import evaluate
 __all__ = ["metric_info"]
 
 
-def _feature(dtype: str | list[str]):
-    # A one-item list is a sequence per example, as in the `datasets` notation of features.
+def _feature(dtype: str | list):
+    # A one-item list is a sequence per example, as in the `datasets` notation of features; nested lists nest them
+    # (`[["int64"]]`: a 2-D map per example).
     if isinstance(dtype, list):
         (item,) = dtype
-        return datasets.Sequence(datasets.Value(item))
+        return datasets.Sequence(_feature(item))
     return datasets.Value(dtype)
 
 
-def metric_info(description: str, inputs_description: str, **features: str | list[str]) -> evaluate.MetricInfo:
+def metric_info(description: str, inputs_description: str, **features: str | list) -> evaluate.MetricInfo:
     """The `evaluate.MetricInfo` of a bundled module, for its `_info`.
 
     Args:
         description (`str`): What the metric computes (the module's `_DESCRIPTION`).
         inputs_description (`str`): Its arguments, results and an example (the module's `_KWARGS_DESCRIPTION`).
-        features (`str` or `list[str]`): One keyword per input of `compute`: a dtype such as `"int64"` for one value
-            per example, or a one-item list such as `["float64"]` for a sequence per example.
+        features (`str` or `list`): One keyword per input of `compute`: a dtype such as `"int64"` for one value
+            per example, a one-item list such as `["float64"]` for a sequence per example, `[["int64"]]` for a 2-D
+            array per example.
 
     Returns:
         `evaluate.MetricInfo` without a citation (the metrics are `hf_hem.metrics`' own).

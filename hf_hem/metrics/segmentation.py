@@ -4,6 +4,8 @@ Ignore convention (as in mmsegmentation): pixels whose *reference* equals `ignor
 prediction and the reference before counting, so whatever the model predicts there does not matter.
 """
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from ._validation import as_labels, check_num_classes
@@ -122,3 +124,110 @@ class StreamingConfusionMatrix:
     def compute(self) -> dict:
         """Metrics of the accumulated counts; see [`confusion_matrix_metrics`]."""
         return confusion_matrix_metrics(self.confusion_matrix)
+
+
+def _checked_label_map(label_map, name: str = "label_map") -> dict[int, int]:
+    if not isinstance(label_map, Mapping):
+        raise ValueError(f"`{name}` must be a dict of old label -> new label, got {type(label_map).__name__}.")
+    return {int(old): int(new) for old, new in label_map.items()}
+
+
+def mean_iou(
+    predictions,
+    references,
+    num_labels: int,
+    ignore_index: int,
+    nan_to_num: float | None = None,
+    label_map: Mapping[int, int] | None = None,
+    reduce_labels: bool = False,
+) -> dict:
+    """Mean IoU and pixel accuracies with the arguments and results of the Hub's `mean_iou` metric
+    (`evaluate.load("mean_iou")`, after mmsegmentation), so scripts written for it get the same numbers offline.
+
+    Per label map, in this order: `label_map` renames reference labels (all at once, so `{1: 2, 2: 1}` swaps them);
+    `reduce_labels` turns reference 0 (background) into 255 and lowers every other label by one (255 stays 255);
+    reference pixels equal to `ignore_index` are dropped with their predictions. Areas are then counted over all maps:
+    values outside `[0, num_labels)` count for no class (as in the Hub module, which bins with `np.histogram`). Per
+    class, IoU = intersection / union and accuracy = intersection / reference area, NaN where they divide by zero;
+    the means skip NaN.
+
+    Args:
+        predictions (array-like): Predicted label maps: a `(batch, height, width)` array or a list of 2-D maps (NumPy
+            arrays, torch tensors or nested lists; sizes may differ between maps).
+        references (array-like): Reference label maps, one per prediction and of its size.
+        num_labels (`int`): Number of classes.
+        ignore_index (`int`): Reference value of pixels to leave out (after `reduce_labels`), e.g. 255.
+        nan_to_num (`float`, *optional*): Replaces NaN in every result.
+        label_map (`dict[int, int]`, *optional*): Reference label renaming.
+        reduce_labels (`bool`, *optional*, defaults to `False`): Reference 0 is background (ignored as 255), the
+            other labels are shifted down by one (ADE20k's convention).
+
+    Returns:
+        `dict`: `mean_iou`, `mean_accuracy`, `overall_accuracy` (`np.float64`), `per_category_iou`,
+        `per_category_accuracy` (`np.ndarray` of shape `(num_labels,)`).
+
+    Example:
+
+    ```python
+    >>> result = mean_iou([[[0, 1], [2, 1]]], [[[1, 2], [0, 2]]], num_labels=3, ignore_index=255, reduce_labels=True)
+    >>> float(result["mean_iou"]), result["per_category_iou"].tolist()
+    (1.0, [1.0, 1.0, nan])
+    ```
+    """
+    num_labels = check_num_classes(num_labels)
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
+        raise ValueError(f"`ignore_index` must be an integer label value such as 255, got {ignore_index!r}.")
+    label_map = _checked_label_map(label_map) if label_map is not None else None
+    if len(predictions) != len(references):
+        raise ValueError(
+            f"got {len(predictions)} predicted and {len(references)} reference label maps; expected one reference "
+            "map per prediction."
+        )
+    intersection, union, reference_area = (np.zeros(num_labels, dtype=np.float64) for _ in range(3))
+
+    def area(values: np.ndarray) -> np.ndarray:
+        in_range = values[(values >= 0) & (values < num_labels)]
+        return np.bincount(in_range, minlength=num_labels)
+
+    for index, (prediction, reference) in enumerate(zip(predictions, references)):
+        prediction = as_labels(prediction, f"predictions[{index}]", ndim=None)
+        reference = as_labels(reference, f"references[{index}]", ndim=None)
+        if prediction.shape != reference.shape:
+            raise ValueError(
+                f"predictions[{index}] has shape {prediction.shape} but references[{index}] has shape "
+                f"{reference.shape}; expected maps of the same size."
+            )
+        if label_map is not None:
+            renamed = reference.copy()
+            for old, new in label_map.items():
+                renamed[reference == old] = new
+            reference = renamed
+        if reduce_labels:
+            reference = np.where(reference == 0, 255, reference - 1)
+            reference[reference == 254] = 255
+        kept = reference != ignore_index
+        prediction, reference = prediction[kept], reference[kept]
+        matched, predicted, true = area(prediction[prediction == reference]), area(prediction), area(reference)
+        intersection += matched
+        reference_area += true
+        union += predicted + true - matched
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_category_iou = intersection / union
+        per_category_accuracy = intersection / reference_area
+        overall_accuracy = np.float64(intersection.sum()) / np.float64(reference_area.sum())
+
+    def nan_mean(values: np.ndarray) -> np.float64:  # np.nanmean warns on all-NaN input
+        defined = values[~np.isnan(values)]
+        return defined.mean() if defined.size else np.float64("nan")
+
+    result = {
+        "mean_iou": nan_mean(per_category_iou),
+        "mean_accuracy": nan_mean(per_category_accuracy),
+        "overall_accuracy": overall_accuracy,
+        "per_category_iou": per_category_iou,
+        "per_category_accuracy": per_category_accuracy,
+    }
+    if nan_to_num is not None:
+        result = {key: np.nan_to_num(value, nan=nan_to_num) for key, value in result.items()}
+    return result
