@@ -21,6 +21,7 @@ from hf_hem.metrics import (
     balanced_accuracy,
     confusion_matrix_metrics,
     energy_score,
+    evaluate_module_path,
     expected_calibration_error,
     fpr_at_tpr,
     load_metric,
@@ -281,9 +282,20 @@ def test_metrics_import_does_not_import_evaluate():
 
 
 def test_load_metric_unknown_name():
-    assert available_metrics() == ["hem_accuracy", "hem_calibration", "hem_mean_iou", "hem_rejection"]
+    assert available_metrics() == [
+        "accuracy",
+        "hem_accuracy",
+        "hem_calibration",
+        "hem_mean_iou",
+        "hem_rejection",
+        "mean_iou",
+        "seqeval",
+    ]
     with pytest.raises(ValueError, match="hem_accuracy"):
-        load_metric("accuracy")
+        load_metric("f1")
+    with pytest.raises(ValueError, match="seqeval"):
+        evaluate_module_path("squad")
+    assert evaluate_module_path("seqeval") == str(REPO_ROOT / "hf_hem" / "metrics" / "evaluate_modules" / "seqeval")
 
 
 _EVALUATE_SCRIPT = r"""
@@ -346,3 +358,296 @@ def test_evaluate_modules_match_numpy_offline(tmp_path):
     assert outputs["hem_mean_iou"]["mean_iou"] == pytest.approx(expected_iou["mean_iou"])
     assert outputs["hem_mean_iou"]["overall_accuracy"] == pytest.approx(expected_iou["overall_accuracy"])
     np.testing.assert_allclose(outputs["hem_mean_iou"]["per_category_iou"], expected_iou["per_category_iou"])
+
+
+# --- drop-ins for the Hub's mean_iou, seqeval and accuracy --------------------------------------------------------
+# Hand-computed cases, shared by the plain functions and the `evaluate` modules loaded by path.
+
+# Two maps of different sizes, 255 ignored. Kept pixels (prediction, reference): (0,0) (1,1) (2,1) | (1,1) (1,0) (0,0).
+# Class 0: intersection 2, predicted 2, reference 3 -> IoU 2/3, accuracy 2/3. Class 1: intersection 2, predicted 3,
+# reference 3 -> IoU 2/4, accuracy 2/3. Class 2: predicted once, never right, no reference -> IoU 0, accuracy NaN.
+IOU_PREDICTIONS = [[[0, 1], [2, 2]], [[1, 1, 0]]]
+IOU_REFERENCES = [[[0, 1], [1, 255]], [[1, 0, 0]]]
+IOU_EXPECTED = {
+    "mean_iou": (2 / 3 + 1 / 2 + 0) / 3,
+    "mean_accuracy": 2 / 3,
+    "overall_accuracy": 4 / 6,
+    "per_category_iou": [2 / 3, 1 / 2, 0.0],
+    "per_category_accuracy": [2 / 3, 2 / 3, np.nan],
+}
+# As transformers' run_semantic_segmentation.py calls it: (batch, height, width) arrays, ignore_index=0 (background).
+# Kept (label != 0), (prediction, reference): (1,1) (2,1) (2,2) | (1,1) (0,2). Class 0: predicted once, no reference
+# -> IoU 0, accuracy NaN. Class 1: intersection 2, predicted 2, reference 3 -> IoU 2/3, accuracy 2/3. Class 2:
+# intersection 1, predicted 2, reference 2 -> IoU 1/3, accuracy 1/2.
+SCRIPT_PREDICTIONS = np.array([[[0, 1], [2, 2]], [[1, 1], [0, 0]]])
+SCRIPT_LABELS = np.array([[[0, 1], [1, 2]], [[1, 0], [2, 0]]])
+SCRIPT_EXPECTED = {
+    "mean_iou": (0 + 2 / 3 + 1 / 3) / 3,
+    "mean_accuracy": (2 / 3 + 1 / 2) / 2,
+    "overall_accuracy": 3 / 5,
+    "per_category_iou": [0.0, 2 / 3, 1 / 3],
+    "per_category_accuracy": [np.nan, 2 / 3, 1 / 2],
+}
+
+# As run_ner.py passes them: lists of lists of tag strings. True entities PER(0-1), LOC(3), ORG(5); predicted PER(0-1),
+# ORG(5), MISC(6): 2 right of 3 predicted and 3 true; 4 of 6 tokens right.
+NER_REFERENCES = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O"]]
+NER_PREDICTIONS = [["B-PER", "I-PER", "O", "O"], ["B-ORG", "B-MISC"]]
+NER_EXPECTED = {
+    "LOC": {"precision": 0.0, "recall": 0.0, "f1": 0.0, "number": 1},
+    "MISC": {"precision": 0.0, "recall": 0.0, "f1": 0.0, "number": 0},
+    "ORG": {"precision": 1.0, "recall": 1.0, "f1": 1.0, "number": 1},
+    "PER": {"precision": 1.0, "recall": 1.0, "f1": 1.0, "number": 1},
+    "overall_precision": 2 / 3,
+    "overall_recall": 2 / 3,
+    "overall_f1": 2 / 3,
+    "overall_accuracy": 4 / 6,
+}
+
+
+def _assert_seqeval(result: dict, expected: dict) -> None:
+    assert list(result) == list(expected)  # entity types sorted, then the overall scores
+    for key, value in expected.items():
+        assert result[key] == pytest.approx(value), key
+
+
+def _assert_mean_iou(result: dict, expected: dict) -> None:
+    assert set(result) == set(expected)
+    for key in ("mean_iou", "mean_accuracy", "overall_accuracy"):
+        assert isinstance(result[key], np.floating) and result[key] == pytest.approx(expected[key]), key
+    for key in ("per_category_iou", "per_category_accuracy"):
+        assert isinstance(result[key], np.ndarray), key  # the segmentation script calls .tolist() on them
+        np.testing.assert_allclose(result[key], expected[key], err_msg=key)
+
+
+def test_mean_iou_matches_hand_computed_values_for_every_input_shape():
+    from hf_hem.metrics import mean_iou
+
+    _assert_mean_iou(mean_iou(IOU_PREDICTIONS, IOU_REFERENCES, num_labels=3, ignore_index=255), IOU_EXPECTED)
+    as_arrays = [np.array(values) for values in IOU_PREDICTIONS], [np.array(values) for values in IOU_REFERENCES]
+    _assert_mean_iou(mean_iou(*as_arrays, num_labels=3, ignore_index=255), IOU_EXPECTED)
+    for predictions, labels in [
+        (SCRIPT_PREDICTIONS, SCRIPT_LABELS),
+        (torch.tensor(SCRIPT_PREDICTIONS), SCRIPT_LABELS),
+    ]:
+        _assert_mean_iou(mean_iou(predictions, labels, num_labels=3, ignore_index=0), SCRIPT_EXPECTED)
+
+
+def test_mean_iou_reduce_labels_label_map_nan_to_num_and_out_of_range_values():
+    from hf_hem.metrics import mean_iou
+
+    # reduce_labels: reference 0 -> 255 (ignored here), every other label one lower: the same pixels as IOU_REFERENCES.
+    reduced = [[[1, 2], [2, 0]], [[2, 1, 1]]]
+    _assert_mean_iou(
+        mean_iou(IOU_PREDICTIONS, reduced, num_labels=3, ignore_index=255, reduce_labels=True), IOU_EXPECTED
+    )
+    # label_map renames all at once (a swap stays a swap), before reduce_labels.
+    swapped = [[[0, 2], [2, 255]], [[2, 0, 0]]]
+    result = mean_iou(IOU_PREDICTIONS, swapped, num_labels=3, ignore_index=255, label_map={1: 2, 2: 1})
+    _assert_mean_iou(result, IOU_EXPECTED)
+    result = mean_iou(IOU_PREDICTIONS, IOU_REFERENCES, num_labels=3, ignore_index=255, nan_to_num=-1.0)
+    assert result["per_category_accuracy"].tolist() == pytest.approx([2 / 3, 2 / 3, -1.0])
+    # A prediction outside [0, num_labels) counts for no class, as the Hub module's histogram drops it.
+    result = mean_iou([[[7, 1]]], [[[1, 1]]], num_labels=3, ignore_index=255)
+    np.testing.assert_allclose(result["per_category_iou"], [np.nan, 0.5, np.nan])
+    assert result["overall_accuracy"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match=r"predictions\[1\] has shape \(1, 3\) but references\[1\] has shape"):
+        mean_iou(IOU_PREDICTIONS, [IOU_REFERENCES[0], [[1, 0]]], num_labels=3, ignore_index=255)
+    with pytest.raises(ValueError, match="num_classes"):
+        mean_iou(IOU_PREDICTIONS, IOU_REFERENCES, num_labels=0, ignore_index=255)
+    with pytest.raises(ValueError, match="one reference map per prediction"):
+        mean_iou(IOU_PREDICTIONS, IOU_REFERENCES[:1], num_labels=3, ignore_index=255)
+
+
+# (tags, entities as (type, first, last)) under seqeval's default rules, which read IOB1, IOB2, IOE and IOBES alike.
+DEFAULT_MODE_TABLE = [
+    (["B-PER", "I-PER", "O", "B-LOC"], [("PER", 0, 1), ("LOC", 3, 3)]),
+    (["I-PER", "I-PER", "O"], [("PER", 0, 1)]),  # IOB1: I after O starts an entity
+    (["B-PER", "I-LOC"], [("PER", 0, 0), ("LOC", 1, 1)]),  # a type change splits
+    (["B-PER", "B-PER"], [("PER", 0, 0), ("PER", 1, 1)]),
+    (["I-PER", "B-PER"], [("PER", 0, 0), ("PER", 1, 1)]),
+    (["B-PER", "I-PER", "E-PER", "S-LOC"], [("PER", 0, 2), ("LOC", 3, 3)]),  # IOBES
+    (["E-PER", "E-PER"], [("PER", 0, 0), ("PER", 1, 1)]),  # an entity ends after E
+    (["S-PER", "I-PER"], [("PER", 0, 0), ("PER", 1, 1)]),
+    (["B-PER", "E-PER", "I-PER"], [("PER", 0, 1), ("PER", 2, 2)]),
+    (["B", "I", "O"], [("_", 0, 1)]),  # tags without a type
+    (["U-PER", "U-PER", "O"], [("PER", 0, 1)]),  # BILOU's U is no prefix of the default rules: one entity
+    (["B-PER-X", "I-PER-X"], [("PER-X", 0, 1)]),  # the type is everything after the first "-"
+]
+
+
+@pytest.mark.parametrize(("tags", "entities"), DEFAULT_MODE_TABLE)
+def test_seqeval_default_mode_chunking_table(tags, entities):
+    from hf_hem.metrics.sequence_labeling import default_mode_entities
+
+    assert default_mode_entities([tags]) == entities
+
+
+def test_seqeval_default_mode_joins_sequences_with_an_outside_tag():
+    from hf_hem.metrics.sequence_labeling import default_mode_entities
+
+    assert default_mode_entities([["B-PER", "I-PER"], ["I-PER"]]) == [("PER", 0, 1), ("PER", 3, 3)]
+    assert default_mode_entities([["PER-B", "PER-I", "O"]], suffix=True) == [("PER", 0, 1)]
+
+
+STRICT_MODE_TABLE = [
+    ("IOB2", ["I-PER", "I-PER", "O", "B-LOC", "I-LOC"], [("LOC", 3, 4)]),  # no B: no entity
+    ("IOB2", ["B-PER", "I-LOC"], [("PER", 0, 0)]),
+    ("IOBES", ["B-PER", "I-PER", "O"], []),  # never closed
+    ("IOBES", ["S-PER", "B-LOC", "E-LOC", "E-LOC"], [("PER", 0, 0), ("LOC", 1, 2)]),
+    ("BILOU", ["U-PER", "B-LOC", "I-LOC", "L-LOC", "B-ORG"], [("PER", 0, 0), ("LOC", 1, 3)]),
+    ("IOE2", ["I-PER", "E-PER", "E-LOC", "I-ORG", "O"], [("PER", 0, 1), ("LOC", 2, 2)]),
+    ("IOE2", ["I-PER", "I-LOC", "E-LOC"], [("LOC", 1, 2)]),
+]
+
+
+@pytest.mark.parametrize(("scheme", "tags", "entities"), STRICT_MODE_TABLE)
+def test_seqeval_strict_mode_table(scheme, tags, entities):
+    from hf_hem.metrics.sequence_labeling import seqeval_scores, strict_mode_entities
+
+    assert strict_mode_entities([tags], scheme) == [(0, kind, first, last) for kind, first, last in entities]
+    # Predicting exactly the well-formed entities scores 1 in strict mode.
+    scores = seqeval_scores([tags], [tags], mode="strict", scheme=scheme, zero_division=1)
+    assert {kind: scores[kind]["number"] for kind, _, _ in entities} == {
+        kind: sum(entity[0] == kind for entity in entities) for kind, _, _ in entities
+    }
+
+
+def test_seqeval_scores_as_the_hub_module_returns_them():
+    from hf_hem.metrics import seqeval_scores
+
+    with pytest.warns(UserWarning, match="zero_division"):
+        scores = seqeval_scores(NER_PREDICTIONS, NER_REFERENCES)
+    _assert_seqeval(scores, NER_EXPECTED)
+    ones = seqeval_scores(NER_PREDICTIONS, NER_REFERENCES, zero_division=1, sample_weight=[1.0, 2.0])
+    assert ones["LOC"] == pytest.approx({"precision": 1.0, "recall": 0.0, "f1": 0.0, "number": 1})
+    assert ones["MISC"] == pytest.approx({"precision": 0.0, "recall": 1.0, "f1": 0.0, "number": 0})
+    nothing = seqeval_scores([["O", "O"]], [["O", "O"]], zero_division=1)
+    assert nothing == {"overall_precision": 1.0, "overall_recall": 1.0, "overall_f1": 1.0, "overall_accuracy": 1.0}
+    assert seqeval_scores([["O", "O"]], [["O", "O"]], zero_division=0)["overall_f1"] == 0.0
+    # Strict IOB2 drops the predicted I-PER without B: default mode counts it as right.
+    stray = [["I-PER", "O"]]
+    assert seqeval_scores(stray, [["B-PER", "O"]], zero_division=0)["overall_f1"] == 1.0
+    assert seqeval_scores(stray, [["B-PER", "O"]], mode="strict", zero_division=0)["overall_f1"] == 0.0  # detected
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"zero_division": 2}, "zero_division"),
+        ({"scheme": "IOB3"}, "Scheme should be one of"),
+        ({"mode": "lenient"}, "mode"),
+        ({"mode": "strict", "scheme": "IOB1"}, "strict mode of the IOB1 scheme is not supported"),
+        ({"mode": "strict", "scheme": "IOE2"}, "tag 'B-PER' .* the IOE2 scheme allows I, O, E"),
+    ],
+)
+def test_seqeval_scores_reject_bad_arguments(kwargs, message):
+    from hf_hem.metrics import seqeval_scores
+
+    with pytest.raises(ValueError, match=message):
+        seqeval_scores(NER_PREDICTIONS, NER_REFERENCES, **kwargs)
+
+
+def test_seqeval_strict_mode_needs_a_scheme_it_can_detect():
+    from hf_hem.metrics import seqeval_scores
+
+    with pytest.raises(
+        ValueError, match=r"cannot detect the tagging scheme from the prefixes \['B', 'E', 'I', 'O', 'U'\]"
+    ):
+        seqeval_scores(
+            [["B-PER", "E-PER", "U-LOC", "I-X", "O"]] * 2, [["B-PER", "E-PER", "U-LOC", "I-X", "O"]] * 2, mode="strict"
+        )
+
+
+def test_seqeval_scores_reject_mismatched_sequences():
+    from hf_hem.metrics import seqeval_scores
+
+    with pytest.raises(ValueError, match="sequence 1 has 1 predicted and 2 reference tags"):
+        seqeval_scores([["O"], ["O"]], [["O"], ["O", "O"]])
+    with pytest.raises(ValueError, match="1 predicted and 2 reference sequences"):
+        seqeval_scores([["O"]], [["O"], ["O"]])
+    with pytest.raises(ValueError, match="list of tag sequences"):
+        seqeval_scores(["B-PER", "O"], ["B-PER", "O"])
+
+
+def test_accuracy_score_has_the_hub_arguments():
+    from hf_hem.metrics import accuracy_score
+
+    assert accuracy_score([0, 1, 1, 2], [0, 1, 2, 2]) == 0.75
+    assert accuracy_score([0, 1, 1, 2], [0, 1, 2, 2], normalize=False) == 3.0
+    assert accuracy_score([0, 1, 1, 2], [0, 1, 2, 2], sample_weight=[1, 1, 2, 0]) == 0.5  # right: 1 + 1 of 4
+    assert accuracy_score([0, 1, 1, 2], [0, 1, 2, 2], normalize=False, sample_weight=[1, 1, 2, 0.5]) == 2.5
+    assert accuracy_score([[0, 1], [1, 1]], [[0, 1], [1, 0]]) == 0.5  # label sets: all labels must match
+    with pytest.raises(ValueError, match="same shape"):
+        accuracy_score([0, 1], [0, 1, 1])
+    with pytest.raises(ValueError, match="one weight per sample"):
+        accuracy_score([0, 1], [0, 1], sample_weight=[1.0])
+
+
+@pytest.fixture(scope="module")
+def offline_evaluate(tmp_path_factory):
+    """`evaluate`, imported once for this module (it takes seconds) with the Hub switched off, and a fresh module
+    cache; the loads below must not need it."""
+    if not HAS_EVALUATE:
+        pytest.skip("evaluate is not installed")
+    with pytest.MonkeyPatch.context() as patch:
+        for variable in ("HF_HUB_OFFLINE", "HF_EVALUATE_OFFLINE", "HF_DATASETS_OFFLINE"):
+            patch.setenv(variable, "1")
+        import evaluate
+
+        patch.setattr(evaluate.config, "HF_EVALUATE_OFFLINE", True)
+        patch.setattr(evaluate.config, "HF_MODULES_CACHE", tmp_path_factory.mktemp("modules"))
+        yield evaluate
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any connection attempt fails the test: the drop-ins load from their folders alone."""
+    import socket
+
+    def refuse(self, address):
+        raise AssertionError(f"network access to {address} while loading an offline metric")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+def test_mean_iou_module_is_a_drop_in_for_the_hub_module(offline_evaluate, no_network):
+    metric = offline_evaluate.load(evaluate_module_path("mean_iou"))
+    # Exactly as run_semantic_segmentation.py calls it (arrays from `.cpu().numpy()` and the Trainer's labels) ...
+    result = metric.compute(
+        predictions=SCRIPT_PREDICTIONS, references=SCRIPT_LABELS, num_labels=3, ignore_index=0, reduce_labels=False
+    )
+    _assert_mean_iou(result, SCRIPT_EXPECTED)
+    # ... as nested lists (`.tolist()`), maps of different sizes, and in batches.
+    lists = metric.compute(predictions=IOU_PREDICTIONS, references=IOU_REFERENCES, num_labels=3, ignore_index=255)
+    _assert_mean_iou(lists, IOU_EXPECTED)
+    metric.add_batch(predictions=[np.array(IOU_PREDICTIONS[0])], references=[np.array(IOU_REFERENCES[0])])
+    metric.add_batch(predictions=IOU_PREDICTIONS[1:], references=IOU_REFERENCES[1:])
+    _assert_mean_iou(metric.compute(num_labels=3, ignore_index=255), IOU_EXPECTED)
+    reduced = [[[1, 2], [2, 0]], [[2, 1, 1]]]
+    result = metric.compute(
+        predictions=IOU_PREDICTIONS, references=reduced, num_labels=3, ignore_index=255, reduce_labels=True
+    )
+    _assert_mean_iou(result, IOU_EXPECTED)
+
+
+def test_seqeval_module_is_a_drop_in_for_the_hub_module(offline_evaluate, no_network):
+    metric = offline_evaluate.load(evaluate_module_path("seqeval"))
+    # As run_ner.py calls it: lists of lists of tag strings.
+    _assert_seqeval(
+        metric.compute(predictions=NER_PREDICTIONS, references=NER_REFERENCES, zero_division=0), NER_EXPECTED
+    )
+    strict = metric.compute(
+        predictions=[["I-PER", "O"]], references=[["B-PER", "O"]], mode="strict", scheme="IOB2", zero_division=0
+    )
+    assert strict["overall_f1"] == 0.0 and strict["PER"]["number"] == 1
+
+
+def test_accuracy_module_is_a_drop_in_for_the_hub_module(offline_evaluate, no_network):
+    metric = offline_evaluate.load(evaluate_module_path("accuracy"))
+    assert metric.compute(predictions=[0, 1, 1, 2], references=[0, 1, 2, 2]) == {"accuracy": 0.75}
+    assert metric.compute(predictions=[0, 1, 1, 2], references=[0, 1, 2, 2], normalize=False) == {"accuracy": 3.0}
+    weighted = metric.compute(predictions=[0, 1, 1, 2], references=[0, 1, 2, 2], sample_weight=[1, 1, 2, 0])
+    assert weighted == {"accuracy": 0.5}
+    multilabel = offline_evaluate.load(evaluate_module_path("accuracy"), "multilabel")
+    assert multilabel.compute(predictions=[[0, 1], [1, 1]], references=[[0, 1], [1, 0]]) == {"accuracy": 0.5}
