@@ -651,3 +651,51 @@ def test_accuracy_module_is_a_drop_in_for_the_hub_module(offline_evaluate, no_ne
     assert weighted == {"accuracy": 0.5}
     multilabel = offline_evaluate.load(evaluate_module_path("accuracy"), "multilabel")
     assert multilabel.compute(predictions=[[0, 1], [1, 1]], references=[[0, 1], [1, 0]]) == {"accuracy": 0.5}
+
+
+def test_seqeval_drop_in_agrees_with_the_seqeval_package_on_random_tag_sequences():
+    """Only where the `seqeval` package happens to be installed (it is no dependency): random, often ill-formed,
+    sequences of every prefix, scored as the Hub module scores them (`classification_report(output_dict=True)`)."""
+    seqeval_metrics = pytest.importorskip("seqeval.metrics")
+    seqeval_scheme = pytest.importorskip("seqeval.scheme")
+    import warnings
+
+    from hf_hem.metrics import seqeval_scores
+
+    def hub_module(predictions, references, **kwargs):  # what the Hub's seqeval module computes
+        scheme = kwargs.pop("scheme", None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            report = seqeval_metrics.classification_report(
+                references, predictions, output_dict=True, scheme=scheme and getattr(seqeval_scheme, scheme), **kwargs
+            )
+        report.pop("macro avg"), report.pop("weighted avg")
+        overall = report.pop("micro avg")
+        scores = {
+            kind: {"precision": s["precision"], "recall": s["recall"], "f1": s["f1-score"], "number": s["support"]}
+            for kind, s in report.items()
+        }
+        scores.update(
+            {f"overall_{key}": overall[f"{key}{'-score' * (key == 'f1')}"] for key in ("precision", "recall", "f1")}
+        )
+        scores["overall_accuracy"] = seqeval_metrics.accuracy_score(references, predictions)
+        return scores
+
+    rng = np.random.default_rng(0)
+
+    def sequence(prefixes: str, length: int) -> list[str]:
+        return [p if p == "O" else f"{p}-{rng.choice(['PER', 'LOC'])}" for p in rng.choice(list(prefixes), length)]
+
+    cases = [("default", None, "BIESOUL"), ("strict", "IOB2", "BIO"), ("strict", "IOBES", "BIESO")]
+    cases += [("strict", "BILOU", "BILOU"), ("strict", "IOE2", "IEO")]
+    for mode, scheme, prefixes in cases:
+        for _ in range(40):
+            lengths = rng.integers(1, 7, size=3)
+            references = [sequence(prefixes, n) for n in lengths]
+            predictions = [sequence(prefixes, n) for n in lengths]
+            for zero_division in (0, 1):
+                kwargs = {"zero_division": zero_division}
+                if mode == "strict":
+                    kwargs.update(mode="strict", scheme=scheme)
+                expected = hub_module(predictions, references, **dict(kwargs))
+                _assert_seqeval(seqeval_scores(predictions, references, **kwargs), expected)
