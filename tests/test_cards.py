@@ -6,6 +6,9 @@ The card's metadata is parsed back (`huggingface_hub.ModelCard`, `metadata_load`
 """
 
 import json
+import subprocess
+import sys
+import textwrap
 import urllib.request
 from types import SimpleNamespace
 
@@ -18,11 +21,11 @@ from hf_hem.trainer import HEMTrainer
 
 
 try:  # tests/ may or may not become a package
-    from .helpers import hem_args
-    from .hub_server import DUMMY_TOKEN, run_hub_server
+    from .helpers import hem_args, with_repo_on_pythonpath
+    from .hub_server import DUMMY_TOKEN, LoopbackHub, hub_client_env, run_hub_server
 except ImportError:
-    from helpers import hem_args
-    from hub_server import DUMMY_TOKEN, run_hub_server
+    from helpers import hem_args, with_repo_on_pythonpath
+    from hub_server import DUMMY_TOKEN, LoopbackHub, hub_client_env, run_hub_server
 
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -247,3 +250,48 @@ def test_quick_start_of_the_new_tasks_compiles(task, snippet):
     assert snippet in text
     code = text.split("## Quick start", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     compile(code, f"quick start of {task}", "exec")
+
+
+# The client half of the push test, in a fresh interpreter: huggingface_hub reads HF_ENDPOINT when it is imported.
+_PUSH_SCRIPT = textwrap.dedent(
+    """
+    import sys
+
+    from helpers import hem_args  # tests/ is on PYTHONPATH
+    from test_cards import audio_classifier, multiple_choice_model
+
+    from hf_hem.trainer import HEMTrainer
+
+    for name, make_model in (("mc-hem", multiple_choice_model), ("audio-hem", audio_classifier)):
+        args = hem_args(
+            f"{sys.argv[1]}/{name}", margin=0.5, push_to_hub=True, hub_model_id=f"user/{name}", save_strategy="no"
+        )
+        trainer = HEMTrainer(model=make_model(), args=args, card_kwargs={"dataset_name": "user/toy"})
+        trainer.card_metrics = {"eval_accuracy": 0.75, "eval_loss": 0.5}
+        trainer.push_to_hub(commit_message="End of training")
+    """
+)
+
+
+def test_hem_trainer_pushes_the_hem_card_of_multiple_choice_and_audio_heads(tmp_path):
+    script = tmp_path / "push.py"
+    script.write_text(_PUSH_SCRIPT)
+    with LoopbackHub(tmp_path / "hub") as hub:
+        env = with_repo_on_pythonpath(hub_client_env(hub.endpoint, hf_home=tmp_path / "hf_home"), tests_dir=True)
+        env["OMP_NUM_THREADS"] = "1"
+        completed = subprocess.run(
+            [sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=240
+        )
+        assert completed.returncode == 0, completed.stderr[-4000:]
+        assert hub.unhandled_requests == [] and hub.server_errors == []
+        pushed = {name: hub.files(f"user/{name}") for name in ("mc-hem", "audio-hem")}
+        validated = [status for _, path, status in hub.requests if path.startswith("/api/validate-yaml")]
+    assert len(validated) >= 2 and set(validated) == {200}  # the Hub's check of each README before its commit
+    for name, task in (("mc-hem", "multiple-choice"), ("audio-hem", "audio-classification")):
+        assert {"config.json", "model.safetensors", "README.md"} <= set(pushed[name])
+        card = ModelCard(pushed[name]["README.md"].decode())
+        assert card.data.pipeline_tag == task and card.data.tags[:2] == ["hf-hem", "hem-loss"]
+        assert [(r.task_type, r.metric_type, r.metric_value) for r in card.data.eval_results] == [
+            (task, "accuracy", 0.75)
+        ]
+        assert "| Margin μ | 0.5 |" in card.text and "generated_from_trainer" not in card.text
