@@ -6,6 +6,8 @@
 the Hub), every finite metric becomes a real `model-index` entry ([`huggingface_hub.EvalResult`]). The card also
 records the loss and its margins (HEM+ per-class margins as min/median/max plus the full list), the training data,
 a quick start that loads the checkpoint with plain `AutoModelFor...` classes, framework versions and the citation.
+It describes every classification head: image, text (sequence), token and audio classification, multiple choice and
+semantic segmentation ([`card_task_for_model`] finds the task from transformers' auto-model lists).
 
 [`write_model_card`] writes the result to `output_dir/README.md`, so a trainer can call it from `_save_checkpoint`
 and `push_to_hub` with the same keyword arguments.
@@ -342,7 +344,8 @@ def _metric_rows(metrics: Mapping[str, Any] | None, loss_display: str, task: str
                 "type": metric_type,
                 "name": name,
                 "number": value,
-                "value": _format_number(value, style="metric"),
+                # Counts (seqeval's `<TYPE>_number`) are whole numbers, not scores with four decimals.
+                "value": _format_number(value, style="setting" if metric_type == "number" else "metric"),
                 "indexed": indexed and math.isfinite(value),
             }
         )
@@ -405,8 +408,11 @@ def generate_model_card(
         eval_split (`str`, *optional*):
             Split the metrics were computed on (e.g. `"validation"`).
         task (`str`, *optional*, defaults to `"image-classification"`):
-            `"image-classification"` or `"image-segmentation"` (`"semantic-segmentation"` is accepted as an alias).
-            Sets the pipeline tag, the `model-index` task and the quick start's `AutoModelFor...` class.
+            `"image-classification"`, `"image-segmentation"` (`"semantic-segmentation"` is accepted as an alias),
+            `"text-classification"`, `"token-classification"`, `"multiple-choice"` or `"audio-classification"`. Sets
+            the pipeline tag, the `model-index` task, the quick start's `AutoModelFor...` class, and how metrics are
+            named (token classification: `accuracy` is token accuracy, and seqeval's `overall_*` and `<TYPE>_*`
+            scores are indexed as precision/recall/F1, `<TYPE>_number` shown but not indexed).
         loss_name (`str`, *optional*, defaults to `"hem"`):
             Training loss: `"hem"`, `"hem+"`, or a baseline (`"ce"`, `"logitnorm"`, `"logit_adjusted"`, `"focal"`,
             `"dice"`, `"mm"`). Other names are shown as given.

@@ -205,7 +205,7 @@ def test_token_card_indexes_seqeval_overall_and_entity_scores(tmp_path, hub_endp
         ("recall", "PER Recall"): 0.3,
         ("f1", "PER F1"): 0.4,
     }
-    assert "| PER entities (`number`) | 10.0000 |" in text  # a count: in the table, not in the index
+    assert "| PER entities (`number`) | 10 |" in text  # a count: in the table, not in the index
     assert _hub_accepts(hub_endpoint, text)[0] == 200
 
 

@@ -164,7 +164,7 @@ def test_baseline_card_is_not_tagged_as_hem():
     ("kwargs", "message"),
     [
         ({"model_name": ""}, "model_name"),
-        ({"model_name": "m", "task": "audio-classification"}, "task"),
+        ({"model_name": "m", "task": "object-detection"}, "task"),
         ({"model_name": "m", "metrics": {"accuracy": "high"}}, "accuracy"),
         ({"model_name": "m", "metrics": {"per_category_iou": [0.1, 0.2]}}, "per_class_table"),
         ({"model_name": "m", "metrics": {"accuracy": 0.1, "eval_accuracy": 0.2}}, "twice"),
