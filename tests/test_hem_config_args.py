@@ -188,3 +188,36 @@ def test_dir_lists_the_public_names_lazy_ones_included():
     assert set(hf_hem.__all__) <= listed
     for name in hf_hem.__all__:  # every listed name also resolves
         assert getattr(hf_hem, name) is not None, name
+
+
+# ---- scripts/check_transformers_examples.py: the README's two-name change ----
+
+
+def _check_examples_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "check_transformers_examples.py"
+    spec = importlib.util.spec_from_file_location("check_transformers_examples", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_two_name_change_renames_exactly_the_two_names_and_fails_loudly_otherwise():
+    module = _check_examples_module()
+    source = (
+        "from transformers import (\n    HfArgumentParser,\n    Trainer,\n    TrainingArguments,\n)\n"
+        "from transformers.utils import check_min_version\n"
+        "parser = HfArgumentParser((ModelArguments, TrainingArguments))\n"
+        "# Initialize our Trainer\ntrainer = Trainer(model=model)\n"
+    )
+    changed = module.two_name_change(source, "run_x.py")
+    assert changed == (
+        "from transformers import (\n    HfArgumentParser,\n)\n"
+        "from hf_hem import HEMConfig, HEMTrainer\nfrom transformers.utils import check_min_version\n"
+        "parser = HfArgumentParser((ModelArguments, HEMConfig))\n"
+        "# Initialize our Trainer\ntrainer = HEMTrainer(model=model)\n"
+    )
+    with pytest.raises(ValueError, match=r"run_y.py: .*found 0 import lines"):
+        module.two_name_change("trainer = Trainer(model=model)\n", "run_y.py")
