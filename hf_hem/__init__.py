@@ -22,6 +22,12 @@ _LAZY = {
 __all__ = [*_losses_all, "margins_from_counts", *_LAZY]
 
 
+def __dir__():
+    # The lazy names are not in the module's namespace until first used; list them so that `dir(hf_hem)` and tab
+    # completion show the whole public API.
+    return sorted({*globals(), *__all__})
+
+
 def __getattr__(name):
     if name in _LAZY:
         import importlib

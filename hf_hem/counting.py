@@ -375,7 +375,7 @@ def find_label_column(dataset, num_classes: int, requested: str | None = None, n
     columns = list(dataset.column_names)
     if requested is not None and requested not in columns:
         raise ValueError(
-            f"label_column_name={requested!r} is not a column of train_dataset; columns present: {columns}."
+            f"class_counts_column={requested!r} is not a column of train_dataset; columns present: {columns}."
         )
     name = requested or next((c for c in _LABEL_COLUMN_CANDIDATES if c in columns), None)
     if name is None:
@@ -388,7 +388,7 @@ def find_label_column(dataset, num_classes: int, requested: str | None = None, n
         extra = f"; keys produced by its transform: {transformed}" if transformed is not None else ""
         raise ValueError(
             f"train_dataset has no label column (looked for 'labels' and 'label'); columns present: {columns}"
-            f"{extra}. Set label_column_name= to the column holding the class labels."
+            f"{extra}. Set class_counts_column= to the column holding the class labels."
         )
     feature = dataset.features[name]
     list_types = tuple(t for t in (getattr(datasets, "List", None), getattr(datasets, "Sequence", None)) if t)

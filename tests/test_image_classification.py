@@ -216,6 +216,27 @@ def test_config_file_with_unknown_key_is_rejected(tmp_path):
         parse_image_classification_args([str(config)])
 
 
+def test_label_column_name_is_a_data_argument_and_class_counts_column_is_refused(tmp_path, monkeypatch):
+    """`--label_column_name` belongs to the script's data arguments (as in transformers' example), so the label
+    column it names is the one loaded; the trainer's `--class_counts_column` would be ignored here and is refused."""
+    from hf_hem.pipelines import parse_image_classification_args
+    from hf_hem.pipelines.image_classification import load_image_classification_data
+
+    _, data_args, training_args = parse_image_classification_args(["--label_column_name", "fine_label"])
+    assert data_args.label_column_name == "fine_label" and training_args.class_counts_column is None
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _write_image_folders(tmp_path / "data")
+    model_args, data_args, _ = parse_image_classification_args(
+        ["--train_dir", str(tmp_path / "data" / "train"), "--label_column_name", "fine_label"]
+    )
+    with pytest.raises(ValueError, match=r"column 'fine_label' not found.*Set --label_column_name"):
+        load_image_classification_data(data_args, model_args)
+    data_args.label_column_name = "label"
+    assert load_image_classification_data(data_args, model_args).label_column == "label"
+    with pytest.raises(ValueError, match="class_counts_column='label' has no effect in the pipeline scripts"):
+        script_main(SCRIPT)([*TINY, "--class_counts_column", "label", "--output_dir", str(tmp_path / "out")])
+
+
 # ------------------------------------------------------------------------------------------------ subprocess
 def _write_image_folders(root: Path) -> None:
     """Digits 0-2 as PNG class folders (train/validation), and an OOD folder of noise images."""

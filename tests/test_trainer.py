@@ -471,8 +471,8 @@ def test_missing_label_column_lists_columns(tmp_path):
     dataset = image_dataset().rename_column("label", "target")
     with pytest.raises(ValueError, match=r"columns present: \['pixel_values', 'target'\]"):
         HEMTrainer(model=tiny_vit(), args=make_args(tmp_path), train_dataset=dataset)
-    with pytest.raises(ValueError, match="label_column_name='fine_label' is not a column"):
-        HEMTrainer(model=tiny_vit(), args=make_args(tmp_path, label_column_name="fine_label"), train_dataset=dataset)
+    with pytest.raises(ValueError, match="class_counts_column='fine_label' is not a column"):
+        HEMTrainer(model=tiny_vit(), args=make_args(tmp_path, class_counts_column="fine_label"), train_dataset=dataset)
 
 
 def test_labels_out_of_range_are_named(tmp_path):

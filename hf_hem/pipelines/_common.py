@@ -542,6 +542,14 @@ class PipelineRun:
     """
 
     def __init__(self, model_args, training_args, callbacks: Sequence | None = None, *loggers: logging.Logger):
+        if training_args.class_counts_column is not None:
+            # The pipelines hand the trainer class counts taken in the ids the model predicts (after their label
+            # mapping), so the trainer never reads this column: refuse it rather than ignore it.
+            raise ValueError(
+                f"class_counts_column={training_args.class_counts_column!r} has no effect in the pipeline scripts: "
+                "they count the classes themselves from their label column (--label_column_name; segmentation: "
+                "--mask_column_name). Set that flag instead, or --class_counts."
+            )
         setup_logging(training_args, *loggers)
         self.do_train, self.do_eval = prepare_training_args(training_args)
         set_seed(training_args.seed)

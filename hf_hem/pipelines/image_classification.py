@@ -201,8 +201,12 @@ class DataTrainingArguments:
         metadata={"help": "Truncate the evaluation set (and the unknown and OOD sets) to this many examples."},
     )
     image_column_name: str = field(default="image", metadata={"help": "Column holding the images."})
-    # The label column is `--label_column_name` of HEMConfig (the same flag as in the transformers examples; it also
-    # names the column HEMTrainer counts margins from): `label` or `labels` when not given.
+    # A data argument, as in transformers' run_image_classification.py; the margins are counted from it here, in the
+    # class ids the model predicts, and handed to the trainer as class counts.
+    label_column_name: str | None = field(
+        default=None,
+        metadata={"help": "Column holding the labels. Default: 'label' or 'labels', whichever is present."},
+    )
     unknown_classes: list[str] | None = field(
         default=None,
         metadata={
@@ -312,15 +316,12 @@ class ImageClassificationData(NamedTuple):
     eval_split: str  # where the "validation" split comes from, e.g. "test" or "train (15% held out)"
 
 
-def load_image_classification_data(
-    data_args: DataTrainingArguments, model_args: ModelArguments, label_column: str | None = None, seed: int = 0
-):
+def load_image_classification_data(data_args: DataTrainingArguments, model_args: ModelArguments, seed: int = 0):
     """Load the training data as a `DatasetDict` with `train` and `validation` splits.
 
     Args:
         data_args ([`DataTrainingArguments`]): The data source and split settings.
         model_args ([`ModelArguments`]): `cache_dir`, `token`, and `image_size` for the embedded digits.
-        label_column (`str`, *optional*): Column holding the labels; `label` or `labels` when not given.
         seed (`int`, *optional*, defaults to 0): Seed of the train/validation split when the dataset has none.
 
     Returns:
@@ -344,6 +345,7 @@ def load_image_classification_data(
         raise ValueError(f"the dataset has no 'train' split; splits: {list(loaded)}.")
     eval_split = pick_eval_split(loaded, data_args.eval_split_name, _EVAL_SPLIT_CANDIDATES)
     columns = loaded["train"].column_names
+    label_column = data_args.label_column_name
     if label_column is None:
         label_column = next((name for name in ("label", "labels") if name in columns), None)
     for column, flag in ((data_args.image_column_name, "--image_column_name"), (label_column, "--label_column_name")):
@@ -611,7 +613,7 @@ def run_image_classification(
     # ---- data ----
     with training_args.main_process_first(desc="loading the dataset"):
         dataset, dataset_name, label_column, eval_split = load_image_classification_data(
-            data_args, model_args, label_column=training_args.label_column_name, seed=training_args.seed
+            data_args, model_args, seed=training_args.seed
         )
         names, raw_to_name = _class_names(dataset, label_column)
         unknown_names = _resolve_unknown_classes(names, data_args.unknown_classes)

@@ -103,8 +103,12 @@ class TextClassificationDataArguments(TextDataArguments):
             "premise+hypothesis, question+sentence, sentence, text that exists."
         },
     )
-    # The label column is `--label_column_name` of HEMConfig (the flag of the transformers examples): `label` or
-    # `labels` when not given.
+    # A data argument, as in transformers' run_classification.py; the labels become class ids in `labels`, and the
+    # margins are counted from those.
+    label_column_name: str | None = field(
+        default=None,
+        metadata={"help": "Column holding the labels. Default: 'label' or 'labels', whichever is present."},
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -202,12 +206,12 @@ def run_text_classification(
             lambda seed: load_embedded_sentiment_dataset(seed=seed),
             EMBEDDED_TEXT_DATASET_NAME,
             seed=training_args.seed,
-            stratify_column=training_args.label_column_name or "label",
+            stratify_column=data_args.label_column_name or "label",
         )
     dataset = data.dataset
     columns = dataset["train"].column_names
     label_column = pick_column(
-        columns, training_args.label_column_name, _LABEL_COLUMN_CANDIDATES, "label", hint="Set --label_column_name."
+        columns, data_args.label_column_name, _LABEL_COLUMN_CANDIDATES, "label", hint="Set --label_column_name."
     )
     # One label per row, checked before anything is tokenized: a list column belongs to token classification.
     check_label_shape(dataset["train"], label_column, nested=False)

@@ -89,8 +89,15 @@ class TokenClassificationDataArguments(TextDataArguments):
         default=None,
         metadata={"help": "Column holding the list of words of each row. Default: 'tokens' or 'words'."},
     )
-    # The tag column is `--label_column_name` of HEMConfig (the flag of the transformers examples); default here:
-    # the first of ner_tags, labels, tags, label that exists.
+    # A data argument, as in transformers' run_ner.py; the tags become ids in `labels`, and the margins are counted
+    # from those.
+    label_column_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Column holding the list of tags of each row. Default: the first of ner_tags, labels, tags, "
+            "label that exists."
+        },
+    )
     label_all_tokens: bool = field(
         default=False,
         metadata={
@@ -256,7 +263,7 @@ def run_token_classification(
         columns, data_args.text_column_name, _TEXT_COLUMN_CANDIDATES, "word", hint="Set --text_column_name."
     )
     label_column = pick_column(
-        columns, training_args.label_column_name, _LABEL_COLUMN_CANDIDATES, "tag", hint="Set --label_column_name."
+        columns, data_args.label_column_name, _LABEL_COLUMN_CANDIDATES, "tag", hint="Set --label_column_name."
     )
     check_label_shape(dataset["train"], label_column, nested=True)
     with training_args.main_process_first(desc="splitting strings"):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import warnings
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
@@ -53,9 +55,11 @@ class HEMConfig(TrainingArguments):
         loss_ignore_index (`int` or `None`, *optional*, defaults to `None`):
             Label value that takes no part in the loss. `None` uses the model config's `semantic_loss_ignore_index`
             when it has one (segmentation, e.g. 255) and `-100` otherwise.
-        label_column_name (`str` or `None`, *optional*, defaults to `None`):
-            Column of `train_dataset` holding the labels, counted for the margins. `None` picks `"labels"` or
-            `"label"`, whichever is present.
+        class_counts_column (`str` or `None`, *optional*, defaults to `None`):
+            Column of `train_dataset` that the class counts (and so the margins and the `la` priors) are counted from
+            when `class_counts` is not given. `None` picks `"labels"` or `"label"`, whichever is present. It only
+            names what is counted: the loss always takes the batch's `labels`. Formerly `label_column_name`, a name
+            that the data arguments of transformers' example scripts also declare (see the note below).
         upsample_logits_in_loss (`bool`, *optional*, defaults to `False`):
             Segmentation with logits smaller than the labels (SegFormer): the margin losses score the logits
             upsampled to the label size block by block, so the full-resolution logits are never held (same loss to
@@ -98,6 +102,14 @@ class HEMConfig(TrainingArguments):
     > [!NOTE]
     > `HEMConfig` keeps every default of [`~transformers.TrainingArguments`]. `label_smoothing_factor` must stay 0:
     > [`HEMTrainer`] computes its own loss and would silently skip the smoothing.
+
+    > [!NOTE]
+    > No field name is shared with the argument dataclasses of transformers' example scripts or of TRL, so
+    > `HfArgumentParser((ModelArguments, DataTrainingArguments, HEMConfig))` works in those scripts: the parser puts
+    > every dataclass's fields into one namespace and stops at a name declared twice. The former
+    > `label_column_name` is still accepted in Python (`HEMConfig(label_column_name=...)` and the attribute, with a
+    > `FutureWarning`) as `class_counts_column`; on the command line `--label_column_name` belongs to the script's
+    > data arguments.
     """
 
     loss_name: str = field(
@@ -139,9 +151,12 @@ class HEMConfig(TrainingArguments):
             "(segmentation), else -100."
         },
     )
-    label_column_name: str | None = field(
+    class_counts_column: str | None = field(
         default=None,
-        metadata={"help": "Label column of the training set. Default: 'labels' or 'label', whichever is present."},
+        metadata={
+            "help": "Column of the training set the class counts (margins, priors) are counted from when "
+            "--class_counts is not given. Default: 'labels' or 'label', whichever is present."
+        },
     )
     upsample_logits_in_loss: bool = field(
         default=False,
@@ -176,6 +191,17 @@ class HEMConfig(TrainingArguments):
     la_tau: float = field(default=1.0, metadata={"help": "tau of logit-adjusted cross-entropy (la)."})
     focal_gamma: float = field(default=2.0, metadata={"help": "gamma of the focal loss (focal)."})
     dice_smooth: float = field(default=0.0, metadata={"help": "Smoothing constant of the soft Dice loss (dice)."})
+
+    @property
+    def label_column_name(self) -> str | None:
+        """Former name of `class_counts_column` (deprecated)."""
+        _warn_renamed("label_column_name", stacklevel=3)
+        return self.class_counts_column
+
+    @label_column_name.setter
+    def label_column_name(self, value: str | None) -> None:
+        _warn_renamed("label_column_name", stacklevel=3)
+        self.class_counts_column = value
 
     @classmethod
     def from_training_arguments(cls, args: TrainingArguments) -> HEMConfig:
@@ -248,6 +274,42 @@ class HEMConfig(TrainingArguments):
                 "so the Trainer's label smoother would be silently skipped. Set label_smoothing_factor=0."
             )
         super().__post_init__()
+
+
+# Fields renamed because transformers' example scripts or TRL declare the same name in their own argument dataclasses
+# (HfArgumentParser refuses a flag declared twice): old name -> new name. The old names stay accepted in Python.
+RENAMED_FIELDS = {"label_column_name": "class_counts_column"}
+
+
+def _warn_renamed(old: str, stacklevel: int) -> None:
+    warnings.warn(
+        f"HEMConfig's {old} was renamed {RENAMED_FIELDS[old]}: the old name is also a data argument of transformers' "
+        f"example scripts, and HfArgumentParser refuses a name declared twice. Use {RENAMED_FIELDS[old]}.",
+        FutureWarning,
+        stacklevel=stacklevel,
+    )
+
+
+def _accept_renamed_fields(init):
+    """Wraps the dataclass `__init__` so that the old names of renamed fields still work (with a `FutureWarning`)."""
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        for old, new in RENAMED_FIELDS.items():
+            if old in kwargs:
+                if new in kwargs:
+                    raise ValueError(
+                        f"{old}={kwargs[old]!r} and {new}={kwargs[new]!r} were both given; {old} is the former name "
+                        f"of {new}: give {new} only."
+                    )
+                _warn_renamed(old, stacklevel=3)
+                kwargs[new] = kwargs.pop(old)
+        init(self, *args, **kwargs)
+
+    return __init__
+
+
+HEMConfig.__init__ = _accept_renamed_fields(HEMConfig.__init__)
 
 
 def _check_number(name: str, value, minimum: float | None = None, inclusive: bool = False) -> None:

@@ -200,7 +200,7 @@ class LossSetup:
         dataset = self.train_dataset
         if datasets is None or not isinstance(dataset, datasets.Dataset):
             return None
-        column = find_label_column(dataset, self.num_classes, self.args.label_column_name, nested=self.token_labels)
+        column = find_label_column(dataset, self.num_classes, self.args.class_counts_column, nested=self.token_labels)
         if column is None:
             return None
         try:
