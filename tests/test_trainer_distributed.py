@@ -4,6 +4,7 @@
 (`tests/scripts/ddp_grad_check.py`) trains one step per case and saves rank 0's all-reduced gradients.
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -18,9 +19,9 @@ from transformers import ViTConfig, ViTForImageClassification  # noqa: E402
 
 
 try:  # tests/ may or may not become a package
-    from .helpers import launch_two_processes
+    from .helpers import launch_two_processes, script_main
 except ImportError:
-    from helpers import launch_two_processes
+    from helpers import launch_two_processes, script_main
 
 from hf_hem.losses import cross_entropy_loss, hem_loss  # noqa: E402
 from hf_hem.margins import margins_from_counts  # noqa: E402
@@ -141,3 +142,25 @@ def test_two_processes_with_accumulation_and_skipping_are_exact(tmp_path):
             assert difference < 1e-6 or (saved["gradients"][name] - gradient).abs().max() < 1e-7, (case, name)
         assert saved["logged_loss"] == pytest.approx(expected_loss, rel=1e-6), case
     assert torch.load(tmp_path / "hem_exact.pt")["skipped_fraction"] >= 0.5
+
+
+EVALUATION_SCRIPT = REPO_ROOT / "tests" / "scripts" / "ddp_eval_check.py"
+
+
+@pytest.mark.slow
+def test_evaluation_metrics_do_not_depend_on_the_number_of_processes(tmp_path):
+    """45 evaluation samples on 2 processes x 8: accelerate pads the last batch with 3 duplicates, which
+    `compute_metrics` never sees; `eval_loss` and `eval_hem/*` must leave them out too and equal one process."""
+    launch_two_processes(EVALUATION_SCRIPT, tmp_path)
+    script_main(EVALUATION_SCRIPT)(str(tmp_path))
+    one = json.loads((tmp_path / "metrics_1.json").read_text())
+    two = json.loads((tmp_path / "metrics_2.json").read_text())
+    for prefix in ("eval", "test"):  # evaluate() and predict()
+        assert one[prefix][f"{prefix}_samples"] == two[prefix][f"{prefix}_samples"] == 45
+        keys = [f"{prefix}_loss"] + [key for key in one[prefix] if key.startswith(f"{prefix}_hem/")]
+        assert len(keys) == 5, keys
+        for key in keys:
+            assert two[prefix][key] == pytest.approx(one[prefix][key], rel=1e-6, abs=1e-7), key
+        # The statistics are those of the 45 samples compute_metrics sees.
+        assert two[prefix][f"{prefix}_hem/accuracy"] == pytest.approx(two[prefix][f"{prefix}_accuracy"], abs=1e-12)
+        assert 0 < one[prefix][f"{prefix}_hem/violating_fraction"] < 1
