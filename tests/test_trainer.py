@@ -28,6 +28,7 @@ from hf_hem.losses.registry import LOSS_SPECS  # noqa: E402
 from hf_hem.losses.terms import LossTerms  # noqa: E402
 from hf_hem.margins import margins_from_counts  # noqa: E402
 from hf_hem.trainer import HEMConfig, HEMTrainer, hem_loss_func  # noqa: E402
+from hf_hem.trainer import hem_trainer as hem_trainer_module  # noqa: E402
 
 
 try:  # tests/ may or may not become a package
@@ -572,3 +573,72 @@ def test_counting_pass_moves_no_generator_training_uses(tmp_path):
     assert trainer.class_counts.sum() > 0  # the counting pass ran through the random crops
     np.testing.assert_array_equal(np.asarray(counted[0]["labels"]), np.asarray(given[0]["labels"]))
     np.testing.assert_array_equal(np.asarray(counted[1]["pixel_values"]), np.asarray(given[1]["pixel_values"]))
+
+
+# ---- launches, sharded engines ----
+
+
+def test_several_processes_launched_but_none_distributed_is_refused(tmp_path, monkeypatch):
+    # What a launcher leaves in the environment when accelerate then finds nothing to distribute over (no LOCAL_RANK
+    # here, so no process group waits for a second process).
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    args = make_args(tmp_path, use_cpu=False)
+    with pytest.raises(RuntimeError, match=r"started 2 processes \(WORLD_SIZE=2, RANK=1\).*--use_cpu true"):
+        HEMTrainer(model=tiny_vit(), args=args, train_dataset=image_dataset())
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert HEMTrainer(model=tiny_vit(), args=args, train_dataset=image_dataset()).loss_is_scaled_for_ga
+
+
+def test_launch_mismatch_and_padded_rows():
+    from types import SimpleNamespace
+
+    from hf_hem.trainer.distributed import launch_mismatch, real_rows_in_batch
+
+    assert launch_mismatch({"WORLD_SIZE": "2"}, num_processes=2) is None
+    assert launch_mismatch({}, num_processes=1) is None
+    assert "WORLD_SIZE=4, LOCAL_RANK=3" in launch_mismatch({"WORLD_SIZE": "4", "LOCAL_RANK": "3"}, num_processes=1)
+    # 45 samples, 2 processes x 8: the last global batch holds 45 % 16 = 13 real rows, 8 on rank 0 and 5 on rank 1.
+    last = SimpleNamespace(end_of_dataloader=True, remainder=13)
+    assert [real_rows_in_batch(last, rank, 2, 8) for rank in (0, 1)] == [8, 5]
+    # 3 samples, 4 processes x 2: ranks 2 and 3 hold padding only.
+    tiny = SimpleNamespace(end_of_dataloader=True, remainder=3)
+    assert [real_rows_in_batch(tiny, rank, 4, 2) for rank in range(4)] == [2, 1, 0, 0]
+    for state in (
+        SimpleNamespace(end_of_dataloader=False, remainder=13),  # not the last batch
+        SimpleNamespace(end_of_dataloader=True, remainder=0),  # no padding
+        SimpleNamespace(end_of_dataloader=True, remainder=-1),  # no length: gather_for_metrics keeps everything
+    ):
+        assert real_rows_in_batch(state, 1, 2, 8) == 8
+    assert real_rows_in_batch(last, 0, 1, 8) == 8
+
+
+@pytest.mark.parametrize("engine", ["FSDP", "DeepSpeed"])
+def test_sharded_engines_refuse_skipping_and_normalise_each_micro_batch(tmp_path, engine, monkeypatch, caplog):
+    # accelerate enables FSDP and DeepSpeed only on accelerators: fake the trainer's view of the engine.
+    monkeypatch.setattr(hem_trainer_module, "sharded_engine_name", lambda fsdp, deepspeed: engine)
+    for skip in ("exact", "stale"):
+        with pytest.raises(ValueError, match=rf"skip_zero_loss='{skip}' is not supported under {engine}"):
+            HEMTrainer(model=tiny_vit(), args=make_args(tmp_path, skip_zero_loss=skip), train_dataset=image_dataset())
+    with caplog.at_level("WARNING", logger="hf_hem.trainer.distributed"):
+        HEMTrainer(
+            model=tiny_vit(), args=make_args(tmp_path, gradient_accumulation_steps=2), train_dataset=image_dataset()
+        )
+    assert f"{engine} with gradient_accumulation_steps=2: each micro-batch is its own HEM batch" in caplog.text
+    # One micro-batch per step: normalising the loss before backward (no gradient touched afterwards) gives exactly
+    # the gradient of the exact-accumulation path.
+    gradients = {}
+    for path in ("sharded", "plain"):
+        if path == "plain":
+            monkeypatch.undo()
+        recorder = GradientRecorder()
+        trainer = HEMTrainer(
+            model=tiny_vit(), args=exact_step_args(tmp_path), train_dataset=image_dataset(), callbacks=[recorder]
+        )
+        assert trainer.loss_is_scaled_for_ga == (path == "plain")
+        trainer.train()
+        assert "hem/violating_fraction" in trainer.state.log_history[0]
+        gradients[path] = recorder.gradients
+    for name, gradient in gradients["plain"].items():
+        torch.testing.assert_close(gradients["sharded"][name], gradient, rtol=1e-6, atol=1e-7, msg=name)

@@ -6,6 +6,8 @@
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +21,9 @@ from transformers import ViTConfig, ViTForImageClassification  # noqa: E402
 
 
 try:  # tests/ may or may not become a package
-    from .helpers import launch_two_processes, script_main
+    from .helpers import free_port, launch_two_processes, offline_env, script_main, with_repo_on_pythonpath
 except ImportError:
-    from helpers import launch_two_processes, script_main
+    from helpers import free_port, launch_two_processes, offline_env, script_main, with_repo_on_pythonpath
 
 from hf_hem.losses import cross_entropy_loss, hem_loss  # noqa: E402
 from hf_hem.margins import margins_from_counts  # noqa: E402
@@ -164,3 +166,24 @@ def test_evaluation_metrics_do_not_depend_on_the_number_of_processes(tmp_path):
         # The statistics are those of the 45 samples compute_metrics sees.
         assert two[prefix][f"{prefix}_hem/accuracy"] == pytest.approx(two[prefix][f"{prefix}_accuracy"], abs=1e-12)
         assert 0 < one[prefix][f"{prefix}_hem/violating_fraction"] < 1
+
+
+LAUNCH_SCRIPT = REPO_ROOT / "tests" / "scripts" / "launch_without_cpu_flag.py"
+
+
+@pytest.mark.slow
+def test_multi_gpu_launch_on_a_cpu_machine_is_refused(tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` without `--use_cpu true` and without GPUs: two processes that
+    would each train alone into the same folder. Both stop at `HEMTrainer(...)`, naming the values and the fix."""
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(free_port()), str(LAUNCH_SCRIPT), str(tmp_path),
+    ]  # fmt: skip
+    env = with_repo_on_pythonpath(offline_env(CUDA_VISIBLE_DEVICES=""), tests_dir=True)
+    env.pop("ACCELERATE_USE_CPU", None)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert not (tmp_path / "trained").exists()
+    for expected in ("RuntimeError: The launcher started 2 processes", "WORLD_SIZE=2", "RANK=1", "--use_cpu true"):
+        assert expected in result.stderr, (expected, result.stderr[-3000:])
