@@ -22,8 +22,10 @@ from transformers import ViTConfig, ViTForImageClassification  # noqa: E402
 
 try:  # tests/ may or may not become a package
     from .helpers import free_port, launch_two_processes, offline_env, script_main, with_repo_on_pythonpath
+    from .helpers import tiny_vit as shared_tiny_vit
 except ImportError:
     from helpers import free_port, launch_two_processes, offline_env, script_main, with_repo_on_pythonpath
+    from helpers import tiny_vit as shared_tiny_vit
 
 from hf_hem.losses import cross_entropy_loss, hem_loss  # noqa: E402
 from hf_hem.margins import margins_from_counts  # noqa: E402
@@ -173,7 +175,7 @@ LAUNCH_SCRIPT = REPO_ROOT / "tests" / "scripts" / "launch_without_cpu_flag.py"
 
 @pytest.mark.slow
 def test_multi_gpu_launch_on_a_cpu_machine_is_refused(tmp_path):
-    """`accelerate launch --multi_gpu --num_processes 2` without `--use_cpu true` and without GPUs: two processes that
+    """`accelerate launch --multi_gpu --num_processes 2`, no GPUs, the script not given `--use_cpu true`: two processes that
     would each train alone into the same folder. Both stop at `HEMTrainer(...)`, naming the values and the fix."""
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
@@ -187,3 +189,48 @@ def test_multi_gpu_launch_on_a_cpu_machine_is_refused(tmp_path):
     assert not (tmp_path / "trained").exists()
     for expected in ("RuntimeError: The launcher started 2 processes", "WORLD_SIZE=2", "RANK=1", "--use_cpu true"):
         assert expected in result.stderr, (expected, result.stderr[-3000:])
+
+
+TWO_MACHINE_SCRIPT = REPO_ROOT / "tests" / "scripts" / "two_machine_train.py"
+
+
+@pytest.mark.slow
+def test_two_machines_train_the_weights_of_one_process(tmp_path):
+    """Two "machines" on this host, one process each (`--multi_gpu --num_machines 2`, rendezvous at 127.0.0.1;
+    the script sets `use_cpu=True`, so they are CPU processes over gloo), train three HEM
+    steps of global batch 16; the weights equal those of one process with batches of 16."""
+    port = str(free_port())
+    env = with_repo_on_pythonpath(offline_env(CUDA_VISIBLE_DEVICES=""), tests_dir=True)
+
+    def launch_command(rank: int) -> list[str]:
+        return [
+            sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2",
+            "--machine_rank", str(rank), "--num_processes", "2", "--main_process_ip", "127.0.0.1",
+            "--main_process_port", port, "--mixed_precision", "no", "--dynamo_backend", "no",
+            str(TWO_MACHINE_SCRIPT), str(tmp_path),
+        ]  # fmt: skip
+
+    machines = [
+        subprocess.Popen(launch_command(rank), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for rank in (0, 1)
+    ]
+    try:
+        outputs = [machine.communicate(timeout=300)[0] for machine in machines]
+    finally:
+        for machine in machines:
+            machine.kill()
+    for machine, output in zip(machines, outputs):
+        assert machine.returncode == 0, output[-3000:]
+    # Two nodes of one process each: both processes are the first on their machine.
+    placements = [json.loads((tmp_path / f"placement_rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert placements == [{"process_index": r, "local_process_index": 0, "world_size": 2} for r in (0, 1)]
+
+    script_main(TWO_MACHINE_SCRIPT)(str(tmp_path))
+    one, two = torch.load(tmp_path / "weights_1.pt"), torch.load(tmp_path / "weights_2.pt")
+    initial = shared_tiny_vit(seed=1).state_dict()  # the script's starting point
+    assert max(float((one[name] - initial[name]).abs().max()) for name in one) > 1e-2  # training moved the weights
+    for name, value in one.items():
+        torch.testing.assert_close(two[name], value, rtol=0, atol=1e-6, msg=name)
+    logs = [json.loads((tmp_path / f"log_{world}.json").read_text()) for world in (1, 2)]
+    fractions = [[entry["hem/violating_fraction"] for entry in log if "loss" in entry] for log in logs]
+    assert fractions[0] == fractions[1] and min(fractions[0]) < 1  # the count of violating samples varied

@@ -44,8 +44,8 @@ def real_rows_in_batch(gradient_state, process_index: int, num_processes: int, l
 def launch_mismatch(environ: Mapping[str, str], num_processes: int) -> str | None:
     """Why this launch is several independent trainings rather than one distributed training, or `None`.
 
-    `accelerate launch --multi_gpu --num_processes 2` (or `torchrun`) on a machine without GPUs, without
-    `--use_cpu true`, starts two processes with `WORLD_SIZE=2` in their environment; accelerate finds no device to
+    `accelerate launch --multi_gpu --num_processes 2` (or `torchrun`) on a machine without GPUs, when the script is
+    not given `--use_cpu true` (`TrainingArguments.use_cpu`), starts two processes with `WORLD_SIZE=2` in their environment; accelerate finds no device to
     distribute over and each process trains alone, on the whole data set, into the same output folder.
     """
     try:
@@ -59,9 +59,10 @@ def launch_mismatch(environ: Mapping[str, str], num_processes: int) -> str | Non
         f"The launcher started {launched} processes ({values}), but each trains as a single process "
         "(accelerate found nothing to distribute over: distributed training False): every process would train the whole model on the whole data "
         "set by itself and write into the same output_dir, overwriting the others' checkpoints. On a machine without "
-        "GPUs launch with `accelerate launch --use_cpu true ...` (or set `use_cpu=True` / `--use_cpu`) so the "
-        "processes train together over gloo; with GPUs, check that every process sees one (`nvidia-smi`, "
-        "CUDA_VISIBLE_DEVICES)."
+        "GPUs keep `accelerate launch --multi_gpu --num_processes N` and pass `--use_cpu true` to the script "
+        "(`use_cpu=True` in `HEMConfig`), or export ACCELERATE_USE_CPU=true, so the processes train together over "
+        "gloo (accelerate's own `--cpu` flag starts one process); with GPUs, check that every process sees one "
+        "(`nvidia-smi`, CUDA_VISIBLE_DEVICES)."
     )
 
 
