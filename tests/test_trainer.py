@@ -642,3 +642,48 @@ def test_sharded_engines_refuse_skipping_and_normalise_each_micro_batch(tmp_path
         gradients[path] = recorder.gradients
     for name, gradient in gradients["plain"].items():
         torch.testing.assert_close(gradients["sharded"][name], gradient, rtol=1e-6, atol=1e-7, msg=name)
+
+
+# ---- the margin monitor ----
+
+
+@pytest.mark.parametrize("margin, warns", [(1000.0, True), (0.1, False)])
+def test_violating_fraction_stuck_at_one_is_reported_once(tmp_path, margin, warns, caplog):
+    args = make_args(tmp_path, loss_name="hem", margin=margin, max_steps=16, logging_steps=1)
+    trainer = HEMTrainer(model=tiny_vit(), args=args, train_dataset=image_dataset())
+    with caplog.at_level("WARNING", logger="hf_hem.trainer.margin_monitor"):
+        trainer.train()
+    fractions = [entry["hem/violating_fraction"] for entry in trainer.state.log_history if "loss" in entry]
+    messages = [record.getMessage() for record in caplog.records if record.name == "hf_hem.trainer.margin_monitor"]
+    if warns:
+        assert min(fractions) == 1.0
+        # Once, at step 10 (25% of 16 steps is 4, but never before step 10), with the numbers and what to try.
+        assert len(messages) == 1
+        assert "after 10 of 16 optimizer steps" in messages[0] and "mean margin 1000" in messages[0]
+        assert "--margin 1.0" in messages[0]
+    else:
+        assert fractions[0] == 1.0 and min(fractions[:10]) < 0.99  # at 1 at first (fresh head), then it moves
+        assert messages == []
+
+
+def test_margin_monitor_waits_for_its_share_of_the_training():
+    from types import SimpleNamespace
+
+    from hf_hem.trainer.margin_monitor import ViolatingFractionMonitor
+
+    monitor = ViolatingFractionMonitor(share=0.25)
+    assert [monitor.check_step(steps) for steps in (4, 16, 100, 1000)] == [4, 10, 25, 250]
+    state = SimpleNamespace(global_step=0, max_steps=100, is_world_process_zero=True)
+    monitor.on_train_begin(None, state, None)
+    for step, fraction in ((10, 1.0), (20, 1.0), (30, 0.995)):
+        state.global_step = step
+        monitor.on_log(None, state, None, logs={"hem/violating_fraction": fraction})
+        assert monitor.warned == (step >= 25)
+    # A fraction that moved below 1 once is not stuck, even if it climbs back.
+    monitor.on_train_begin(None, state, None)
+    for step, fraction in ((10, 0.5), (30, 1.0), (60, 1.0)):
+        state.global_step = step
+        monitor.on_log(None, state, None, logs={"hem/violating_fraction": fraction})
+    assert not monitor.warned
+    with pytest.raises(ValueError, match="share=0"):
+        ViolatingFractionMonitor(share=0)

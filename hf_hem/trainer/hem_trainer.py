@@ -25,12 +25,14 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from ..cards import HEMModelCardCallback
 from ..hub import move_token_to_environment
+from ..losses.registry import loss_spec
 from ..losses.terms import LossTerms, count_dtype, logits_from_outputs
 from .checkpoint_compat import CheckpointCompatMixin
 from .distributed import check_launch, check_sharded_engine, real_rows_in_batch, sharded_engine_name
 from .hem_config import HEMConfig
 from .hub_mixin import HEMCardHubMixin
 from .loss_setup import LossSetup, _datasets_module, counting_loader
+from .margin_monitor import ViolatingFractionMonitor
 from .sample_skipping import (
     SAMPLE_INDEX_KEY,
     StaleZeroLossTracker,
@@ -198,6 +200,8 @@ class HEMTrainer(CheckpointCompatMixin, HEMCardHubMixin, Trainer):
         if hasattr(self.model, "add_model_tags"):
             self.model.add_model_tags(self._tag_names)
         self.add_callback(HEMModelCardCallback(self.model_card_kwargs))
+        if loss_spec(args.loss_name).margin_loss:
+            self.add_callback(ViolatingFractionMonitor())  # warns when every sample keeps violating its margin
 
     # ---- set-up: the loss (classes, ignore index, counts, margins) ----
 
