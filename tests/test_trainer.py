@@ -591,6 +591,18 @@ def test_several_processes_launched_but_none_distributed_is_refused(tmp_path, mo
     assert HEMTrainer(model=tiny_vit(), args=args, train_dataset=image_dataset()).loss_is_scaled_for_ga
 
 
+def test_tensor_context_and_sequence_parallelism_are_refused():
+    from accelerate.parallelism_config import ParallelismConfig
+
+    from hf_hem.trainer.distributed import check_data_parallel_only
+
+    check_data_parallel_only(None)
+    check_data_parallel_only(ParallelismConfig(dp_shard_size=2))
+    for name in ("tp_size", "cp_size"):
+        with pytest.raises(ValueError, match=rf"data parallelism only .*got {name}=2"):
+            check_data_parallel_only(ParallelismConfig(**{name: 2}))
+
+
 def test_launch_mismatch_and_padded_rows():
     from types import SimpleNamespace
 

@@ -111,3 +111,28 @@ def check_sharded_engine(engine: str | None, *, skip_zero_loss: str, gradient_ac
             "accumulation over the window needs plain DDP or one process (docs/trainer.md)."
         )
     return False
+
+
+def check_data_parallel_only(parallelism_config) -> None:
+    """Refuses tensor, context and sequence parallelism (accelerate's `ParallelismConfig`).
+
+    The trainer's counts and statistics are summed over all processes as if each held its own samples, and the loss
+    is multiplied by the number of processes to undo the gradient average. When several processes share the same
+    samples (a tensor-, context- or sequence-parallel group), both would be wrong, silently.
+
+    Raises:
+        ValueError: `tp_size`, `cp_size` or `sp_size` above 1.
+    """
+    if parallelism_config is None:
+        return
+    shared = {
+        name: getattr(parallelism_config, name, None)
+        for name in ("tp_size", "cp_size", "sp_size")
+        if (getattr(parallelism_config, name, None) or 1) > 1
+    }
+    if shared:
+        values = ", ".join(f"{name}={value}" for name, value in shared.items())
+        raise ValueError(
+            f"HEMTrainer supports data parallelism only (DDP, FSDP, DeepSpeed ZeRO); got {values}: processes that "
+            "share samples would be counted more than once in the loss's normaliser and the hem/* statistics."
+        )

@@ -28,7 +28,13 @@ from ..hub import move_token_to_environment
 from ..losses.registry import loss_spec
 from ..losses.terms import LossTerms, count_dtype, logits_from_outputs
 from .checkpoint_compat import CheckpointCompatMixin
-from .distributed import check_launch, check_sharded_engine, real_rows_in_batch, sharded_engine_name
+from .distributed import (
+    check_data_parallel_only,
+    check_launch,
+    check_sharded_engine,
+    real_rows_in_batch,
+    sharded_engine_name,
+)
 from .hem_config import HEMConfig
 from .hub_mixin import HEMCardHubMixin
 from .loss_setup import LossSetup, _datasets_module, counting_loader
@@ -176,6 +182,7 @@ class HEMTrainer(CheckpointCompatMixin, HEMCardHubMixin, Trainer):
         self._violating_fraction = 0.0  # of the last micro-batch: with skipping on, the first one selects
         self._stale = None
         check_launch(os.environ, self.accelerator.num_processes)
+        check_data_parallel_only(getattr(self.accelerator, "parallelism_config", None))
         # Under FSDP / DeepSpeed each micro-batch's loss is normalised before its backward pass (distributed.py).
         self.loss_is_scaled_for_ga = check_sharded_engine(
             sharded_engine_name(fsdp=self.is_fsdp_enabled, deepspeed=self.is_deepspeed_enabled),
