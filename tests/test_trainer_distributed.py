@@ -175,8 +175,9 @@ LAUNCH_SCRIPT = REPO_ROOT / "tests" / "scripts" / "launch_without_cpu_flag.py"
 
 @pytest.mark.slow
 def test_multi_gpu_launch_on_a_cpu_machine_is_refused(tmp_path):
-    """`accelerate launch --multi_gpu --num_processes 2`, no GPUs, the script not given `--use_cpu true`: two processes that
-    would each train alone into the same folder. Both stop at `HEMTrainer(...)`, naming the values and the fix."""
+    """`accelerate launch --multi_gpu --num_processes 2`, no GPUs, the script not given `--use_cpu true`: two
+    processes that would each train alone into the same folder. Both stop at `HEMTrainer(...)`, naming the values
+    and the fix."""
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",

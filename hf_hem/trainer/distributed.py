@@ -45,8 +45,9 @@ def launch_mismatch(environ: Mapping[str, str], num_processes: int) -> str | Non
     """Why this launch is several independent trainings rather than one distributed training, or `None`.
 
     `accelerate launch --multi_gpu --num_processes 2` (or `torchrun`) on a machine without GPUs, when the script is
-    not given `--use_cpu true` (`TrainingArguments.use_cpu`), starts two processes with `WORLD_SIZE=2` in their environment; accelerate finds no device to
-    distribute over and each process trains alone, on the whole data set, into the same output folder.
+    not given `--use_cpu true` (`TrainingArguments.use_cpu`), starts two processes with `WORLD_SIZE=2` in their
+    environment; accelerate finds no device to distribute over and each process trains alone, on the whole data
+    set, into the same output folder.
     """
     try:
         launched = int(environ.get("WORLD_SIZE", "1"))
@@ -57,8 +58,9 @@ def launch_mismatch(environ: Mapping[str, str], num_processes: int) -> str | Non
     values = ", ".join(f"{name}={environ[name]}" for name in LAUNCH_VARIABLES if name in environ)
     return (
         f"The launcher started {launched} processes ({values}), but each trains as a single process "
-        "(accelerate found nothing to distribute over: distributed training False): every process would train the whole model on the whole data "
-        "set by itself and write into the same output_dir, overwriting the others' checkpoints. On a machine without "
+        "(accelerate found nothing to distribute over: distributed training False): every process would train the "
+        "whole model on the whole data set by itself and write into the same output_dir, overwriting the others' "
+        "checkpoints. On a machine without "
         "GPUs keep `accelerate launch --multi_gpu --num_processes N` and pass `--use_cpu true` to the script "
         "(`use_cpu=True` in `HEMConfig`), or export ACCELERATE_USE_CPU=true, so the processes train together over "
         "gloo (accelerate's own `--cpu` flag starts one process); with GPUs, check that every process sees one "

@@ -21,10 +21,11 @@ class ViolatingFractionMonitor(TrainerCallback):
     Warns once when the training `hem/violating_fraction` has not moved from 1 after a share of the training.
 
     The check runs at every training log: once `state.global_step` has reached `share` of `state.max_steps`, but at
-    least `min_steps` (or all of them in a shorter run), if every `hem/violating_fraction` logged so far was at least `stuck_at`, it logs one
-    warning with the numbers and what to try. It looks only at what is logged, so it needs `logging_steps` to fall
-    in that share of the training (the check then runs at the first log after it). The floor is there because the
-    first steps of any run violate any margin: a freshly initialised head gives nearly equal logits.
+    least `min_steps` (or all of them in a shorter run), if every `hem/violating_fraction` logged so far was at least
+    `stuck_at`, it logs one warning with the numbers and what to try. It looks only at what is logged, so it needs
+    `logging_steps` to fall in that share of the training (the check then runs at the first log after it). The floor
+    is there because the first steps of any run violate any margin: a freshly initialised head gives nearly equal
+    logits.
 
     Args:
         share (`float`, *optional*, defaults to 0.25):
