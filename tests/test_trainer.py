@@ -672,9 +672,9 @@ def test_violating_fraction_stuck_at_one_is_reported_once(tmp_path, margin, warn
         # Once, at step 10 (25% of 16 steps is 4, but never before step 10), with the numbers and what to try.
         assert len(messages) == 1
         assert "after 10 of 16 optimizer steps" in messages[0] and "mean margin 1000" in messages[0]
-        assert "--margin 1.0" in messages[0]
+        assert "`--margin 1`" in messages[0] and "hem/accuracy went from" in messages[0]
     else:
-        assert fractions[0] == 1.0 and min(fractions[:10]) < 0.99  # at 1 at first (fresh head), then it moves
+        assert fractions[0] == 1.0 and min(fractions[:10]) < 0.999  # at 1 at first (fresh head), then it moves
         assert messages == []
 
 
@@ -687,7 +687,7 @@ def test_margin_monitor_waits_for_its_share_of_the_training():
     assert [monitor.check_step(steps) for steps in (4, 16, 100, 1000)] == [4, 10, 25, 250]
     state = SimpleNamespace(global_step=0, max_steps=100, is_world_process_zero=True)
     monitor.on_train_begin(None, state, None)
-    for step, fraction in ((10, 1.0), (20, 1.0), (30, 0.995)):
+    for step, fraction in ((10, 1.0), (20, 1.0), (30, 0.9995)):
         state.global_step = step
         monitor.on_log(None, state, None, logs={"hem/violating_fraction": fraction})
         assert monitor.warned == (step >= 25)
@@ -699,3 +699,8 @@ def test_margin_monitor_waits_for_its_share_of_the_training():
     assert not monitor.warned
     with pytest.raises(ValueError, match="share=0"):
         ViolatingFractionMonitor(share=0)
+    # The margin to try is a quarter of the present one, at most 1; HEM+ is told about margin_scale instead.
+    for margin, expected in ((6.455, "`--margin 1`"), (1.0, "`--margin 0.25`")):
+        assert expected in monitor.message(SimpleNamespace(loss_name="hem"), state, margin)
+    hem_plus = monitor.message(SimpleNamespace(loss_name="hem+", margin_scale=2000.0), state, 3.0)
+    assert "`--margin_scale` (e.g. 125, which divides every margin by 4)" in hem_plus and "--margin " not in hem_plus

@@ -30,24 +30,25 @@ class ViolatingFractionMonitor(TrainerCallback):
     Args:
         share (`float`, *optional*, defaults to 0.25):
             Share of the optimizer steps after which a violating fraction still at 1 is reported.
-        stuck_at (`float`, *optional*, defaults to 0.99):
+        stuck_at (`float`, *optional*, defaults to 0.999):
             A violating fraction at or above this counts as "not moved from 1".
         min_steps (`int`, *optional*, defaults to 10):
             The earliest optimizer step of the check.
     """
 
-    def __init__(self, share: float = 0.25, stuck_at: float = 0.99, min_steps: int = 10):
+    def __init__(self, share: float = 0.25, stuck_at: float = 0.999, min_steps: int = 10):
         if not 0.0 < share <= 1.0:
             raise ValueError(f"share={share}; expected a fraction of the training in (0, 1].")
         self.share = share
         self.stuck_at = stuck_at
         self.min_steps = min_steps
         self.lowest: float | None = None
+        self.accuracies: tuple[float, ...] | None = None  # the first and the latest logged hem/accuracy
         self.logged = 0
         self.warned = False
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.lowest, self.logged, self.warned = None, 0, False
+        self.lowest, self.logged, self.warned, self.accuracies = None, 0, False, None
 
     def check_step(self, max_steps: int) -> int:
         """The optimizer step from which a stuck violating fraction is reported."""
@@ -59,18 +60,36 @@ class ViolatingFractionMonitor(TrainerCallback):
             return
         self.logged += 1
         self.lowest = fraction if self.lowest is None else min(self.lowest, fraction)
+        accuracy = logs.get("hem/accuracy")
+        if accuracy is not None:
+            self.accuracies = (self.accuracies or (accuracy,))[:1] + (accuracy,)
         if state.global_step < self.check_step(state.max_steps) or self.lowest < self.stuck_at:
             return
         self.warned = True
-        if not state.is_world_process_zero:
-            return
-        margin = logs.get("hem/margin_mean")
-        margin_text = f"mean margin {margin:.4g}" if margin is not None else "the margin"
-        logger.warning(
+        if state.is_world_process_zero:
+            logger.warning(self.message(args, state, logs.get("hem/margin_mean")))
+
+    def message(self, args, state, margin: float | None) -> str:
+        """The warning: what was seen, and a margin to try (a quarter of the present one, at most 1)."""
+        accuracy = ""
+        if self.accuracies:
+            accuracy = f"; hem/accuracy went from {self.accuracies[0]:.4f} to {self.accuracies[-1]:.4f}"
+        seen = (
             f"hem/violating_fraction has not moved from 1 after {state.global_step} of {state.max_steps} optimizer "
             f"steps: it was at least {self.stuck_at} at each of the {self.logged} training logs (lowest "
-            f"{self.lowest:.4f}), with {margin_text}. Nearly every sample misses its margin, so HEM keeps pushing on "
-            "all of them and may not learn at all. Try a smaller margin: `--margin 1.0` (HEMConfig(margin=1.0)) or a "
-            "smaller `--margin_scale`, whose rule mu = sqrt(margin_scale / S) was calibrated on tens of thousands of "
-            "training samples (docs/trainer.md, 'Margins')."
+            f"{self.lowest:.4f}), with mean margin {margin if margin is None else format(margin, '.4g')}{accuracy}. "
+            "Nearly every sample misses its margin, so HEM pushes on all of them alike and may learn slowly or not "
+            "at all. "
+        )
+        if getattr(args, "per_class_margins", False) or getattr(args, "loss_name", None) == "hem+":
+            scale = getattr(args, "margin_scale", None)
+            smaller = f" (e.g. {scale / 16:g}, which divides every margin by 4)" if scale else ""
+            return seen + f"Try a smaller `--margin_scale`{smaller}, the M of mu_c = sqrt(M / (n S p_c))."
+        suggestion = "a smaller `--margin`" if margin is None else f"`--margin {min(1.0, margin / 4):.2g}`"
+        if getattr(args, "margin", None) is not None:  # a fixed margin: margin_scale plays no part
+            return seen + f"Try {suggestion} (a quarter of the present one, at most 1.0)."
+        return seen + (
+            f"Try {suggestion} (a quarter of the present one, at most 1.0) or a smaller `--margin_scale`, whose rule "
+            "mu = sqrt(margin_scale / S) was calibrated on tens of thousands of training samples (docs/trainer.md, "
+            "'Margins')."
         )
