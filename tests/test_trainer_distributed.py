@@ -1,7 +1,9 @@
-"""Two CPU processes (DDP over gloo) give the gradients of one process on the concatenated batch.
+"""Several CPU processes (DDP over gloo) behave as one: the gradients of one process on the concatenated batch, the
+evaluation metrics of one process, the weights of one process when the two processes are two "machines"; and a
+launch that starts two processes accelerate does not distribute is refused.
 
-`accelerate launch --multi_gpu --num_processes 2` starts two real ranks even without GPUs; the launched script
-(`tests/scripts/ddp_grad_check.py`) trains one step per case and saves rank 0's all-reduced gradients.
+`accelerate launch --multi_gpu --num_processes 2` starts two real ranks even without GPUs when the script runs on
+the CPU (`use_cpu=True`); the launched scripts are in `tests/scripts/`.
 """
 
 import json

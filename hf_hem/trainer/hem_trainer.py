@@ -7,7 +7,8 @@ How the loss is put together (every registry loss): each micro-batch of each pro
 its per-sample losses and its count (violating samples for HEM, labelled ones for CE, ...) to the window of one
 optimizer step; after the window's last micro-batch one all-reduce gives the global count, and the accumulated
 gradients are divided by it before clipping. `k` micro-batches on `p` processes then give exactly the gradient of
-one batch of `k * p` times the size (docs/trainer.md). `HEMConfig.skip_zero_loss` skips satisfied samples.
+one batch of `k * p` times the size (docs/trainer.md). `HEMConfig.skip_zero_loss` skips satisfied samples. Under
+FSDP and DeepSpeed each micro-batch is normalised before its backward pass instead (`distributed.py`).
 """
 
 from __future__ import annotations
