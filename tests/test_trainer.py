@@ -704,3 +704,23 @@ def test_margin_monitor_waits_for_its_share_of_the_training():
         assert expected in monitor.message(SimpleNamespace(loss_name="hem"), state, margin)
     hem_plus = monitor.message(SimpleNamespace(loss_name="hem+", margin_scale=2000.0), state, 3.0)
     assert "`--margin_scale` (e.g. 125, which divides every margin by 4)" in hem_plus and "--margin " not in hem_plus
+
+
+def test_eval_loss_is_the_loss_of_the_whole_evaluation_set(tmp_path):
+    # Batches of 5 over 32 samples: the loss of the whole set (sum over its violating samples), not a batch mean.
+    model = tiny_vit()
+    with torch.no_grad():  # larger logits, so that some samples meet the margin
+        model.classifier.weight.mul_(20.0)
+    dataset = image_dataset()
+    args = make_args(tmp_path, per_device_eval_batch_size=5, margin=0.5)
+    metrics = HEMTrainer(model=model, args=args, eval_dataset=dataset).evaluate()
+    model.eval()
+    with torch.no_grad():
+        logits = model(pixel_values=torch.tensor(np.asarray(dataset["pixel_values"]))).logits
+    labels = torch.tensor(dataset["label"])
+    per_sample = hem_loss(logits, labels, 0.5, reduction="none")
+    violating = per_sample > 0
+    assert 0 < int(violating.sum()) < len(labels)
+    assert metrics["eval_loss"] == pytest.approx(float(per_sample.sum() / violating.sum()), rel=1e-6)
+    batch_losses = [float(hem_loss(logits[i : i + 5], labels[i : i + 5], 0.5)) for i in range(0, 32, 5)]
+    assert metrics["eval_loss"] != pytest.approx(float(np.average(batch_losses, weights=[5] * 6 + [2])), rel=1e-4)
