@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One short GPU check for the fused HEM kernels (issue 7): Triton correctness tests (interpreter, then CUDA, in
 # separate processes), the loss benchmark, every Triton block configuration timed alone with its effective bandwidth,
-# the loss with upsampling inside it (SegFormer's quarter-resolution logits), and the train-step benchmark.
+# the loss with upsampling inside it (SegFormer's quarter-resolution logits), the train-step benchmark, and HEMTrainer
+# under FSDP (issue 19: skip_zero_loss refused, the weights of the unsharded trainer; one process, as one GPU allows).
 #
 #     bash benchmarks/gpu_check.sh            # logs and JSON go to $OUT (default: ./gpu_check_out)
 #
@@ -66,3 +67,8 @@ PY
 
 timeout 150 "$PYTHON" benchmarks/train_step_bench.py --device cuda --json "$OUT/train_step.json" 2>&1 \
   | tee "$OUT/train_step.txt"
+
+# FSDP is enabled by accelerate only on accelerators: HEMTrainer's FSDP path (each micro-batch normalised before its
+# backward, skip_zero_loss refused) is checked here. One process (NCCL takes one rank per GPU).
+timeout 150 "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node 1 benchmarks/sharded_engine_check.py 2>&1 \
+  | grep -v "^{" | tee "$OUT/sharded_engine_check.txt"

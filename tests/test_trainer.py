@@ -28,6 +28,7 @@ from hf_hem.losses.registry import LOSS_SPECS  # noqa: E402
 from hf_hem.losses.terms import LossTerms  # noqa: E402
 from hf_hem.margins import margins_from_counts  # noqa: E402
 from hf_hem.trainer import HEMConfig, HEMTrainer, hem_loss_func  # noqa: E402
+from hf_hem.trainer import hem_trainer as hem_trainer_module  # noqa: E402
 
 
 try:  # tests/ may or may not become a package
@@ -572,3 +573,154 @@ def test_counting_pass_moves_no_generator_training_uses(tmp_path):
     assert trainer.class_counts.sum() > 0  # the counting pass ran through the random crops
     np.testing.assert_array_equal(np.asarray(counted[0]["labels"]), np.asarray(given[0]["labels"]))
     np.testing.assert_array_equal(np.asarray(counted[1]["pixel_values"]), np.asarray(given[1]["pixel_values"]))
+
+
+# ---- launches, sharded engines ----
+
+
+def test_several_processes_launched_but_none_distributed_is_refused(tmp_path, monkeypatch):
+    # What a launcher leaves in the environment when accelerate then finds nothing to distribute over (no LOCAL_RANK
+    # here, so no process group waits for a second process).
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    args = make_args(tmp_path, use_cpu=False)
+    with pytest.raises(RuntimeError, match=r"started 2 processes \(WORLD_SIZE=2, RANK=1\).*--use_cpu true"):
+        HEMTrainer(model=tiny_vit(), args=args, train_dataset=image_dataset())
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert HEMTrainer(model=tiny_vit(), args=args, train_dataset=image_dataset()).loss_is_scaled_for_ga
+
+
+def test_tensor_context_and_sequence_parallelism_are_refused():
+    from accelerate.parallelism_config import ParallelismConfig
+
+    from hf_hem.trainer.distributed import check_data_parallel_only
+
+    check_data_parallel_only(None)
+    check_data_parallel_only(ParallelismConfig(dp_shard_size=2))
+    for name in ("tp_size", "cp_size"):
+        with pytest.raises(ValueError, match=rf"data parallelism only .*got {name}=2"):
+            check_data_parallel_only(ParallelismConfig(**{name: 2}))
+
+
+def test_launch_mismatch_and_padded_rows():
+    from types import SimpleNamespace
+
+    from hf_hem.trainer.distributed import launch_mismatch, real_rows_in_batch
+
+    assert launch_mismatch({"WORLD_SIZE": "2"}, num_processes=2) is None
+    assert launch_mismatch({}, num_processes=1) is None
+    assert "WORLD_SIZE=4, LOCAL_RANK=3" in launch_mismatch({"WORLD_SIZE": "4", "LOCAL_RANK": "3"}, num_processes=1)
+    # 45 samples, 2 processes x 8: the last global batch holds 45 % 16 = 13 real rows, 8 on rank 0 and 5 on rank 1.
+    last = SimpleNamespace(end_of_dataloader=True, remainder=13)
+    assert [real_rows_in_batch(last, rank, 2, 8) for rank in (0, 1)] == [8, 5]
+    # 3 samples, 4 processes x 2: ranks 2 and 3 hold padding only.
+    tiny = SimpleNamespace(end_of_dataloader=True, remainder=3)
+    assert [real_rows_in_batch(tiny, rank, 4, 2) for rank in range(4)] == [2, 1, 0, 0]
+    for state in (
+        SimpleNamespace(end_of_dataloader=False, remainder=13),  # not the last batch
+        SimpleNamespace(end_of_dataloader=True, remainder=0),  # no padding
+        SimpleNamespace(end_of_dataloader=True, remainder=-1),  # no length: gather_for_metrics keeps everything
+    ):
+        assert real_rows_in_batch(state, 1, 2, 8) == 8
+    assert real_rows_in_batch(last, 0, 1, 8) == 8
+
+
+@pytest.mark.parametrize("engine", ["FSDP", "DeepSpeed"])
+def test_sharded_engines_refuse_skipping_and_normalise_each_micro_batch(tmp_path, engine, monkeypatch, caplog):
+    # accelerate enables FSDP and DeepSpeed only on accelerators: fake the trainer's view of the engine.
+    monkeypatch.setattr(hem_trainer_module, "sharded_engine_name", lambda fsdp, deepspeed: engine)
+    for skip in ("exact", "stale"):
+        with pytest.raises(ValueError, match=rf"skip_zero_loss='{skip}' is not supported under {engine}"):
+            HEMTrainer(model=tiny_vit(), args=make_args(tmp_path, skip_zero_loss=skip), train_dataset=image_dataset())
+    with caplog.at_level("WARNING", logger="hf_hem.trainer.distributed"):
+        HEMTrainer(
+            model=tiny_vit(), args=make_args(tmp_path, gradient_accumulation_steps=2), train_dataset=image_dataset()
+        )
+    assert f"{engine} with gradient_accumulation_steps=2: each micro-batch is its own HEM batch" in caplog.text
+    # One micro-batch per step: normalising the loss before backward (no gradient touched afterwards) gives exactly
+    # the gradient of the exact-accumulation path.
+    gradients = {}
+    for path in ("sharded", "plain"):
+        if path == "plain":
+            monkeypatch.undo()
+        recorder = GradientRecorder()
+        trainer = HEMTrainer(
+            model=tiny_vit(), args=exact_step_args(tmp_path), train_dataset=image_dataset(), callbacks=[recorder]
+        )
+        assert trainer.loss_is_scaled_for_ga == (path == "plain")
+        trainer.train()
+        assert "hem/violating_fraction" in trainer.state.log_history[0]
+        gradients[path] = recorder.gradients
+    for name, gradient in gradients["plain"].items():
+        torch.testing.assert_close(gradients["sharded"][name], gradient, rtol=1e-6, atol=1e-7, msg=name)
+
+
+# ---- the margin monitor ----
+
+
+@pytest.mark.parametrize("margin, warns", [(1000.0, True), (0.1, False)])
+def test_violating_fraction_stuck_at_one_is_reported_once(tmp_path, margin, warns, caplog):
+    args = make_args(tmp_path, loss_name="hem", margin=margin, max_steps=16, logging_steps=1)
+    trainer = HEMTrainer(model=tiny_vit(), args=args, train_dataset=image_dataset())
+    with caplog.at_level("WARNING", logger="hf_hem.trainer.margin_monitor"):
+        trainer.train()
+    fractions = [entry["hem/violating_fraction"] for entry in trainer.state.log_history if "loss" in entry]
+    messages = [record.getMessage() for record in caplog.records if record.name == "hf_hem.trainer.margin_monitor"]
+    if warns:
+        assert min(fractions) == 1.0
+        # Once, at step 10 (25% of 16 steps is 4, but never before step 10), with the numbers and what to try.
+        assert len(messages) == 1
+        assert "after 10 of 16 optimizer steps" in messages[0] and "mean margin 1000" in messages[0]
+        assert "`--margin 1`" in messages[0] and "hem/accuracy went from" in messages[0]
+    else:
+        assert fractions[0] == 1.0 and min(fractions[:10]) < 0.999  # at 1 at first (fresh head), then it moves
+        assert messages == []
+
+
+def test_margin_monitor_waits_for_its_share_of_the_training():
+    from types import SimpleNamespace
+
+    from hf_hem.trainer.margin_monitor import ViolatingFractionMonitor
+
+    monitor = ViolatingFractionMonitor(share=0.25)
+    assert [monitor.check_step(steps) for steps in (4, 16, 100, 1000)] == [4, 10, 25, 250]
+    state = SimpleNamespace(global_step=0, max_steps=100, is_world_process_zero=True)
+    monitor.on_train_begin(None, state, None)
+    for step, fraction in ((10, 1.0), (20, 1.0), (30, 0.9995)):
+        state.global_step = step
+        monitor.on_log(None, state, None, logs={"hem/violating_fraction": fraction})
+        assert monitor.warned == (step >= 25)
+    # A fraction that moved below 1 once is not stuck, even if it climbs back.
+    monitor.on_train_begin(None, state, None)
+    for step, fraction in ((10, 0.5), (30, 1.0), (60, 1.0)):
+        state.global_step = step
+        monitor.on_log(None, state, None, logs={"hem/violating_fraction": fraction})
+    assert not monitor.warned
+    with pytest.raises(ValueError, match="share=0"):
+        ViolatingFractionMonitor(share=0)
+    # The margin to try is a quarter of the present one, at most 1; HEM+ is told about margin_scale instead.
+    for margin, expected in ((6.455, "`--margin 1`"), (1.0, "`--margin 0.25`")):
+        assert expected in monitor.message(SimpleNamespace(loss_name="hem"), state, margin)
+    hem_plus = monitor.message(SimpleNamespace(loss_name="hem+", margin_scale=2000.0), state, 3.0)
+    assert "`--margin_scale` (e.g. 125, which divides every margin by 4)" in hem_plus and "--margin " not in hem_plus
+
+
+def test_eval_loss_is_the_loss_of_the_whole_evaluation_set(tmp_path):
+    # Batches of 5 over 32 samples: the loss of the whole set (sum over its violating samples), not a batch mean.
+    model = tiny_vit()
+    with torch.no_grad():  # larger logits, so that some samples meet the margin
+        model.classifier.weight.mul_(20.0)
+    dataset = image_dataset()
+    args = make_args(tmp_path, per_device_eval_batch_size=5, margin=0.5)
+    metrics = HEMTrainer(model=model, args=args, eval_dataset=dataset).evaluate()
+    model.eval()
+    with torch.no_grad():
+        logits = model(pixel_values=torch.tensor(np.asarray(dataset["pixel_values"]))).logits
+    labels = torch.tensor(dataset["label"])
+    per_sample = hem_loss(logits, labels, 0.5, reduction="none")
+    violating = per_sample > 0
+    assert 0 < int(violating.sum()) < len(labels)
+    assert metrics["eval_loss"] == pytest.approx(float(per_sample.sum() / violating.sum()), rel=1e-6)
+    batch_losses = [float(hem_loss(logits[i : i + 5], labels[i : i + 5], 0.5)) for i in range(0, 32, 5)]
+    assert metrics["eval_loss"] != pytest.approx(float(np.average(batch_losses, weights=[5] * 6 + [2])), rel=1e-4)

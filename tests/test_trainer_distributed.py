@@ -1,10 +1,15 @@
-"""Two CPU processes (DDP over gloo) give the gradients of one process on the concatenated batch.
+"""Several CPU processes (DDP over gloo) behave as one: the gradients of one process on the concatenated batch, the
+evaluation metrics of one process, the weights of one process when the two processes are two "machines"; and a
+launch that starts two processes accelerate does not distribute is refused.
 
-`accelerate launch --multi_gpu --num_processes 2` starts two real ranks even without GPUs; the launched script
-(`tests/scripts/ddp_grad_check.py`) trains one step per case and saves rank 0's all-reduced gradients.
+`accelerate launch --multi_gpu --num_processes 2` starts two real ranks even without GPUs when the script runs on
+the CPU (`use_cpu=True`); the launched scripts are in `tests/scripts/`.
 """
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +23,11 @@ from transformers import ViTConfig, ViTForImageClassification  # noqa: E402
 
 
 try:  # tests/ may or may not become a package
-    from .helpers import launch_two_processes
+    from .helpers import free_port, launch_two_processes, offline_env, script_main, with_repo_on_pythonpath
+    from .helpers import tiny_vit as shared_tiny_vit
 except ImportError:
-    from helpers import launch_two_processes
+    from helpers import free_port, launch_two_processes, offline_env, script_main, with_repo_on_pythonpath
+    from helpers import tiny_vit as shared_tiny_vit
 
 from hf_hem.losses import cross_entropy_loss, hem_loss  # noqa: E402
 from hf_hem.margins import margins_from_counts  # noqa: E402
@@ -141,3 +148,92 @@ def test_two_processes_with_accumulation_and_skipping_are_exact(tmp_path):
             assert difference < 1e-6 or (saved["gradients"][name] - gradient).abs().max() < 1e-7, (case, name)
         assert saved["logged_loss"] == pytest.approx(expected_loss, rel=1e-6), case
     assert torch.load(tmp_path / "hem_exact.pt")["skipped_fraction"] >= 0.5
+
+
+EVALUATION_SCRIPT = REPO_ROOT / "tests" / "scripts" / "ddp_eval_check.py"
+
+
+@pytest.mark.slow
+def test_evaluation_metrics_do_not_depend_on_the_number_of_processes(tmp_path):
+    """45 evaluation samples on 2 processes x 8: accelerate pads the last batch with 3 duplicates, which
+    `compute_metrics` never sees; `eval_loss` and `eval_hem/*` must leave them out too and equal one process."""
+    launch_two_processes(EVALUATION_SCRIPT, tmp_path)
+    script_main(EVALUATION_SCRIPT)(str(tmp_path))
+    one = json.loads((tmp_path / "metrics_1.json").read_text())
+    two = json.loads((tmp_path / "metrics_2.json").read_text())
+    for prefix in ("eval", "test"):  # evaluate() and predict()
+        assert one[prefix][f"{prefix}_samples"] == two[prefix][f"{prefix}_samples"] == 45
+        keys = [f"{prefix}_loss"] + [key for key in one[prefix] if key.startswith(f"{prefix}_hem/")]
+        assert len(keys) == 5, keys
+        for key in keys:
+            assert two[prefix][key] == pytest.approx(one[prefix][key], rel=1e-6, abs=1e-7), key
+        # The statistics are those of the 45 samples compute_metrics sees.
+        assert two[prefix][f"{prefix}_hem/accuracy"] == pytest.approx(two[prefix][f"{prefix}_accuracy"], abs=1e-12)
+        assert 0 < one[prefix][f"{prefix}_hem/violating_fraction"] < 1
+
+
+LAUNCH_SCRIPT = REPO_ROOT / "tests" / "scripts" / "launch_without_cpu_flag.py"
+
+
+@pytest.mark.slow
+def test_multi_gpu_launch_on_a_cpu_machine_is_refused(tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2`, no GPUs, the script not given `--use_cpu true`: two
+    processes that would each train alone into the same folder. Both stop at `HEMTrainer(...)`, naming the values
+    and the fix."""
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(free_port()), str(LAUNCH_SCRIPT), str(tmp_path),
+    ]  # fmt: skip
+    env = with_repo_on_pythonpath(offline_env(CUDA_VISIBLE_DEVICES=""), tests_dir=True)
+    env.pop("ACCELERATE_USE_CPU", None)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert not (tmp_path / "trained").exists()
+    for expected in ("RuntimeError: The launcher started 2 processes", "WORLD_SIZE=2", "RANK=1", "--use_cpu true"):
+        assert expected in result.stderr, (expected, result.stderr[-3000:])
+
+
+TWO_MACHINE_SCRIPT = REPO_ROOT / "tests" / "scripts" / "two_machine_train.py"
+
+
+@pytest.mark.slow
+def test_two_machines_train_the_weights_of_one_process(tmp_path):
+    """Two "machines" on this host, one process each (`--multi_gpu --num_machines 2`, rendezvous at 127.0.0.1;
+    the script sets `use_cpu=True`, so they are CPU processes over gloo), train three HEM
+    steps of global batch 16; the weights equal those of one process with batches of 16."""
+    port = str(free_port())
+    env = with_repo_on_pythonpath(offline_env(CUDA_VISIBLE_DEVICES=""), tests_dir=True)
+
+    def launch_command(rank: int) -> list[str]:
+        return [
+            sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2",
+            "--machine_rank", str(rank), "--num_processes", "2", "--main_process_ip", "127.0.0.1",
+            "--main_process_port", port, "--mixed_precision", "no", "--dynamo_backend", "no",
+            str(TWO_MACHINE_SCRIPT), str(tmp_path),
+        ]  # fmt: skip
+
+    machines = [
+        subprocess.Popen(launch_command(rank), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for rank in (0, 1)
+    ]
+    try:
+        outputs = [machine.communicate(timeout=300)[0] for machine in machines]
+    finally:
+        for machine in machines:
+            machine.kill()
+    for machine, output in zip(machines, outputs):
+        assert machine.returncode == 0, output[-3000:]
+    # Two nodes of one process each: both processes are the first on their machine.
+    placements = [json.loads((tmp_path / f"placement_rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert placements == [{"process_index": r, "local_process_index": 0, "world_size": 2} for r in (0, 1)]
+
+    script_main(TWO_MACHINE_SCRIPT)(str(tmp_path))
+    one, two = torch.load(tmp_path / "weights_1.pt"), torch.load(tmp_path / "weights_2.pt")
+    initial = shared_tiny_vit(seed=1).state_dict()  # the script's starting point
+    assert max(float((one[name] - initial[name]).abs().max()) for name in one) > 1e-2  # training moved the weights
+    for name, value in one.items():
+        torch.testing.assert_close(two[name], value, rtol=0, atol=1e-6, msg=name)
+    logs = [json.loads((tmp_path / f"log_{world}.json").read_text()) for world in (1, 2)]
+    fractions = [[entry["hem/violating_fraction"] for entry in log if "loss" in entry] for log in logs]
+    assert fractions[0] == fractions[1] and min(fractions[0]) < 1  # the count of violating samples varied

@@ -7,12 +7,14 @@ How the loss is put together (every registry loss): each micro-batch of each pro
 its per-sample losses and its count (violating samples for HEM, labelled ones for CE, ...) to the window of one
 optimizer step; after the window's last micro-batch one all-reduce gives the global count, and the accumulated
 gradients are divided by it before clipping. `k` micro-batches on `p` processes then give exactly the gradient of
-one batch of `k * p` times the size (docs/trainer.md). `HEMConfig.skip_zero_loss` skips satisfied samples.
+one batch of `k * p` times the size (docs/trainer.md). `HEMConfig.skip_zero_loss` skips satisfied samples. Under
+FSDP and DeepSpeed each micro-batch is normalised before its backward pass instead (`distributed.py`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -24,11 +26,20 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from ..cards import HEMModelCardCallback
 from ..hub import move_token_to_environment
+from ..losses.registry import loss_spec
 from ..losses.terms import LossTerms, count_dtype, logits_from_outputs
 from .checkpoint_compat import CheckpointCompatMixin
+from .distributed import (
+    check_data_parallel_only,
+    check_launch,
+    check_sharded_engine,
+    real_rows_in_batch,
+    sharded_engine_name,
+)
 from .hem_config import HEMConfig
 from .hub_mixin import HEMCardHubMixin
 from .loss_setup import LossSetup, _datasets_module, counting_loader
+from .margin_monitor import ViolatingFractionMonitor
 from .sample_skipping import (
     SAMPLE_INDEX_KEY,
     StaleZeroLossTracker,
@@ -171,10 +182,14 @@ class HEMTrainer(CheckpointCompatMixin, HEMCardHubMixin, Trainer):
         self._window: torch.Tensor | None = None
         self._violating_fraction = 0.0  # of the last micro-batch: with skipping on, the first one selects
         self._stale = None
-        if self.is_deepspeed_enabled:
-            # DeepSpeed steps its optimizer inside backward: gradients cannot be rescaled after the last micro-batch.
-            logger.warning("DeepSpeed: each micro-batch is its own HEM batch (exact accumulation needs plain DDP).")
-            self.loss_is_scaled_for_ga = False
+        check_launch(os.environ, self.accelerator.num_processes)
+        check_data_parallel_only(getattr(self.accelerator, "parallelism_config", None))
+        # Under FSDP / DeepSpeed each micro-batch's loss is normalised before its backward pass (distributed.py).
+        self.loss_is_scaled_for_ga = check_sharded_engine(
+            sharded_engine_name(fsdp=self.is_fsdp_enabled, deepspeed=self.is_deepspeed_enabled),
+            skip_zero_loss=args.skip_zero_loss,
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+        )
         if args.skip_zero_loss == "stale" and self.train_dataset is not None:
             self._stale = StaleZeroLossTracker(
                 len(self.train_dataset), args.stale_revisit_epochs, args.stale_final_fraction
@@ -193,6 +208,8 @@ class HEMTrainer(CheckpointCompatMixin, HEMCardHubMixin, Trainer):
         if hasattr(self.model, "add_model_tags"):
             self.model.add_model_tags(self._tag_names)
         self.add_callback(HEMModelCardCallback(self.model_card_kwargs))
+        if loss_spec(args.loss_name).margin_loss:
+            self.add_callback(ViolatingFractionMonitor())  # warns when every sample keeps violating its margin
 
     # ---- set-up: the loss (classes, ignore index, counts, margins) ----
 
@@ -338,8 +355,18 @@ class HEMTrainer(CheckpointCompatMixin, HEMCardHubMixin, Trainer):
         inputs.pop(SAMPLE_INDEX_KEY, None)
         outputs = model(**inputs)
         logits = terms.match_label_size(logits_from_outputs(outputs), labels)
+        real_rows = labels.shape[0]
+        if not model.training:
+            # The duplicates accelerate pads the last evaluation batch with take no part (as in compute_metrics).
+            state, accelerator = self.accelerator.gradient_state, self.accelerator
+            real_rows = real_rows_in_batch(state, accelerator.process_index, accelerator.num_processes, real_rows)
+            if real_rows < labels.shape[0]:
+                labels = labels.clone()
+                labels[real_rows:] = terms.ignore_index
         batch = terms.compute(logits, labels)
         local_sum, local_count = batch.loss_sum, batch.count
+        if real_rows == 0 and terms.normaliser == "set":  # a set of padding only is no set
+            local_sum, local_count = torch.zeros_like(local_sum), torch.zeros_like(local_count)
         stats = terms.stats(logits, labels, batch.per_sample)
 
         world_size = self.accelerator.num_processes
@@ -362,26 +389,27 @@ class HEMTrainer(CheckpointCompatMixin, HEMCardHubMixin, Trainer):
             others = (global_sum.to(local_sum.dtype) - local_sum.detach()) if world_size > 1 else 0.0
             loss = (local_sum + others) / denominator
 
-        self._add_stats("train" if model.training else "eval", stats)
+        if model.training:
+            self._add_stats("train", stats)
+        else:  # the evaluation set's loss is its loss sum over its count (evaluation_loop)
+            self._add_stats("eval", torch.cat([global_count[None], global_sum.to(global_count)[None], stats]))
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Adds the averaged `hem/*` metrics (`<prefix>_hem/*` in evaluation) to `logs`, then logs."""
-        mode = "eval" if self._eval_metric_prefix is not None else "train"
-        sums = self._stat_sums.pop(mode, None)
-        if sums is not None and mode == "train" and self.loss_is_scaled_for_ga:
+        """Adds the averaged training `hem/*` metrics to `logs`, then logs (evaluation metrics come complete from
+        `evaluation_loop`)."""
+        sums = self._stat_sums.pop("train", None) if self._eval_metric_prefix is None else None
+        if sums is not None and self.loss_is_scaled_for_ga:
             skipped, samples, sums = sums[0], sums[1], sums[2:]
             if self.args.skip_zero_loss != "off":
                 logs["hem/skipped_fraction"] = float(skipped / samples.clamp_min(1))
         if sums is not None and self._loss_setup.terms is not None:
-            prefix = f"{self._eval_metric_prefix}_" if mode == "eval" else ""
-            logs.update({prefix + key: value for key, value in self._loss_setup.terms.metrics(sums.tolist()).items()})
+            logs.update(self._loss_setup.terms.metrics(sums.tolist()))
         super().log(logs, start_time)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         previous = self._eval_metric_prefix
-        self._eval_metric_prefix = metric_key_prefix
-        self._stat_sums.pop("eval", None)
+        self._eval_metric_prefix = metric_key_prefix  # the evaluation's log() must not take the training sums
         try:
             return super().evaluate(
                 eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix
@@ -389,11 +417,21 @@ class HEMTrainer(CheckpointCompatMixin, HEMCardHubMixin, Trainer):
         finally:
             self._eval_metric_prefix = previous
 
-    def predict(self, test_dataset, ignore_keys=None, metric_key_prefix: str = "test"):
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
+        """As the Trainer's (for `evaluate` and `predict`); `<prefix>_loss` is the loss of the whole evaluation set
+        (loss sum over count, as the training loss of one batch holding every sample) and the `<prefix>_hem/*`
+        metrics are added. Both leave out the duplicates that pad the last batch under several processes, so they
+        are the same for any number of processes and any batch size."""
         self._stat_sums.pop("eval", None)
-        output = super().predict(test_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        output = super().evaluation_loop(
+            dataloader, description, prediction_loss_only, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix
+        )
         sums = self._stat_sums.pop("eval", None)
         if sums is not None and self._loss_setup.terms is not None and output.metrics is not None:
-            metrics = self._loss_setup.terms.metrics(sums.tolist())
+            count, loss_sum, stats = sums[0], sums[1], sums[2:]
+            output.metrics[f"{metric_key_prefix}_loss"] = float(loss_sum / count.clamp_min(1))
+            metrics = self._loss_setup.terms.metrics(stats.tolist())
             output.metrics.update({f"{metric_key_prefix}_{key}": value for key, value in metrics.items()})
         return output
