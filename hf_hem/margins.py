@@ -17,8 +17,9 @@ import torch
 
 #: Default cap on the rule's margin (`max_margin`): the rule is kept for S >= M / max_margin**2 (2000 samples).
 DEFAULT_MAX_MARGIN = 1.0
-#: Margins above this learned slower than CE in every small-data setting of `benchmarks/small_data_margins.py`:
-#: [`large_margin_warning`] warns when the mean margin of the training samples exceeds it.
+#: Margins of 2 and more learned slower than CE in the first epochs of every small-data setting of
+#: `benchmarks/small_data_margins.py` (1 did not): [`margin_notes`] warns when the mean margin of the training
+#: samples reaches it.
 LARGE_MARGIN = 2.0
 
 
@@ -170,8 +171,8 @@ def margin_notes(
 
     `capped`: the paper's rule gave more than `max_margin` for this training set, so the margins were scaled down
     (an information: that is the default at work). `large`: the mean margin of the training samples (the margin
-    `hem/margin_mean` logs; HEM's one margin, HEM+'s margins weighted by the class counts) exceeds `LARGE_MARGIN`,
-    which learned slower than CE on small data in `benchmarks/small_data_margins.py` (a warning, with what to try).
+    `hem/margin_mean` logs; HEM's one margin, HEM+'s margins weighted by the class counts) is `LARGE_MARGIN` (2) or
+    more, which learned slower than CE on small data in `benchmarks/small_data_margins.py` (a warning, with what to try).
 
     Args:
         margins (`torch.Tensor`): the `(n,)` margins of the run.
@@ -204,11 +205,11 @@ def margin_notes(
             "margin."
         )
     large = None
-    if mean_margin > LARGE_MARGIN * (1 + 1e-6):
+    if mean_margin >= LARGE_MARGIN * (1 - 1e-6):
         source = "the given margin" if fixed else f"margin_scale={scale:g}, max_margin={max_margin}"
         large = (
-            f"HEM margin {mean_margin:.3g} (mean over the training samples; {source}){data} is large: margins above "
-            f"{LARGE_MARGIN:g} learned slower than CE when fine-tuning on a few dozen to a few hundred samples, and "
+            f"HEM margin {mean_margin:.3g} (mean over the training samples; {source}){data} is large: margins of "
+            f"{LARGE_MARGIN:g} and more learned slower than CE when fine-tuning on a few dozen to a few hundred samples, and "
             "hem/violating_fraction stays near 1 while they do. Try margin=1.0, or leave margin unset with the "
             f"default max_margin={DEFAULT_MAX_MARGIN:g}."
         )
