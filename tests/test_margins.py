@@ -10,6 +10,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from transformers import HfArgumentParser  # noqa: E402
+
 from hf_hem.margins import (  # noqa: E402
     DEFAULT_MAX_MARGIN,
     LARGE_MARGIN,
@@ -121,6 +123,13 @@ def test_config_field(tmp_path):
     for bad in (0.0, -2.0, "x"):
         with pytest.raises(ValueError, match="max_margin"):
             HEMConfig(output_dir=str(tmp_path), max_margin=bad)
+    # On the command line, inf switches the cap off (HfArgumentParser cannot parse None for a float field).
+    (args,) = HfArgumentParser(HEMConfig).parse_args_into_dataclasses(
+        ["--output_dir", str(tmp_path), "--max_margin", "inf"]
+    )
+    assert resolve_margins(2, class_counts=[24, 24], max_margin=args.max_margin)[0].item() == pytest.approx(
+        math.sqrt(2000 / 48)
+    )
 
 
 # ---------------------------------------------------------------- the notes
