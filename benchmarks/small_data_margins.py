@@ -32,7 +32,8 @@ learning rate at epoch k < 40 is not yet 0); the last column is the end of the r
 "converged" counts the runs whose score moved by less than 1 point (0.01) over the last quarter of the epochs
 (scored at epochs 30, 35, 40 of 40 / 23, 27, 30 of 30).
 
-Threads: one torch thread (`OMP_NUM_THREADS=1`); the default run takes about 10 minutes on one CPU core.
+Threads: one torch thread (`OMP_NUM_THREADS=1`); the default run takes about 11 minutes of CPU (676 s measured; its
+wall-clock time grows with whatever else shares the core).
 """
 
 from __future__ import annotations

@@ -172,7 +172,8 @@ def margin_notes(
     `capped`: the paper's rule gave more than `max_margin` for this training set, so the margins were scaled down
     (an information: that is the default at work). `large`: the mean margin of the training samples (the margin
     `hem/margin_mean` logs; HEM's one margin, HEM+'s margins weighted by the class counts) is `LARGE_MARGIN` (2) or
-    more, which learned slower than CE on small data in `benchmarks/small_data_margins.py` (a warning, with what to try).
+    more, which learned slower than CE on small data in `benchmarks/small_data_margins.py` (a warning, with what to
+    try).
 
     Args:
         margins (`torch.Tensor`): the `(n,)` margins of the run.
@@ -200,18 +201,18 @@ def margin_notes(
         capped = (
             f"The paper's margin rule gives mu = sqrt(M / S) = sqrt({scale:g} / {samples:g}) = "
             f"{rule_margin(scale, samples):.3g}, calibrated on CIFAR / ImageNet-size training sets; it is capped at "
-            f"max_margin={cap:g} (margins used: mean {mean_margin:.3g}, max {float(values.max()):.3g}), which learned "
-            "at least as fast as CE on small data. Set max_margin=None for the paper's rule or margin= for a fixed "
-            "margin."
+            f"max_margin={cap:g} (margins used: mean {mean_margin:.3g}, max {float(values.max()):.3g}), which kept "
+            "pace with CE on small training sets (docs/method.md). Set max_margin=None for the paper's rule or "
+            "margin= for a fixed margin."
         )
     large = None
     if mean_margin >= LARGE_MARGIN * (1 - 1e-6):
         source = "the given margin" if fixed else f"margin_scale={scale:g}, max_margin={max_margin}"
         large = (
             f"HEM margin {mean_margin:.3g} (mean over the training samples; {source}){data} is large: margins of "
-            f"{LARGE_MARGIN:g} and more learned slower than CE when fine-tuning on a few dozen to a few hundred samples, and "
-            "hem/violating_fraction stays near 1 while they do. Try margin=1.0, or leave margin unset with the "
-            f"default max_margin={DEFAULT_MAX_MARGIN:g}."
+            f"{LARGE_MARGIN:g} and more learned slower than CE on a few dozen to a few hundred samples "
+            "(docs/method.md), and hem/violating_fraction stays near 1 while they do. Try margin=1.0, or leave "
+            f"margin unset with the default max_margin={DEFAULT_MAX_MARGIN:g}."
         )
     return capped, large
 
