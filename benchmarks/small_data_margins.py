@@ -15,7 +15,7 @@ Four settings:
   `ResNetForImageClassification` from its config, stratified training subsets of S = 50, 200, 500 images.
 * `cls-ft`: "fine-tuning": the ResNet is first trained with CE on all training digits 0-4, then gets a new
   5-class head and is trained on S = 50, 100 or 200 images of digits 5-9.
-* `seg` (not in the default run: no loss learns from 48 scenes from scratch, mIoU <= 0.05): semantic segmentation
+* `seg` (not in the default run: no loss learns from 48 scenes from scratch, mIoU <= 0.053): semantic segmentation
   from scratch, the synthetic digit scenes (64x64, ADE20K schema, background ignored, 10 classes) of
   [`load_digits_segmentation_dataset`], a tiny SegFormer from its config, S = 48 training images.
 * `seg-ft`: the SegFormer is first trained with CE on scenes holding only digits 0-4, then gets a new 5-class head
