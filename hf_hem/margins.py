@@ -1,4 +1,10 @@
-"""From training label counts to HEM / HEM+ margins."""
+"""From training label counts to HEM / HEM+ margins.
+
+The paper's rule `mu = sqrt(M / S)` was calibrated on CIFAR / ImageNet-size training sets; for the few dozen to few
+hundred examples of a typical fine-tuning run it gives margins of 3 to 6.5, which learn far slower than CE
+(`benchmarks/small_data_margins.py`, docs/method.md "Margins for small training sets"). The rule's margin is therefore
+capped at `max_margin` (1.0 by default), which changes nothing for S >= M (2000 samples with the default M).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,30 @@ import warnings
 
 import numpy as np
 import torch
+
+
+#: Default cap on the rule's margin (`max_margin`): the rule is kept for S >= M / max_margin**2 (2000 samples).
+DEFAULT_MAX_MARGIN = 1.0
+#: Margins of 2 and more learned slower than CE in the first epochs of every small-data setting of
+#: `benchmarks/small_data_margins.py` (1 did not): [`margin_notes`] warns when the mean margin of the training
+#: samples reaches it.
+LARGE_MARGIN = 2.0
+
+
+def _check_max_margin(max_margin) -> float:
+    """`max_margin` as a float (`inf` for `None`: no cap), or a clear error."""
+    if max_margin is None:
+        return math.inf
+    if isinstance(max_margin, bool) or not isinstance(max_margin, (int, float)) or math.isnan(max_margin):
+        raise ValueError(f"max_margin must be a number > 0, inf or None (no cap), got {max_margin!r}.")
+    if max_margin <= 0:
+        raise ValueError(f"max_margin must be > 0 (inf or None: no cap), got {max_margin!r}.")
+    return float(max_margin)
+
+
+def rule_margin(scale: float, num_samples: float) -> float:
+    """The paper's HEM margin `sqrt(M / S)`, uncapped."""
+    return math.sqrt(scale / num_samples)
 
 
 def _as_counts(counts, num_classes: int | None) -> np.ndarray:
@@ -31,12 +61,18 @@ def margins_from_counts(
     *,
     num_classes: int | None = None,
     num_samples: float | None = None,
+    max_margin: float | None = DEFAULT_MAX_MARGIN,
 ) -> torch.Tensor:
     r"""Margins from the training set's label counts.
 
     HEM uses one margin `mu = sqrt(M / S)` for `S` training samples. HEM+ gives each target class `c` its own
     margin `mu_c = sqrt(M / (n * S * p_c))`, with `n` classes and `p_c = counts[c] / sum(counts)` — for
     classification (`S = sum(counts)`) that is `sqrt(M / (n * counts[c]))`, and with balanced classes it equals HEM.
+
+    When the HEM margin `sqrt(M / S)` exceeds `max_margin` (small training sets: S < 2000 with the defaults), every
+    margin is multiplied by `max_margin / sqrt(M / S)`: HEM gets `max_margin`, HEM+ keeps its ratios between classes
+    (and still equals HEM on balanced classes), and rare classes may stay above `max_margin`. That is the rule with
+    `M` lowered to `max_margin**2 * S`. At CIFAR / ImageNet scale nothing changes (0.2 for S = 50,000).
 
     Args:
         counts (`Sequence[int]` or `torch.Tensor`): training samples (or, for segmentation, labelled pixels) per class.
@@ -45,6 +81,8 @@ def margins_from_counts(
         num_classes (`int`, *optional*): expected number of classes, checked against `len(counts)`.
         num_samples (`float`, *optional*): `S`. Defaults to `sum(counts)`. For segmentation pass the number of
             training **images**: counting pixels as samples would drive the margin towards 0.
+        max_margin (`float` or `None`, defaults to `DEFAULT_MAX_MARGIN` = 1.0): cap on the HEM margin; `None` or
+            `inf` applies the paper's rule unchanged.
 
     Returns:
         `torch.Tensor` of shape `(n,)`, float32. A class with no training sample is never a target, so its margin is
@@ -57,9 +95,12 @@ def margins_from_counts(
     samples = total if num_samples is None else float(num_samples)
     if not math.isfinite(samples) or samples <= 0:
         raise ValueError(f"num_samples must be a finite number > 0, got {num_samples!r}.")
+    cap = _check_max_margin(max_margin)
+    # Lowering M to cap**2 * S caps the HEM margin and scales HEM+'s margins alike.
+    scale = min(scale, cap**2 * samples)
     n = array.size
     if not per_class:
-        return torch.full((n,), math.sqrt(scale / samples), dtype=torch.float32)
+        return torch.full((n,), rule_margin(scale, samples), dtype=torch.float32)
     present = array > 0
     margins = np.empty(n, dtype=np.float64)
     margins[present] = np.sqrt(scale / (n * samples * array[present] / total))
@@ -82,11 +123,13 @@ def resolve_margins(
     scale: float = 2000.0,
     per_class: bool = False,
     num_samples: float | None = None,
+    max_margin: float | None = DEFAULT_MAX_MARGIN,
 ) -> torch.Tensor | None:
     """`(num_classes,)` margins from a fixed margin or from class counts; `None` when neither is known.
 
     The one place where the trainer, [`hem_loss_func`] and the task suite turn their settings into margins: a fixed
-    `margin` is repeated per class, otherwise [`margins_from_counts`] applies the paper's rule.
+    `margin` is repeated per class (never capped), otherwise [`margins_from_counts`] applies the paper's rule, capped
+    at `max_margin`.
 
     Args:
         num_classes (`int`): number of classes (checked against `len(class_counts)`).
@@ -95,7 +138,10 @@ def resolve_margins(
         scale (`float`, defaults to 2000.0): the paper's `M`.
         per_class (`bool`, defaults to `False`): HEM+ margins (one per target class).
         num_samples (`float`, *optional*): `S`; defaults to `sum(class_counts)`.
+        max_margin (`float` or `None`, defaults to 1.0): cap on the rule's HEM margin (see [`margins_from_counts`]);
+            `None` or `inf`: the paper's rule unchanged.
     """
+    _check_max_margin(max_margin)
     if margin is not None:
         if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin < 0:
             raise ValueError(f"margin must be a finite number >= 0, got {margin!r}.")
@@ -103,8 +149,72 @@ def resolve_margins(
     if class_counts is None:
         return None
     return margins_from_counts(
-        class_counts, scale=scale, per_class=per_class, num_classes=num_classes or None, num_samples=num_samples
+        class_counts,
+        scale=scale,
+        per_class=per_class,
+        num_classes=num_classes or None,
+        num_samples=num_samples,
+        max_margin=max_margin,
     )
+
+
+def margin_notes(
+    margins: torch.Tensor,
+    class_counts=None,
+    *,
+    scale: float = 2000.0,
+    num_samples: float | None = None,
+    max_margin: float | None = DEFAULT_MAX_MARGIN,
+    fixed: bool = False,
+) -> tuple[str | None, str | None]:
+    """What to tell the user about a run's margins at start-up: `(capped, large)`, each a message or `None`.
+
+    `capped`: the paper's rule gave more than `max_margin` for this training set, so the margins were scaled down
+    (an information: that is the default at work). `large`: the mean margin of the training samples (the margin
+    `hem/margin_mean` logs; HEM's one margin, HEM+'s margins weighted by the class counts) is `LARGE_MARGIN` (2) or
+    more, which learned slower than CE on small data in `benchmarks/small_data_margins.py` (a warning, with what to
+    try).
+
+    Args:
+        margins (`torch.Tensor`): the `(n,)` margins of the run.
+        class_counts (*optional*): training samples (segmentation: pixels) per class; weights the mean margin.
+        scale (`float`, defaults to 2000.0): `M`.
+        num_samples (`float`, *optional*): `S`; defaults to `sum(class_counts)`.
+        max_margin (`float` or `None`, defaults to 1.0): the cap the margins were derived with.
+        fixed (`bool`, defaults to `False`): the margin was given (`margin=`), not derived from counts.
+    """
+    values = margins.detach().double().cpu()
+    counts = None if class_counts is None else torch.as_tensor(np.asarray(class_counts), dtype=torch.float64)
+    if counts is not None and counts.numel() == values.numel() and counts.sum() > 0:
+        mean_margin = float((values * counts).sum() / counts.sum())
+    else:
+        mean_margin = float(values.mean())
+    samples = None
+    if num_samples is not None:
+        samples = float(num_samples)
+    elif counts is not None and counts.sum() > 0:
+        samples = float(counts.sum())
+    data = "" if samples is None else f" for S = {samples:g} training samples"
+    capped = None
+    cap = _check_max_margin(max_margin)
+    if not fixed and samples is not None and rule_margin(scale, samples) > cap * (1 + 1e-6):
+        capped = (
+            f"The paper's margin rule gives mu = sqrt(M / S) = sqrt({scale:g} / {samples:g}) = "
+            f"{rule_margin(scale, samples):.3g}, calibrated on CIFAR / ImageNet-size training sets; it is capped at "
+            f"max_margin={cap:g} (margins used: mean {mean_margin:.3g}, max {float(values.max()):.3g}), which kept "
+            "pace with CE on small training sets (docs/method.md). Set max_margin=None for the paper's rule or "
+            "margin= for a fixed margin."
+        )
+    large = None
+    if mean_margin >= LARGE_MARGIN * (1 - 1e-6):
+        source = "the given margin" if fixed else f"margin_scale={scale:g}, max_margin={max_margin}"
+        large = (
+            f"HEM margin {mean_margin:.3g} (mean over the training samples; {source}){data} is large: margins of "
+            f"{LARGE_MARGIN:g} and more learned slower than CE on a few dozen to a few hundred samples "
+            "(docs/method.md), and hem/violating_fraction stays near 1 while they do. Try margin=1.0, or leave "
+            f"margin unset with the default max_margin={DEFAULT_MAX_MARGIN:g}."
+        )
+    return capped, large
 
 
 # Keys written into a model config, so checkpoints and Hub downloads carry the margins they were trained with.

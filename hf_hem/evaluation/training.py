@@ -103,7 +103,8 @@ def loss_for_training(loss_name: str, class_counts, margin_scale: float = 2000.0
     """The loss module for `loss_name`, given the training set's class counts, as the torch backend trains with it.
 
     Margin losses get margins from the counts with the paper's rule (`sqrt(M / S)`, per class for `hem+` or with
-    `per_class_margins`), `la` gets its priors from them; other losses ignore them.
+    `per_class_margins`; capped at 1 below S = 2000, see [`margins_from_counts`]), `la` gets its priors from them;
+    other losses ignore them.
 
     Args:
         loss_name (`str`): a registry name (`ce`, `hem`, `hem+`, `la`, ...).

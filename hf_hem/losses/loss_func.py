@@ -93,7 +93,8 @@ def hem_loss_func(
         loss_name (`str`, defaults to `"hem"`): any name of [`get_loss`].
         margin (`float`, *optional*): one fixed margin for the margin losses.
         class_counts (`Sequence[int]`, *optional*): training samples (or pixels) per class: margins
-            `sqrt(margin_scale / S)` (per class for `hem+`), and the priors of `la`.
+            `sqrt(margin_scale / S)` capped at 1 (per class for `hem+`; see [`resolve_margins`]), and the priors of
+            `la`.
         num_classes (`int`, *optional*): number of classes, needed with `margin` for per-class metrics; defaults to
             `len(class_counts)`.
         margin_scale (`float`, defaults to 2000.0): the paper's `M`.

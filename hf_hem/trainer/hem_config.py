@@ -35,8 +35,8 @@ class HEMConfig(TrainingArguments):
 
         margin (`float` or `None`, *optional*, defaults to `None`):
             One fixed margin `mu` for the margin losses (`hem`, `mm`, `mm+maz`, `mm+thres`). `None` derives it from
-            the training set: `mu = sqrt(margin_scale / S)`. Not allowed with `hem+`, whose margins always come from
-            class counts.
+            the training set: `mu = sqrt(margin_scale / S)`, capped at `max_margin`. Not allowed with `hem+`, whose
+            margins always come from class counts.
         margin_scale (`float`, *optional*, defaults to `2000.0`):
             The paper's `M` in `mu = sqrt(M / S)` and `mu_c = sqrt(M / (n * S * p_c))`.
         per_class_margins (`bool` or `None`, *optional*, defaults to `None`):
@@ -49,6 +49,12 @@ class HEMConfig(TrainingArguments):
         num_margin_samples (`int` or `None`, *optional*, defaults to `None`):
             `S`, the number of training samples in the margin formula. `None` uses the number of labelled samples for
             classification and the number of training **images** for segmentation.
+        max_margin (`float` or `None`, *optional*, defaults to `1.0`):
+            Cap on the margin the rule derives: when `sqrt(margin_scale / S)` exceeds it (small training sets, S <
+            2000), the margins are scaled down so that HEM's is `max_margin` (HEM+ keeps its ratios between
+            classes). The paper's rule, calibrated on CIFAR / ImageNet, gives 3 to 6.5 for a few dozen to a few
+            hundred samples and learned far slower than CE there (docs/method.md). `None` (`inf` on the command
+            line) applies the rule unchanged; a fixed `margin` is never capped.
 
         > Parameters that control the labels
 
@@ -142,6 +148,13 @@ class HEMConfig(TrainingArguments):
         metadata={
             "help": "S in the margin formula. Default: labelled samples (classification) or training images "
             "(segmentation)."
+        },
+    )
+    max_margin: float | None = field(
+        default=1.0,
+        metadata={
+            "help": "Cap on the margin derived by the rule (small training sets); inf applies the paper's rule "
+            "unchanged. A fixed margin is never capped."
         },
     )
     loss_ignore_index: int | None = field(
@@ -242,6 +255,10 @@ class HEMConfig(TrainingArguments):
         _check_number("dice_smooth", self.dice_smooth, minimum=0.0, inclusive=True)
         if self.num_margin_samples is not None:
             _check_number("num_margin_samples", self.num_margin_samples, minimum=0.0)
+        if self.max_margin is not None and not (
+            isinstance(self.max_margin, (int, float)) and not isinstance(self.max_margin, bool) and self.max_margin > 0
+        ):
+            raise ValueError(f"max_margin must be a number > 0, inf or None (no cap), got {self.max_margin!r}.")
         if self.class_counts is not None:
             counts = list(self.class_counts)
             if not counts or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in counts):

@@ -16,9 +16,16 @@ import numpy as np
 import torch
 
 from ..counting import ClassCounts, find_label_column, preserved_random_state, resolve_class_counts
-from ..losses.registry import needs_class_counts
+from ..losses.registry import loss_spec, needs_class_counts
 from ..losses.terms import LossTerms
-from ..margins import CONFIG_KEYS, resolve_margins, store_margins_in_config, stored_margins
+from ..margins import (
+    CONFIG_KEYS,
+    DEFAULT_MAX_MARGIN,
+    margin_notes,
+    resolve_margins,
+    store_margins_in_config,
+    stored_margins,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -282,14 +289,19 @@ class LossSetup:
         args = self.args
         counts = None if self.counts is None else self.counts.counts
         if self.margins is None:
+            max_margin = getattr(args, "max_margin", DEFAULT_MAX_MARGIN)
+            num_samples = None if self.counts is None else self.counts.num_samples
             self.margins = resolve_margins(
                 self.num_classes,
                 margin=args.margin,
                 class_counts=counts,
                 scale=args.margin_scale,
                 per_class=args.per_class_margins,
-                num_samples=None if self.counts is None else self.counts.num_samples,
+                num_samples=num_samples,
+                max_margin=max_margin,
             )
+            if self.margins is not None and loss_spec(args.loss_name).margin_loss:
+                self._tell_about_margins(counts, num_samples, max_margin)
         # Margins that differ between classes (HEM+, or stored by a HEM+ run) are only meaningful per class.
         per_class = args.per_class_margins or (
             self.margins is not None and bool((self.margins != self.margins[0]).any())
@@ -304,6 +316,22 @@ class LossSetup:
             upsample_logits_in_loss=args.upsample_logits_in_loss,
             class_dim=self.class_dim,
         )
+
+    def _tell_about_margins(self, counts, num_samples, max_margin) -> None:
+        """Once per run, at start-up: an info line when the rule's margin was capped, a warning when the margin is
+        large for the data (HEM then learns far slower than CE, with `hem/violating_fraction` stuck near 1)."""
+        capped, large = margin_notes(
+            self.margins,
+            counts,
+            scale=self.args.margin_scale,
+            num_samples=num_samples,
+            max_margin=max_margin,
+            fixed=self.args.margin is not None,
+        )
+        if capped is not None:
+            logger.info(capped)
+        if large is not None:
+            logger.warning(large)
 
     def ready(self) -> LossTerms:
         """The loss terms, counting through the data pipeline first if that is still pending."""
