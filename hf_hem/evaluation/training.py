@@ -103,7 +103,7 @@ def loss_for_training(loss_name: str, class_counts, margin_scale: float = 2000.0
     """The loss module for `loss_name`, given the training set's class counts, as the torch backend trains with it.
 
     Margin losses get margins from the counts with the paper's rule (`sqrt(M / S)`, per class for `hem+` or with
-    `per_class_margins`; capped at 1 below S = 2000, see [`margins_from_counts`]), `la` gets its priors from them;
+    `per_class_margins`; uncapped: these tasks reproduce the paper's recipe, see [`margins_from_counts`]), `la` gets its priors from them;
     other losses ignore them.
 
     Args:
@@ -124,9 +124,11 @@ def loss_for_training(loss_name: str, class_counts, margin_scale: float = 2000.0
         if kwargs.get("margin") is None and fields.get("per_class_margins") and loss_name != "hem+":
             # get_loss derives per-class margins for `hem+` only; the other margin losses take them as a tensor.
             num_samples = kwargs.pop("num_samples", None)
-            kwargs["margin"] = margins_from_counts(counts, scale=margin_scale, per_class=True, num_samples=num_samples)
+            kwargs["margin"] = margins_from_counts(
+                counts, scale=margin_scale, per_class=True, num_samples=num_samples, max_margin=None
+            )
         else:
-            kwargs.update(class_counts=counts, scale=margin_scale)
+            kwargs.update(class_counts=counts, scale=margin_scale, max_margin=None)
     elif loss_name in COUNT_LOSS_NAMES:
         kwargs["class_counts"] = counts
     return get_loss(loss_name, **kwargs)

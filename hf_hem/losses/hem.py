@@ -214,11 +214,15 @@ class _MarginLoss(nn.Module):
         reduction: str = "mean",
         upsample_logits: bool = False,
         class_dim: int = 1,
+        max_margin: float | None = 1.0,
     ):
-        """Builds the loss with margins derived from training label counts (see [`margins_from_counts`])."""
+        """Builds the loss with margins derived from training label counts (see [`margins_from_counts`]; `max_margin`
+        caps the rule's margin on small training sets, `None` keeps the paper's rule unchanged)."""
         from ..margins import margins_from_counts
 
-        margins = margins_from_counts(counts, scale=scale, per_class=per_class, num_samples=num_samples)
+        margins = margins_from_counts(
+            counts, scale=scale, per_class=per_class, num_samples=num_samples, max_margin=max_margin
+        )
         return cls(
             margins,
             ignore_index=ignore_index,

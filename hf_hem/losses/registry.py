@@ -216,7 +216,7 @@ def get_loss(name: str, **kwargs) -> nn.Module:
     Args:
         name (`str`): one of `ce, hem, hem+, mm, mm+maz, mm+thres, logitnorm, la, focal, dice` (case-insensitive).
         kwargs: the module's constructor arguments. For the margin losses, either `margin=` or
-            `class_counts=` (with optional `scale=`, `num_samples=`); `hem+` uses per-class margins from
+            `class_counts=` (with optional `scale=`, `num_samples=`, `max_margin=`); `hem+` uses per-class margins from
             `class_counts`, `hem`/`mm*` one margin (from `class_counts` if no `margin` is given). `la` needs
             `class_counts=`.
 
@@ -231,6 +231,8 @@ def get_loss(name: str, **kwargs) -> nn.Module:
         class_counts = kwargs.pop("class_counts", None)
         scale = kwargs.pop("scale", 2000.0)
         num_samples = kwargs.pop("num_samples", None)
+        # The cap of the rule's margin on small training sets (margins.DEFAULT_MAX_MARGIN unless given).
+        cap = {"max_margin": kwargs.pop("max_margin")} if "max_margin" in kwargs else {}
         if kwargs.get("margin") is None:
             kwargs.pop("margin", None)
             if class_counts is None:
@@ -240,7 +242,7 @@ def get_loss(name: str, **kwargs) -> nn.Module:
                     )
                 return spec.loss_class(**kwargs)
             return spec.loss_class.from_label_counts(
-                class_counts, scale=scale, per_class=spec.per_class_margins, num_samples=num_samples, **kwargs
+                class_counts, scale=scale, per_class=spec.per_class_margins, num_samples=num_samples, **cap, **kwargs
             )
         return spec.loss_class(**kwargs)
     if spec.needs_class_counts and kwargs.get("class_counts") is None:
