@@ -332,7 +332,8 @@ def test_default_chunk_keeps_the_logits_chunk_near_the_hidden_states_size():
     assert default_chunk_size(4096, 1024, 32000) == 132
     assert default_chunk_size(4096, 1024, 32000) * 32000 <= 4096 * 1024 + 32000
     assert default_chunk_size(3, 8, 50) == 3  # never more rows than tokens
-    assert default_chunk_size(10**6, 16, 10**7) >= 1
+    assert default_chunk_size(2048, 1024, 32000) == 128  # never thinner than MIN_CHUNK_TOKENS
+    assert default_chunk_size(8192, 4096, 128256) == 262
 
 
 # ------------------------------------------------------------------------------------------------ bad input
