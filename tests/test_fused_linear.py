@@ -304,6 +304,17 @@ def test_half_precision_inputs(dtype):
     torch.testing.assert_close(loss, float_expected[0], rtol=2e-2, atol=1e-3)
 
 
+def test_under_autocast_equals_the_unfused_head_under_autocast():
+    # Mixed precision as a trainer runs it: float32 parameters, bfloat16 logits; gradients come back in float32.
+    hidden, weight, head_bias = make_head(29, 16, 45, seed=15)
+    labels = make_labels(29, 45, seed=15)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = unfused(hidden, weight, labels, head_bias)
+        actual = fused(hidden, weight, labels, head_bias, chunk_size=8)
+    assert [grad.dtype for grad in actual[1]] == [torch.float32] * 3
+    assert_close(actual, expected, 2e-2)
+
+
 # ------------------------------------------------------------------------------------------------ module, chunking
 
 
