@@ -358,6 +358,7 @@ def test_default_chunk_keeps_the_logits_chunk_near_the_hidden_states_size():
         (dict(labels=torch.tensor([0, 1, 9, -100])), r"\[9\] outside \[0, 5\)"),
         (dict(labels=torch.tensor([0, 1, 2])), r"labels shape \(3,\)"),
         (dict(labels=torch.zeros(4)), "integer tensor"),
+        (dict(labels=torch.tensor([0, 1, 2, -100], device="meta")), "labels are on meta"),
         (dict(weight=torch.randn(5, 4)), r"\(V, H\) matrix with H = 3"),
         (dict(weight=torch.randn(5, 3, dtype=torch.float64)), "must have hidden's dtype"),
         (dict(bias=torch.randn(4)), r"bias must be None or a \(5,\)"),

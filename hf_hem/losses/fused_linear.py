@@ -79,6 +79,8 @@ def _check_inputs(hidden, weight, labels, bias, margin, reduction, chunk_size):
         or labels.dtype == torch.bool
     ):
         raise ValueError(f"labels must be an integer tensor, got {getattr(labels, 'dtype', type(labels).__name__)}.")
+    if labels.device != hidden.device:
+        raise ValueError(f"labels are on {labels.device} but hidden is on {hidden.device}; expected the same device.")
     if tuple(labels.shape) != tuple(hidden.shape[:-1]):
         raise ValueError(
             f"labels shape {tuple(labels.shape)} does not match hidden shape {tuple(hidden.shape)}: expected "
