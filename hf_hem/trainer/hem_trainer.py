@@ -328,10 +328,8 @@ class HEMTrainer(CheckpointCompatMixin, HEMCardHubMixin, Trainer):
             - logits: `(N, C)`, or `(N, C, h, w)` upsampled to the label size.
             - labels: `(N,)`, or `(N, H, W)` with `ignore_index` pixels.
         """
-        if "labels" not in inputs:
-            raise ValueError(f"HEMTrainer needs 'labels' in every batch; batch keys: {list(inputs.keys())}.")
         terms = self._ensure_loss_ready()
-        labels = inputs.pop("labels")
+        labels = self._loss_setup.pop_labels(inputs)  # causal LMs: the next-token labels (`causal_lm`)
         if model.training and self.loss_is_scaled_for_ga:
             loss = self._training_loss(model, inputs, labels, terms)
             return (loss, None) if return_outputs else loss
