@@ -22,7 +22,12 @@ PYTHON=${PYTHON:-python3}
   timeout 90 "$PYTHON" -m pytest tests/test_kernels.py -q -p no:cacheprovider -k "triton and not cuda" 2>&1 | tail -n 40
   timeout 150 "$PYTHON" -m pytest tests/test_kernels.py -q -p no:cacheprovider -k "cuda" 2>&1 | tail -n 60
   timeout 60 "$PYTHON" -m pytest tests/test_upsampled_loss.py -q -p no:cacheprovider 2>&1 | tail -n 20
+  timeout 90 "$PYTHON" -m pytest tests/test_fused_linear.py -q -p no:cacheprovider -k "cuda or triton" 2>&1 | tail -n 20
 } | tee "$OUT/tests.txt"
+
+# The fused linear HEM head (issue 21) on the GPU: Triton per-chunk kernel, 8,192 tokens x 4,096 x 128,256.
+timeout 120 "$PYTHON" benchmarks/fused_linear_bench.py --device cuda --tokens 8192 --hidden 4096 --vocab 128256 \
+  --repeats 5 --warmup 2 --json "$OUT/fused_linear_bench.json" 2>&1 | tee "$OUT/fused_linear_bench.txt"
 
 timeout 150 "$PYTHON" benchmarks/loss_bench.py --device cuda --repeats 20 --json "$OUT/loss_bench.json" 2>&1 \
   | tee "$OUT/loss_bench.txt"

@@ -12,6 +12,7 @@ from .baselines import (
     logit_adjusted_loss,
     logitnorm_loss,
 )
+from .fused_linear import FusedLinearHEMLoss, fused_linear_hem_loss
 from .hem import HEMLoss, MMLoss, MMMazLoss, MMThresLoss, hem_loss, mm_loss, mm_maz_loss, mm_thres_loss
 from .registry import LOSS_NAMES, get_loss
 
@@ -21,6 +22,7 @@ __all__ = [
     "CrossEntropyLoss",
     "DiceLoss",
     "FocalLoss",
+    "FusedLinearHEMLoss",
     "HEMLoss",
     "LogitAdjustedLoss",
     "LogitNormLoss",
@@ -30,6 +32,7 @@ __all__ = [
     "cross_entropy_loss",
     "dice_loss",
     "focal_loss",
+    "fused_linear_hem_loss",
     "get_loss",
     "hem_loss",
     "logit_adjusted_loss",
