@@ -224,9 +224,11 @@ def test_uneven_batch_layout():
     assert counts[0] == 0 and counts[2] == 0 and 0 < counts[1] < blocks[1] and counts[3] > 0, counts
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-head", "logits"])
 @pytest.mark.parametrize("loss_name", ["hem", "hem+"])
-def test_causal_lm_gradients_equal_per_token_reference_with_accumulation(tmp_path, loss_name):
-    """One batch of 32 and 4 micro-batches of 8 (violating tokens 0, some, 0, many) give the reference gradients."""
+def test_causal_lm_gradients_equal_per_token_reference_with_accumulation(tmp_path, loss_name, fused):
+    """One batch of 32 and 4 micro-batches of 8 (violating tokens 0, some, 0, many) give the reference gradients,
+    through the fused LM head (the default) and through the full logits."""
     rows = uneven_lm_rows()
     margin = MARGIN
     if loss_name == "hem+":
@@ -240,8 +242,16 @@ def test_causal_lm_gradients_equal_per_token_reference_with_accumulation(tmp_pat
     expected, expected_loss, _ = direct_gradients(zero_predicting_llama(), rows, margin)
     for batch_size, accumulation in ((32, 1), (8, 4)):
         gradients, log, trainer = one_step(
-            tmp_path, zero_predicting_llama(), rows, batch_size, accumulation, loss_name=loss_name
+            tmp_path,
+            zero_predicting_llama(),
+            rows,
+            batch_size,
+            accumulation,
+            loss_name=loss_name,
+            causal_lm_fused_head=fused,
         )
+        assert trainer._loss_setup.uses_fused_head(trainer.model) is fused
+        assert ("hem/accuracy" in log) is not fused  # the fused head never builds the logits
         torch.testing.assert_close(trainer.margins, torch.as_tensor(margin).expand(VOCAB).float())
         assert_same_gradients(gradients, expected, f"{loss_name} {accumulation}x{batch_size}")
         assert log["loss"] == pytest.approx(expected_loss, rel=1e-6)

@@ -27,9 +27,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 
 import numpy as np
 import torch
+
+from ..losses.terms import BatchTerms, LossTerms, count_dtype
 
 
 #: Batch key of labels that a collator has already shifted (transformers' loss takes them as they are).
@@ -157,3 +160,100 @@ def token_margins(num_tokens: int, margin: float, token_counts=None, per_token: 
     # Most of a real vocabulary never occurs as a target in a fine-tuning set: no per-token warning here.
     margins[~present] = margins[present].max()
     return torch.as_tensor(margins, dtype=torch.float32)
+
+
+# ---- the fused LM head: HEM from the last hidden states, never the (tokens, vocabulary) logits ----
+
+#: Config attributes of heads whose logits are not just `lm_head(hidden)` (soft-capping, scaling): no fused head.
+_LOGIT_TRANSFORM_ATTRIBUTES = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def fused_head_unsupported(model) -> str | None:
+    """Why the fused HEM head cannot score `model` (a reason to log), or `None` when it can.
+
+    The fused head replaces `lm_head(hidden)` with [`fused_linear_hem_loss`]; it needs a plain `nn.Linear` head and
+    no transformation of its logits afterwards (Gemma-2's soft-capping, Cohere's logit scale, Granite's scaling).
+    """
+    base = base_model_of(model)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if not isinstance(head, torch.nn.Linear):
+        return f"its output embeddings are {type(head).__name__}, not an nn.Linear"
+    config = base.config
+    configs = [config] + ([config.get_text_config()] if hasattr(config, "get_text_config") else [])
+    for attribute in _LOGIT_TRANSFORM_ATTRIBUTES:
+        value = next(
+            (getattr(c, attribute) for c in configs if getattr(c, attribute, None) not in (None, 1, 1.0)), None
+        )
+        if value is not None:
+            return f"its config sets {attribute}={value} (the logits are transformed after the head)"
+    return None
+
+
+class FusedStep(NamedTuple):
+    """What a fused micro-batch gives the trainer (the fields of `MicroBatchStep` it reads, plus `stats`)."""
+
+    loss_sum: torch.Tensor
+    logits: None
+    labels: torch.Tensor
+    terms: BatchTerms
+    has_loss: torch.Tensor
+    num_backpropagated: int
+    stats: torch.Tensor
+
+
+def fused_micro_batch(model: torch.nn.Module, terms: LossTerms, inputs: Mapping, labels: torch.Tensor) -> FusedStep:
+    """One training micro-batch of a causal LM through the fused HEM head.
+
+    The model runs as usual (through its DDP/PEFT wrappers, so gradients are synchronised as always), except that a
+    forward pre-hook on its output embeddings keeps their input, the last hidden states, and hands the head an empty
+    slice of it: the `(N, L, V)` logits are never built. [`fused_linear_hem_loss`] then scores the hidden states with
+    the head's weight and bias against the next-token `labels` (`reduction="sum"`; the trainer divides by the
+    violating tokens of the whole window). The statistics are those of `LossTerms.stats` except the accuracy, which
+    needs the logits (NaN: `hem/accuracy` is not logged for fused steps).
+    """
+    from ..losses.fused_linear import fused_linear_hem_loss
+
+    head = base_model_of(model).get_output_embeddings()
+    captured = []
+
+    def keep_hidden(module, args):
+        captured.append(args[0])
+        return (args[0][..., :0, :],)
+
+    handle = head.register_forward_pre_hook(keep_hidden)
+    try:
+        model(**inputs)
+    finally:
+        handle.remove()
+    if len(captured) != 1:
+        raise RuntimeError(
+            f"the fused HEM head expected one call of the model's output embeddings, saw {len(captured)}."
+        )
+    hidden = captured[0]
+    margins = terms.margins.to(hidden.device)
+    per_token = bool((margins != margins[0]).any())
+    loss_sum, _, violating = fused_linear_hem_loss(
+        hidden,
+        head.weight,
+        labels.to(hidden.device),
+        bias=head.bias,
+        margin=margins if per_token else float(margins[0]),
+        ignore_index=terms.ignore_index,
+        reduction="sum",
+        return_stats=True,
+    )
+    dtype = count_dtype(hidden.device)
+    valid = labels != terms.ignore_index
+    count = violating.to(dtype)
+    stats = torch.stack(
+        [
+            valid.sum().to(dtype),
+            torch.tensor(float("nan"), dtype=dtype, device=hidden.device),  # "correct" needs the logits
+            count,
+            loss_sum.detach().to(dtype),
+            margins[labels[valid].to(margins.device).long()].sum().to(dtype),
+        ]
+    )
+    batch = BatchTerms(loss_sum, count, None)
+    has_loss = torch.ones(labels.shape[0], dtype=torch.bool, device=labels.device)
+    return FusedStep(loss_sum, None, labels, batch, has_loss, int(labels.shape[0]), stats)

@@ -102,6 +102,12 @@ class HEMConfig(TrainingArguments):
             without `margin`: the paper's `sqrt(M / S)` with `S` training tokens would be tiny. With `hem+` the base of
             the per-token margins `mu_c = causal_lm_margin * sqrt(S / (V * s_c))` from the training set's token counts.
             See docs/language_models.md.
+        causal_lm_fused_head (`bool`, *optional*, defaults to `True`):
+            Causal LMs trained with `hem` or `hem+`: score the LM head with [`fused_linear_hem_loss`] from the last
+            hidden states, so the `(tokens, vocabulary)` logits are never built in training (same loss and gradients;
+            `hem/accuracy` is then not logged in training). Not used with `skip_zero_loss`, for other losses, or for
+            heads whose logits are transformed after the linear layer (soft-capping, scaling); evaluation always
+            builds the logits.
 
     > [!NOTE]
     > `HEMConfig` keeps every default of [`~transformers.TrainingArguments`]. `label_smoothing_factor` must stay 0:
@@ -189,6 +195,12 @@ class HEMConfig(TrainingArguments):
         metadata={
             "help": "Causal LMs: the margin of every target token when margin is unset (the base of the per-token "
             "margins for hem+)."
+        },
+    )
+    causal_lm_fused_head: bool = field(
+        default=True,
+        metadata={
+            "help": "Causal LMs with hem/hem+: train through the fused linear HEM head (no (tokens, vocabulary) logits)."
         },
     )
 

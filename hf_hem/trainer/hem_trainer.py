@@ -25,6 +25,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..cards import HEMModelCardCallback
 from ..hub import move_token_to_environment
 from ..losses.terms import LossTerms, count_dtype, logits_from_outputs
+from .causal_lm import fused_micro_batch
 from .checkpoint_compat import CheckpointCompatMixin
 from .hem_config import HEMConfig
 from .hub_mixin import HEMCardHubMixin
@@ -279,22 +280,26 @@ class HEMTrainer(CheckpointCompatMixin, HEMCardHubMixin, Trainer):
             rows = kept if kept.numel() != 1 or not uses_batch_norm(model) else rows  # BatchNorm needs 2 samples
         labelled = (labels != terms.ignore_index).sum().to(count_dtype(labels.device))
         selecting = args.skip_zero_loss != "off" and skip_pays(self._violating_fraction, args.skip_backward_ratio)
-        step = forward_micro_batch(
-            model,
-            self.accelerator.unwrap_model(model),
-            terms,
-            inputs,
-            labels,
-            rows,
-            select=selecting,
-            distributed=self.accelerator.num_processes > 1,
-        )
+        if self._stale is None and self._loss_setup.uses_fused_head(model):
+            step = fused_micro_batch(model, terms, inputs, labels)  # causal LMs: no (tokens, vocabulary) logits
+        else:
+            step = forward_micro_batch(
+                model,
+                self.accelerator.unwrap_model(model),
+                terms,
+                inputs,
+                labels,
+                rows,
+                select=selecting,
+                distributed=self.accelerator.num_processes > 1,
+            )
         batch, has_loss, loss_sum = step.terms, step.has_loss, step.loss_sum
         if self._stale is not None and indices is not None:
             self._stale.record(indices[rows.to(indices.device)], has_loss)
         self._violating_fraction = float(has_loss.float().mean()) if has_loss.numel() else 0.0
         zeros = labelled.new_zeros(len(terms.stat_names))  # nothing forwarded: left-out samples count as satisfied
         stats = zeros if step.logits is None else terms.stats(step.logits, step.labels, batch.per_sample)
+        stats = getattr(step, "stats", stats)
         count = labelled if terms.normaliser == "labelled" else batch.count
         skipped = torch.tensor(float(batch_size - step.num_backpropagated), dtype=count.dtype, device=count.device)
         totals = [count, batch.loss_sum.detach().to(count), skipped, count.new_tensor(float(batch_size))]

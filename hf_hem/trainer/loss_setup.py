@@ -70,6 +70,7 @@ class LossSetup:
         self.counts: ClassCounts | None = None
         self.terms: LossTerms | None = None
         self.count_pending = False
+        self._fused_head: bool | None = None
         # A causal LM predicts the next token: `(N, L, V)` logits, one sample per shifted label (see `causal_lm`).
         self.causal_lm = causal_lm.is_causal_lm(model)
         # Token classification heads put the classes last: `(N, L, C)` logits, one label per token.
@@ -340,6 +341,21 @@ class LossSetup:
             upsample_logits_in_loss=args.upsample_logits_in_loss,
             class_dim=self.class_dim,
         )
+
+    def uses_fused_head(self, model) -> bool:
+        """Whether training micro-batches of this causal LM go through the fused HEM head (`causal_lm_fused_head`)."""
+        if self._fused_head is None:
+            args = self.args
+            self._fused_head = False
+            if self.causal_lm and args.causal_lm_fused_head and args.loss_name in ("hem", "hem+"):
+                reason = (
+                    "skip_zero_loss is on" if args.skip_zero_loss != "off" else causal_lm.fused_head_unsupported(model)
+                )
+                if reason is None:
+                    self._fused_head = True
+                else:
+                    logger.warning(f"causal_lm_fused_head: training builds the full logits, because {reason}.")
+        return self._fused_head
 
     def pop_labels(self, inputs: dict) -> torch.Tensor:
         """Removes the labels from a batch (the model's own loss must not run) and returns what the loss scores:
