@@ -67,6 +67,10 @@ _TASKS = {
     "token-classification": _TaskInfo(
         "token-classification", "token classification", "AutoModelForTokenClassification", "token-classification"
     ),
+    # Causal LMs (scripts/run_clm.py): one HEM sample per predicted token.
+    "text-generation": _TaskInfo(
+        "text-generation", "causal language modelling", "AutoModelForCausalLM", "text-generation"
+    ),
 }
 # The Hub has no "semantic-segmentation" pipeline tag; semantic segmentation models use "image-segmentation".
 _TASK_ALIASES = {"semantic-segmentation": "image-segmentation"}
@@ -591,6 +595,7 @@ CARD_TASK_TAGS = {
     "image-segmentation": ["image-segmentation", "vision"],
     "text-classification": ["text-classification", "nlp"],
     "token-classification": ["token-classification", "nlp"],
+    "text-generation": ["text-generation", "nlp"],
 }
 
 

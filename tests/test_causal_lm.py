@@ -361,3 +361,38 @@ def test_hem_loss_func_refuses_unshifted_causal_lm_labels():
         hem_loss_func("hem", margin=1.0, class_dim=-1, shift_labels=False)(outputs.logits, ids)
     with pytest.raises(ValueError, match="class_dim"):
         hem_loss_func("hem", margin=1.0, class_dim=1, shift_labels=True)
+
+
+# ---------------------------------------------------------------------------------------------- scripts/run_clm.py
+
+
+def test_run_clm_trains_on_text_files_and_writes_a_hem_card(tmp_path):
+    import json
+
+    from hf_hem.pipelines.causal_lm import load_embedded_lm_dataset
+
+    try:
+        from .helpers import REPO_ROOT, script_main
+    except ImportError:
+        from helpers import REPO_ROOT, script_main
+
+    data = load_embedded_lm_dataset(num_train=96, num_validation=32)
+    (tmp_path / "train.txt").write_text("\n".join(data["train"]["text"]) + "\n\n")  # an empty line is dropped
+    (tmp_path / "valid.txt").write_text("\n".join(data["validation"]["text"]))
+    output = tmp_path / "out"
+    main = script_main(REPO_ROOT / "scripts" / "run_clm.py")
+    status = main(
+        [
+            "--train_file", str(tmp_path / "train.txt"), "--validation_file", str(tmp_path / "valid.txt"),
+            "--output_dir", str(output), "--hidden_size", "16", "--num_layers", "1", "--num_train_epochs", "1",
+            "--per_device_train_batch_size", "32", "--learning_rate", "1e-2", "--use_cpu", "true",
+            "--report_to", "none", "--disable_tqdm", "true", "--save_strategy", "no",
+        ]
+    )  # fmt: skip
+    assert status == 0
+    results = json.loads((output / "all_results.json").read_text())
+    assert results["train_samples"] == 96 and 0 <= results["eval_accuracy"] <= results["eval_top5_accuracy"] <= 1
+    card = (output / "README.md").read_text()
+    assert "pipeline_tag: text-generation" in card and "AutoModelForCausalLM" in card and "hem-loss" in card
+    config = json.loads((output / "config.json").read_text())
+    assert config["hem_loss"] == "hem" and set(config["hem_margins"]) == {1.0}

@@ -16,18 +16,16 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
 
 import numpy as np
 import torch
 from datasets import Dataset, DatasetDict
 from transformers import (
-    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     DataCollatorForLanguageModeling,
@@ -38,8 +36,18 @@ from transformers import (
 )
 
 from ..data.embedded_text import load_embedded_ner_dataset, load_embedded_sentiment_dataset
-from ._common import PipelineRun, parse_pipeline_args, pipeline_card_kwargs, truncate
-from ._text_common import TextDataArguments, TextModelArguments, load_text_data
+from ._common import (
+    PipelineRun,
+    check_data_source,
+    check_integer,
+    check_model_type,
+    check_split_arguments,
+    parse_pipeline_args,
+    pipeline_card_kwargs,
+    train_and_validation,
+    truncate,
+)
+from ._text_common import TextData, TextDataArguments, TextModelArguments, load_text_data, tokenize_splits
 
 
 logger = logging.getLogger(__name__)
@@ -59,6 +67,8 @@ __all__ = [
 EMBEDDED_LM_DATASET_NAME = "hf_hem embedded sentences (film reviews and news templates)"
 #: Special tokens of a built word-level tokenizer, in id order.
 WORD_SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")
+#: Evaluation metrics the model card shows (next-token accuracy, calibration).
+_CARD_METRIC_KEYS = ("accuracy", "top5_accuracy", "ece")
 #: Model types a run can build from a config.
 CLM_SCRATCH_MODEL_TYPES = ("llama", "gpt2")
 #: Training defaults for the embedded text and a model from config (anything given on the command line wins).
@@ -201,9 +211,10 @@ def scratch_causal_lm(
 # Metrics: next-token accuracy and calibration
 
 
-def top_predictions(logits: torch.Tensor, labels=None) -> torch.Tensor:
-    """`preprocess_logits_for_metrics` of a causal LM: per position the top-5 token ids and the top-1 softmax
-    probability, `(N, L, 6)` float32, instead of the `(N, L, V)` logits (the Trainer would gather those)."""
+def top_predictions(logits: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """`preprocess_logits_for_metrics` of a causal LM: per position the top-5 token ids, the top-1 softmax
+    probability and the log-probability the softmax gives the next token (0 where it is ignored or unknown),
+    `(N, L, 7)` float32, instead of the `(N, L, V)` logits (which the Trainer would gather over the whole set)."""
     if isinstance(logits, (tuple, list)):
         logits = logits[0]
     logits = logits.float()
@@ -211,8 +222,15 @@ def top_predictions(logits: torch.Tensor, labels=None) -> torch.Tensor:
     top = logits.topk(k, dim=-1).indices
     if k < 5:
         top = torch.cat([top, top[..., -1:].expand(*top.shape[:-1], 5 - k)], dim=-1)
-    confidence = logits.softmax(dim=-1).amax(dim=-1, keepdim=True)
-    return torch.cat([top.float(), confidence], dim=-1)
+    log_probabilities = logits.log_softmax(dim=-1)
+    confidence = log_probabilities.amax(dim=-1, keepdim=True).exp()
+    target_log_probability = torch.zeros_like(confidence)
+    if labels is not None:
+        targets = torch.nn.functional.pad(labels[..., 1:], (0, 1), value=-100).to(logits.device)
+        valid = targets != -100
+        gathered = log_probabilities.gather(-1, targets.clamp_min(0).unsqueeze(-1))
+        target_log_probability = torch.where(valid.unsqueeze(-1), gathered, target_log_probability)
+    return torch.cat([top.float(), confidence, target_log_probability], dim=-1)
 
 
 def confidence_ece(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> float:
@@ -232,18 +250,25 @@ def next_token_metrics(top: np.ndarray, labels: np.ndarray, ignore_index: int = 
     """Next-token top-1 / top-5 accuracy and the ECE of the softmax's top-1 probability.
 
     Args:
-        top (`np.ndarray`): `(N, L, 6)` from [`top_predictions`]: top-5 ids, then the top-1 probability.
+        top (`np.ndarray`): `(N, L, 7)` from [`top_predictions`]: top-5 ids, the top-1 probability, the next
+            token's log-probability.
         labels (`np.ndarray`): `(N, L)` unshifted labels (`-100` ignored); position `t` is scored against `t + 1`.
 
     Returns:
-        `dict` with `accuracy`, `top5_accuracy`, `ece`, `tokens`.
+        `dict` with `accuracy`, `top5_accuracy`, `ece`, `nll` (mean negative log-likelihood of the softmax, nats),
+        `perplexity` (`exp(nll)`) and `tokens`. For a model trained with HEM the softmax is not a fitted likelihood:
+        its `nll` and `perplexity` are not comparable with a cross-entropy model's (docs/language_models.md).
     """
     top, labels = np.asarray(top), np.asarray(labels)
     predicted, targets = top[:, :-1], labels[:, 1:]
     valid = targets != ignore_index
-    ids, confidence, targets = predicted[valid][:, :5].astype(np.int64), predicted[valid][:, 5], targets[valid]
+    rows = predicted[valid]
+    ids, confidence, targets = rows[:, :5].astype(np.int64), rows[:, 5], targets[valid]
     correct = ids[:, 0] == targets
+    nll = float(-rows[:, 6].mean()) if rows.shape[-1] > 6 and correct.size else float("nan")
     return {
+        "nll": nll,
+        "perplexity": float(np.exp(nll)) if np.isfinite(nll) and nll < 700 else float("inf"),
         "accuracy": float(correct.mean()) if correct.size else 0.0,
         "top5_accuracy": float((ids == targets[:, None]).any(axis=1).mean()) if correct.size else 0.0,
         "ece": confidence_ece(confidence, correct, n_bins) if correct.size else 0.0,
@@ -259,3 +284,172 @@ def compute_clm_metrics(eval_prediction) -> dict[str, float]:
     )
     metrics.pop("tokens")
     return metrics
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The pipeline behind scripts/run_clm.py
+
+
+@dataclass
+class CausalLMModelArguments(TextModelArguments):
+    """Arguments for the model and tokenizer: a pretrained causal LM, or a small Llama / GPT-2 from its config."""
+
+    model_type: str = field(
+        default="llama",
+        metadata={
+            "help": "Architecture built from its config when --model_name_or_path is not given.",
+            "choices": list(CLM_SCRATCH_MODEL_TYPES),
+        },
+    )
+    tokenizer_vocab_size: int = field(
+        default=5000,
+        metadata={"help": "Largest vocabulary of the word-level tokenizer built from the training texts."},
+    )
+    hidden_size: int = field(default=64, metadata={"help": "Width of a model built from its config."})
+    num_layers: int = field(default=2, metadata={"help": "Layers of a model built from its config."})
+
+    def __post_init__(self):
+        check_model_type(self, CLM_SCRATCH_MODEL_TYPES)
+        check_integer(self, "tokenizer_vocab_size", len(WORD_SPECIAL_TOKENS) + 1)
+        check_integer(self, "hidden_size", 4)
+        check_integer(self, "num_layers", 1)
+
+
+@dataclass
+class CausalLMDataArguments(TextDataArguments):
+    """Data arguments: a Hub dataset, local files (`.txt`: one text per line; csv/json(l)/parquet), or embedded."""
+
+    text_column_name: str | None = field(
+        default=None, metadata={"help": "Column holding the texts. Default: 'text' (the only column of .txt files)."}
+    )
+
+    def __post_init__(self):
+        # Plain text files are read by the `text` builder; the other formats are checked as for the text pipelines.
+        text_files = [p for p in (self.train_file, self.validation_file) if p is not None and p.endswith(".txt")]
+        if text_files:
+            check_data_source(self, "train_file", "validation_file")
+            check_integer(self, "max_seq_length", 4)
+            check_split_arguments(self)
+        else:
+            super().__post_init__()
+
+
+def parse_clm_args(argv: Sequence[str] | None = None):
+    """Parse the script's arguments into `(CausalLMModelArguments, CausalLMDataArguments, HEMConfig)`: flags, a
+    `.yaml`/`.json` file alone, or the file followed by flags. Without a data source, [`EMBEDDED_LM_TRAINING_DEFAULTS`]
+    replace the `TrainingArguments` defaults; anything given still wins."""
+    return parse_pipeline_args(CausalLMModelArguments, CausalLMDataArguments, argv, EMBEDDED_LM_TRAINING_DEFAULTS)
+
+
+def _load_clm_data(data_args: CausalLMDataArguments, model_args, seed: int):
+    files = [p for p in (data_args.train_file, data_args.validation_file) if p is not None]
+    if files and all(path.endswith(".txt") for path in files):
+        from datasets import load_dataset
+
+        data_files = {"train": data_args.train_file}
+        if data_args.validation_file is not None:
+            data_files["validation"] = data_args.validation_file
+        for name, path in data_files.items():
+            if not os.path.isfile(path):
+                raise ValueError(f"{name}_file={path!r} does not exist.")
+        loaded = load_dataset("text", data_files=data_files, cache_dir=model_args.cache_dir)
+        eval_split = "validation" if "validation" in loaded else None
+        splits, eval_split = train_and_validation(loaded, eval_split, data_args.train_val_split, seed)
+        return TextData(splits, Path(data_args.train_file).stem, False, eval_split)
+    return load_text_data(
+        data_args, model_args, lambda s: load_embedded_lm_dataset(seed=s), EMBEDDED_LM_DATASET_NAME, seed
+    )
+
+
+def run_clm(model_args, data_args, training_args, *, callbacks: Sequence | None = None) -> dict:
+    """Train and evaluate a causal LM with the loss of `training_args` (one HEM sample per predicted token), save
+    it with its tokenizer and HEM card, and push.
+
+    Returns:
+        `dict[str, float]`: the metrics saved in `all_results.json` (`train_*`, `eval_accuracy` (next-token top-1),
+        `eval_top5_accuracy`, `eval_ece`, `eval_nll`, `eval_perplexity`, `eval_loss`, ...).
+
+    Raises:
+        [`PushToHubError`]: `--push_to_hub` failed; the model is saved locally and the message says where.
+    """
+    run = PipelineRun(model_args, training_args, callbacks, logger)
+    with training_args.main_process_first(desc="loading the dataset"):
+        data = _load_clm_data(data_args, model_args, training_args.seed)
+    dataset = data.dataset
+    column = data_args.text_column_name or "text"
+    if column not in dataset["train"].column_names:
+        raise ValueError(
+            f"text_column_name={column!r} is not a column of the training data; columns: "
+            f"{dataset['train'].column_names}. Set --text_column_name."
+        )
+    train_dataset = truncate(dataset["train"], data_args.max_train_samples, training_args.seed)
+    eval_dataset = truncate(dataset["validation"], data_args.max_eval_samples, training_args.seed)
+    max_length = data_args.max_seq_length
+
+    name = model_args.tokenizer_name or model_args.model_name_or_path
+    if name is not None:
+        tokenizer = AutoTokenizer.from_pretrained(
+            name, trust_remote_code=model_args.trust_remote_code, **model_args.hub_kwargs()
+        )
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token  # padding is masked out of the labels by the collator
+    else:
+        tokenizer = build_word_tokenizer(train_dataset[column], model_args.tokenizer_vocab_size, max_length)
+    if model_args.model_name_or_path is not None:
+        model = AutoModelForCausalLM.from_pretrained(
+            model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code, **model_args.hub_kwargs()
+        )
+    else:
+        model = scratch_causal_lm(
+            tokenizer, model_args.model_type, max_length, model_args.hidden_size, model_args.num_layers
+        )
+
+    eos = tokenizer.eos_token_id
+
+    def tokenize(batch):
+        # One sequence per text, ending in <eos> (so the model learns where a text ends), cut at max_length.
+        encoded = tokenizer([text for text in batch[column]], truncation=True, max_length=max_length - 1)
+        if eos is not None:
+            encoded["input_ids"] = [ids + [eos] for ids in encoded["input_ids"]]
+            encoded["attention_mask"] = [mask + [1] for mask in encoded["attention_mask"]]
+        return encoded
+
+    def keep_texts(split):
+        return split.filter(lambda row: bool(row[column] and row[column].strip()), desc="Dropping empty lines")
+
+    train_dataset, eval_dataset = tokenize_splits(
+        training_args, data_args, tokenize, keep_texts(train_dataset), keep_texts(eval_dataset)
+    )
+
+    def card_kwargs(metrics: dict) -> dict:
+        kwargs = pipeline_card_kwargs(
+            model_args,
+            data_args,
+            data.name,
+            data.eval_split,
+            "text-generation",
+            metrics,
+            _CARD_METRIC_KEYS,
+            data.on_hub,
+        )
+        margins = run.trainer.margins if run.trainer is not None and training_args.loss_name != "ce" else None
+        if margins is not None and not bool((margins != margins[0]).any()):
+            # A causal LM's margin is causal_lm_margin (or margin), not sqrt(M / S): show the margin alone.
+            kwargs["loss_settings"] = {"margin": float(margins[0])}
+        return kwargs
+
+    trainer = run.build_trainer(
+        model,
+        tokenizer,
+        train_dataset,
+        eval_dataset,
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+        compute_metrics=compute_clm_metrics,
+        preprocess_logits_for_metrics=top_predictions,
+        card_kwargs=card_kwargs,
+    )
+    run.train(len(train_dataset))
+    if run.do_eval:
+        metrics = trainer.evaluate()
+        run.save_eval_metrics({**metrics, "eval_samples": len(eval_dataset)}, logged=True)
+    return run.finish(data.name, model_args.model_type, len(train_dataset), text_column=column)
