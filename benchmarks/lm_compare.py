@@ -124,6 +124,7 @@ def run_one(args, data, tokenizer, loss_name: str, margin: float | None, seed: i
         "accuracy": final["accuracy"],
         "top5_accuracy": final["top5_accuracy"],
         "ece": final["ece"],
+        "mean_confidence": final["mean_confidence"],
         "nll": final["nll"],
         "perplexity": final["perplexity"],
         "train_seconds": train_seconds,
@@ -142,8 +143,8 @@ def summary_table(runs: list[dict]) -> str:
     for run in runs:
         groups.setdefault((run["loss"], run["margin"]), []).append(run)
     lines = [
-        "| loss | margin | seeds | top-1 | top-5 | ECE | softmax NLL (ppl) | train s | converged |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| loss | margin | seeds | top-1 | top-5 | ECE | mean top-1 prob. | softmax NLL (ppl) | train s | converged |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (loss, margin), members in groups.items():
 
@@ -155,7 +156,8 @@ def summary_table(runs: list[dict]) -> str:
         ppl = float(np.mean([m["perplexity"] for m in members]))
         lines.append(
             f"| {loss} | {'-' if margin is None else margin} | {len(members)} | {stat('accuracy')} | "
-            f"{stat('top5_accuracy')} | {stat('ece')} | {stat('nll', 2)} ({ppl:.1f}) | {stat('train_seconds', 0)} | "
+            f"{stat('top5_accuracy')} | {stat('ece')} | {stat('mean_confidence')} | {stat('nll', 2)} ({ppl:.1f}) | "
+            f"{stat('train_seconds', 0)} | "
             f"{sum(m['converged'] for m in members)}/{len(members)} |"
         )
     return "\n".join(lines)
@@ -204,7 +206,8 @@ def main(argv=None) -> None:
                 run = run_one(args, data, tokenizer, loss, margin, seed, Path(workdir))
                 runs.append(run)
                 print(
-                    f"{loss} margin={margin} seed={seed}: top-1 {run['accuracy']:.3f} top-5 {run['top5_accuracy']:.3f} "
+                    f"{loss} margin={margin} seed={seed}: top-1 {run['accuracy']:.3f} "
+                    f"top-5 {run['top5_accuracy']:.3f} "
                     f"ECE {run['ece']:.3f} NLL {run['nll']:.2f} {run['train_seconds']:.0f}s "
                     f"converged={run['converged']} (last-third change {run['last_third_change']:.3f})",
                     flush=True,

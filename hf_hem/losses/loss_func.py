@@ -174,7 +174,8 @@ def hem_loss_func(
     >>> counts = count_labels(train_ds, num_classes=10)
     >>> trainer = Trainer(model, args, train_dataset=train_ds, compute_loss_func=hem_loss_func("hem+", class_counts=counts))
     >>> # a causal LM (also TRL's SFTTrainer, see docs/language_models.md): one HEM sample per predicted token
-    >>> trainer = Trainer(llama, args, train_dataset=lm_ds, compute_loss_func=hem_loss_func("hem", 1.0, shift_labels=True))
+    >>> loss_func = hem_loss_func("hem", margin=1.0, shift_labels=True)
+    >>> trainer = Trainer(llama, args, train_dataset=lm_ds, compute_loss_func=loss_func)
     ```
     """
     if shift_labels is not None and not isinstance(shift_labels, bool):
@@ -183,7 +184,8 @@ def hem_loss_func(
         class_dim = -1 if shift_labels else 1
     elif shift_labels and class_dim not in (-1, 2):
         raise ValueError(
-            f"shift_labels=True is for causal LM logits (N, L, V) with the vocabulary last; got class_dim={class_dim}, "
+            "shift_labels=True is for causal LM logits (N, L, V) with the vocabulary last; got "
+            f"class_dim={class_dim}, "
             "expected -1 (or leave class_dim unset)."
         )
     if not isinstance(loss_name, str) or loss_name.lower() not in LOSS_NAMES:

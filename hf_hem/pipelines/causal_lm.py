@@ -255,7 +255,8 @@ def next_token_metrics(top: np.ndarray, labels: np.ndarray, ignore_index: int = 
         labels (`np.ndarray`): `(N, L)` unshifted labels (`-100` ignored); position `t` is scored against `t + 1`.
 
     Returns:
-        `dict` with `accuracy`, `top5_accuracy`, `ece`, `nll` (mean negative log-likelihood of the softmax, nats),
+        `dict` with `accuracy`, `top5_accuracy`, `ece`, `mean_confidence` (of the top-1 probability), `nll` (mean
+        negative log-likelihood of the softmax, nats),
         `perplexity` (`exp(nll)`) and `tokens`. For a model trained with HEM the softmax is not a fitted likelihood:
         its `nll` and `perplexity` are not comparable with a cross-entropy model's (docs/language_models.md).
     """
@@ -272,6 +273,8 @@ def next_token_metrics(top: np.ndarray, labels: np.ndarray, ignore_index: int = 
         "accuracy": float(correct.mean()) if correct.size else 0.0,
         "top5_accuracy": float((ids == targets[:, None]).any(axis=1).mean()) if correct.size else 0.0,
         "ece": confidence_ece(confidence, correct, n_bins) if correct.size else 0.0,
+        # Against the accuracy, says which way a miscalibrated softmax errs (over- or under-confident).
+        "mean_confidence": float(confidence.mean()) if correct.size else 0.0,
         "tokens": int(correct.size),
     }
 

@@ -134,7 +134,8 @@ def count_target_tokens(batches: Iterable, vocab_size: int, ignore_index: int = 
             low, high = int(values.min()), int(values.max())
             if low < 0 or high >= vocab_size:
                 raise ValueError(
-                    f"causal LM labels must be token ids in [0, {vocab_size}) or {ignore_index}, found {low if low < 0 else high}."
+                    f"causal LM labels must be token ids in [0, {vocab_size}) or {ignore_index}, found "
+                    f"{low if low < 0 else high}."
                 )
             counts += np.bincount(values.numpy(), minlength=vocab_size)
     return counts, rows

@@ -200,7 +200,8 @@ class HEMConfig(TrainingArguments):
     causal_lm_fused_head: bool = field(
         default=True,
         metadata={
-            "help": "Causal LMs with hem/hem+: train through the fused linear HEM head (no (tokens, vocabulary) logits)."
+            "help": "Causal LMs with hem/hem+: train through the fused linear HEM head (never building the "
+            "(tokens, vocabulary) logits)."
         },
     )
 
