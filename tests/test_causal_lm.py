@@ -166,6 +166,24 @@ def test_causal_lm_heads_are_detected_from_transformers_facts():
     assert not is_causal_lm(classifier)
 
 
+def test_fused_head_falls_back_where_the_logits_are_transformed():
+    """Gemma-2 soft-caps its logits after the head: the fused head would score other logits, so it is not used."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from hf_hem.trainer.causal_lm import fused_head_unsupported
+
+    assert fused_head_unsupported(tiny_llama()) is None
+    gemma = Gemma2ForCausalLM(
+        Gemma2Config(
+            vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+            num_key_value_heads=1, head_dim=8,
+        )
+    )  # fmt: skip
+    assert "final_logit_softcapping" in fused_head_unsupported(gemma)
+    trainer = HEMTrainer(model=gemma, args=hem_args("unused", margin=1.0), train_dataset=None)
+    assert trainer._loss_setup.causal_lm and not trainer._loss_setup.uses_fused_head(gemma)
+
+
 def test_shift_matches_transformers_causal_lm_loss():
     """HEMTrainer's CE on a causal LM equals the model's own loss: the same shift, -100 and padding ignored."""
     rows = uneven_lm_rows()

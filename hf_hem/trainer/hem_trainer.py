@@ -56,6 +56,9 @@ class HEMTrainer(CheckpointCompatMixin, HEMCardHubMixin, Trainer):
     * Semantic segmentation (SegFormer, or any model whose logits are `(N, C, h, w)`): the logits are upsampled
       bilinearly (`align_corners=False`) to the `(N, H, W)` label size, every labelled pixel is a sample, and the
       ignore index comes from `config.semantic_loss_ignore_index`.
+    * Causal LMs (`AutoModelForCausalLM`; TRL/PEFT-wrapped too): logits `(N, L, V)`, one sample per predicted token,
+      labels shifted as transformers' causal-LM loss shifts them; by default trained through the fused LM head,
+      without the full logits (`hf_hem.trainer.causal_lm`, docs/language_models.md).
 
     Margins are derived at start-up from the training set's label counts (the Arrow label column for
     classification, a streamed pixel histogram for segmentation) and written into `model.config` (`hem_loss`,
