@@ -339,12 +339,12 @@ def test_exported_from_the_package():
 
 
 def test_default_chunk_keeps_the_logits_chunk_near_the_hidden_states_size():
-    # 4,096 tokens x 1,024 hidden x 32,000 vocabulary: 4 MiB of hidden-state elements, 128 rows of logits.
-    assert default_chunk_size(4096, 1024, 32000) == 132
-    assert default_chunk_size(4096, 1024, 32000) * 32000 <= 4096 * 1024 + 32000
-    assert default_chunk_size(3, 8, 50) == 3  # never more rows than tokens
-    assert default_chunk_size(2048, 1024, 32000) == 128  # never thinner than MIN_CHUNK_TOKENS
+    # 8,192 tokens x 4,096 hidden x 128,256 vocabulary (a Llama-3 head): 262 rows of logits hold the hidden states'
+    # 32 Mi elements.
     assert default_chunk_size(8192, 4096, 128256) == 262
+    assert 261 * 128256 < 8192 * 4096 <= 262 * 128256
+    assert default_chunk_size(4096, 1024, 32000) == 256  # never thinner than MIN_CHUNK_TOKENS
+    assert default_chunk_size(3, 8, 50) == 3  # never more rows than tokens
 
 
 # ------------------------------------------------------------------------------------------------ bad input
@@ -358,6 +358,7 @@ def test_default_chunk_keeps_the_logits_chunk_near_the_hidden_states_size():
         (dict(labels=torch.tensor([0, 1, 9, -100])), r"\[9\] outside \[0, 5\)"),
         (dict(labels=torch.tensor([0, 1, 2])), r"labels shape \(3,\)"),
         (dict(labels=torch.zeros(4)), "integer tensor"),
+        (dict(labels=torch.tensor([0, 1, 2, -100], device="meta")), "labels are on meta"),
         (dict(weight=torch.randn(5, 4)), r"\(V, H\) matrix with H = 3"),
         (dict(weight=torch.randn(5, 3, dtype=torch.float64)), "must have hidden's dtype"),
         (dict(bias=torch.randn(4)), r"bias must be None or a \(5,\)"),

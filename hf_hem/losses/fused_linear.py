@@ -29,8 +29,9 @@ from .kernels._inputs import KernelInputs
 FUSED_REDUCTIONS = ("mean", "sum")
 FUSED_IMPLEMENTATIONS = ("auto", "cpu", "triton", "torch")
 # Chunks get at least this many tokens: thinner matmuls run well below the speed of one large one (on two CPU
-# cores, chunks of 66 tokens made a 2,048 x 1,024 x 32,000 head about 1.4x slower than chunks of 132 or more).
-MIN_CHUNK_TOKENS = 128
+# cores, chunks of about 130 tokens made a 1,024 x 32,000 head's matmuls markedly slower than chunks of 256 or more;
+# `benchmarks/fused_linear_bench.py --chunk-size` compares).
+MIN_CHUNK_TOKENS = 256
 
 
 def default_chunk_size(num_tokens: int, hidden_size: int, vocab_size: int) -> int:
@@ -78,6 +79,8 @@ def _check_inputs(hidden, weight, labels, bias, margin, reduction, chunk_size):
         or labels.dtype == torch.bool
     ):
         raise ValueError(f"labels must be an integer tensor, got {getattr(labels, 'dtype', type(labels).__name__)}.")
+    if labels.device != hidden.device:
+        raise ValueError(f"labels are on {labels.device} but hidden is on {hidden.device}; expected the same device.")
     if tuple(labels.shape) != tuple(hidden.shape[:-1]):
         raise ValueError(
             f"labels shape {tuple(labels.shape)} does not match hidden shape {tuple(hidden.shape)}: expected "
