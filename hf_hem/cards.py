@@ -76,6 +76,10 @@ _TASKS = {
     "audio-classification": _TaskInfo(
         "audio-classification", "audio classification", "AutoModelForAudioClassification", "audio-classification"
     ),
+    # Causal LMs (scripts/run_clm.py): one HEM sample per predicted token.
+    "text-generation": _TaskInfo(
+        "text-generation", "causal language modelling", "AutoModelForCausalLM", "text-generation"
+    ),
 }
 # The Hub has no "semantic-segmentation" pipeline tag; semantic segmentation models use "image-segmentation".
 _TASK_ALIASES = {"semantic-segmentation": "image-segmentation"}
@@ -647,6 +651,7 @@ CARD_TASK_TAGS = {
     "token-classification": ["token-classification", "nlp"],
     "multiple-choice": ["multiple-choice", "nlp"],
     "audio-classification": ["audio-classification", "audio"],
+    "text-generation": ["text-generation", "nlp"],
 }
 
 

@@ -6,6 +6,8 @@ plain torch and `torch.distributed`.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -14,12 +16,26 @@ from .registry import LOSS_NAMES, MARGIN_LOSS_NAMES, loss_spec
 from .terms import LossTerms, logits_from_outputs
 
 
+def is_causal_lm_output(outputs) -> bool:
+    """Whether `outputs` is a transformers causal-LM output (`CausalLMOutput`, `CausalLMOutputWithPast`, ...),
+    read from its class name so that this module needs no transformers import."""
+    return "CausalLMOutput" in type(outputs).__name__
+
+
+def next_token_labels(labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """`labels[..., 1:]` with the last position ignored, shaped like `labels`: what transformers' causal-LM loss
+    scores position `t` of the logits against (the token at `t + 1`)."""
+    return torch.nn.functional.pad(labels[..., 1:], (0, 1), value=ignore_index)
+
+
 class HEMLossFunction:
     """The callable returned by [`hem_loss_func`]; see there."""
 
-    def __init__(self, terms: LossTerms, average_tokens_across_devices: bool = True):
+    def __init__(self, terms: LossTerms, average_tokens_across_devices: bool = True, shift_labels: bool | None = None):
         self.terms = terms
         self.average_tokens_across_devices = average_tokens_across_devices
+        self.shift_labels = shift_labels
+        self._warned_unshifted = False
 
     @property
     def margins(self) -> torch.Tensor | None:
@@ -28,7 +44,12 @@ class HEMLossFunction:
     def __call__(self, outputs, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None):
         if labels is None:
             raise ValueError("hem_loss_func got labels=None; the batches must contain 'labels'.")
-        logits = self.terms.match_label_size(logits_from_outputs(outputs), labels)
+        raw_logits = logits_from_outputs(outputs)
+        if self.shift_labels:
+            labels = next_token_labels(labels, self.terms.ignore_index)
+        elif self.shift_labels is None:
+            self._check_not_unshifted(outputs, raw_logits)
+        logits = self.terms.match_label_size(raw_logits, labels)
         local_sum, local_count = self.terms.parts(logits, labels)
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         world_size = torch.distributed.get_world_size() if distributed else 1
@@ -52,8 +73,36 @@ class HEMLossFunction:
             loss = loss * world_size  # undo DDP's gradient averaging ourselves
         return loss
 
+    def _check_not_unshifted(self, outputs, logits: torch.Tensor) -> None:
+        """`shift_labels` unset: a causal LM's output is an error (its labels would train it to copy the current
+        token), and classes-last `(N, L, C)` logits of an unknown model get one warning."""
+        if is_causal_lm_output(outputs):
+            raise ValueError(
+                f"hem_loss_func got the output of a causal LM ({type(outputs).__name__}, logits of shape "
+                f"{tuple(logits.shape)}) with shift_labels unset: scored against the unshifted labels (= input_ids) "
+                "it would learn to copy the current token instead of predicting the next one. Pass "
+                "hem_loss_func(..., shift_labels=True) (or shift_labels=False if your collator already shifted them)."
+            )
+        if (
+            not self._warned_unshifted
+            and torch.is_tensor(logits)
+            and logits.dim() == 3
+            and self.terms.class_dim in (-1, 2)
+            and "TokenClassifierOutput" not in type(outputs).__name__
+        ):
+            self._warned_unshifted = True
+            warnings.warn(
+                f"hem_loss_func got (N, L, C) logits of shape {tuple(logits.shape)} with shift_labels unset: every "
+                "position is scored against its own label (token classification). If these are a causal LM's logits "
+                "over its vocabulary, pass shift_labels=True, or it learns to copy the current token; pass "
+                "shift_labels=False to silence this warning.",
+                UserWarning,
+                stacklevel=3,
+            )
+
     def __repr__(self) -> str:
-        return f"HEMLossFunction(loss_name={self.terms.loss_name!r}, ignore_index={self.terms.ignore_index})"
+        shift = "" if self.shift_labels is None else f", shift_labels={self.shift_labels}"
+        return f"HEMLossFunction(loss_name={self.terms.loss_name!r}, ignore_index={self.terms.ignore_index}{shift})"
 
 
 def hem_loss_func(
@@ -72,7 +121,8 @@ def hem_loss_func(
     dice_smooth: float = 0.0,
     upsample_logits_in_loss: bool = False,
     average_tokens_across_devices: bool = True,
-    class_dim: int = 1,
+    class_dim: int | None = None,
+    shift_labels: bool | None = None,
 ) -> HEMLossFunction:
     r"""A loss for the stock [`~transformers.Trainer`]'s `compute_loss_func` argument.
 
@@ -107,8 +157,14 @@ def hem_loss_func(
             upsample low-resolution segmentation logits block by block instead of materialising them.
         average_tokens_across_devices (`bool`, defaults to `True`): must equal the `TrainingArguments` field of the
             same name, which decides whether the Trainer multiplies the loss by the number of processes.
-        class_dim (`int`, defaults to 1): where the classes are in the logits; -1 for token classification
-            (`(N, L, C)` logits, `(N, L)` labels).
+        class_dim (`int`, *optional*): where the classes are in the logits; -1 for token classification and causal
+            LMs (`(N, L, C)` logits, `(N, L)` labels). Defaults to 1, or -1 with `shift_labels=True`.
+        shift_labels (`bool`, *optional*): causal LMs: `True` scores the logits at position `t` against the label at
+            `t + 1` (`labels[..., 1:]`, the last position ignored), as transformers' own causal-LM loss does, so every
+            predicted token is one HEM sample. `False`: the labels are used as they are (token classification, or a
+            collator that shifted them already). `None` (default): as `False`, but the output of a causal LM
+            (`CausalLMOutput*`) raises an error (its unshifted labels train the model to copy the current token) and
+            other `(N, L, C)` logits warn once.
 
     Returns:
         `HEMLossFunction`: a callable `(outputs, labels, num_items_in_batch=None) -> torch.Tensor`.
@@ -118,8 +174,21 @@ def hem_loss_func(
     ```python
     >>> counts = count_labels(train_ds, num_classes=10)
     >>> trainer = Trainer(model, args, train_dataset=train_ds, compute_loss_func=hem_loss_func("hem+", class_counts=counts))
+    >>> # a causal LM (also TRL's SFTTrainer, see docs/language_models.md): one HEM sample per predicted token
+    >>> loss_func = hem_loss_func("hem", margin=1.0, shift_labels=True)
+    >>> trainer = Trainer(llama, args, train_dataset=lm_ds, compute_loss_func=loss_func)
     ```
     """
+    if shift_labels is not None and not isinstance(shift_labels, bool):
+        raise ValueError(f"shift_labels must be True, False or None, got {shift_labels!r}.")
+    if class_dim is None:
+        class_dim = -1 if shift_labels else 1
+    elif shift_labels and class_dim not in (-1, 2):
+        raise ValueError(
+            "shift_labels=True is for causal LM logits (N, L, V) with the vocabulary last; got "
+            f"class_dim={class_dim}, "
+            "expected -1 (or leave class_dim unset)."
+        )
     if not isinstance(loss_name, str) or loss_name.lower() not in LOSS_NAMES:
         raise ValueError(f"loss_name={loss_name!r} is not a known loss; expected one of {', '.join(LOSS_NAMES)}.")
     name = loss_spec(loss_name).name
@@ -163,4 +232,6 @@ def hem_loss_func(
         upsample_logits_in_loss=upsample_logits_in_loss,
         class_dim=class_dim,
     )
-    return HEMLossFunction(terms, average_tokens_across_devices=average_tokens_across_devices)
+    return HEMLossFunction(
+        terms, average_tokens_across_devices=average_tokens_across_devices, shift_labels=shift_labels
+    )

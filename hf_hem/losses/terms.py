@@ -8,6 +8,7 @@ accumulated batch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -189,7 +190,8 @@ class LossTerms:
         """Turns accumulated `stats` sums into the logged `hem/*` values."""
         named = dict(zip(self.stat_names, sums))
         labelled = max(named["labelled"], 1.0)
-        out = {"hem/accuracy": named["correct"] / labelled}
+        # NaN: some step did not build the logits (the fused causal-LM head), so its accuracy is unknown.
+        out = {} if math.isnan(named["correct"]) else {"hem/accuracy": named["correct"] / labelled}
         if "violating" in named:
             out["hem/violating_fraction"] = named["violating"] / labelled
             out["hem/mean_violation"] = named["violation_sum"] / max(named["violating"], 1.0)

@@ -105,6 +105,20 @@ class HEMConfig(TrainingArguments):
         dice_smooth (`float`, *optional*, defaults to `0.0`):
             Smoothing constant of the soft Dice loss (`dice`).
 
+        > Parameters of causal language models
+
+        causal_lm_margin (`float`, *optional*, defaults to `1.0`):
+            The margin of every target token when a causal LM (`LlamaForCausalLM`, `GPT2LMHeadModel`, ...) is trained
+            without `margin`: the paper's `sqrt(M / S)` with `S` training tokens would be tiny. With `hem+` the base of
+            the per-token margins `mu_c = causal_lm_margin * sqrt(S / (V * s_c))` from the training set's token counts.
+            See docs/language_models.md.
+        causal_lm_fused_head (`bool`, *optional*, defaults to `True`):
+            Causal LMs trained with `hem` or `hem+`: score the LM head with [`fused_linear_hem_loss`] from the last
+            hidden states, so the `(tokens, vocabulary)` logits are never built in training (same loss and gradients;
+            `hem/accuracy` is then not logged in training). Not used with `skip_zero_loss`, for other losses, or for
+            heads whose logits are transformed after the linear layer (soft-capping, scaling); evaluation always
+            builds the logits.
+
     > [!NOTE]
     > `HEMConfig` keeps every default of [`~transformers.TrainingArguments`]. `label_smoothing_factor` must stay 0:
     > [`HEMTrainer`] computes its own loss and would silently skip the smoothing.
@@ -204,6 +218,20 @@ class HEMConfig(TrainingArguments):
     la_tau: float = field(default=1.0, metadata={"help": "tau of logit-adjusted cross-entropy (la)."})
     focal_gamma: float = field(default=2.0, metadata={"help": "gamma of the focal loss (focal)."})
     dice_smooth: float = field(default=0.0, metadata={"help": "Smoothing constant of the soft Dice loss (dice)."})
+    causal_lm_margin: float = field(
+        default=1.0,
+        metadata={
+            "help": "Causal LMs: the margin of every target token when margin is unset (the base of the per-token "
+            "margins for hem+)."
+        },
+    )
+    causal_lm_fused_head: bool = field(
+        default=True,
+        metadata={
+            "help": "Causal LMs with hem/hem+: train through the fused linear HEM head (never building the "
+            "(tokens, vocabulary) logits)."
+        },
+    )
 
     @property
     def label_column_name(self) -> str | None:
@@ -253,6 +281,7 @@ class HEMConfig(TrainingArguments):
         _check_number("la_tau", self.la_tau)
         _check_number("focal_gamma", self.focal_gamma, minimum=0.0, inclusive=True)
         _check_number("dice_smooth", self.dice_smooth, minimum=0.0, inclusive=True)
+        _check_number("causal_lm_margin", self.causal_lm_margin, minimum=0.0, inclusive=True)
         if self.num_margin_samples is not None:
             _check_number("num_margin_samples", self.num_margin_samples, minimum=0.0)
         if self.max_margin is not None and not (

@@ -28,6 +28,7 @@ from ..cards import HEMModelCardCallback
 from ..hub import move_token_to_environment
 from ..losses.registry import loss_spec
 from ..losses.terms import LossTerms, count_dtype, logits_from_outputs
+from .causal_lm import fused_micro_batch
 from .checkpoint_compat import CheckpointCompatMixin
 from .distributed import (
     check_data_parallel_only,
@@ -66,6 +67,9 @@ class HEMTrainer(CheckpointCompatMixin, HEMCardHubMixin, Trainer):
     * Semantic segmentation (SegFormer, or any model whose logits are `(N, C, h, w)`): the logits are upsampled
       bilinearly (`align_corners=False`) to the `(N, H, W)` label size, every labelled pixel is a sample, and the
       ignore index comes from `config.semantic_loss_ignore_index`.
+    * Causal LMs (`AutoModelForCausalLM`; TRL/PEFT-wrapped too): logits `(N, L, V)`, one sample per predicted token,
+      labels shifted as transformers' causal-LM loss shifts them; by default trained through the fused LM head,
+      without the full logits (`hf_hem.trainer.causal_lm`, docs/language_models.md).
 
     Margins are derived at start-up from the training set's label counts (the Arrow label column for
     classification, a streamed pixel histogram for segmentation) and written into `model.config` (`hem_loss`,
@@ -296,22 +300,26 @@ class HEMTrainer(CheckpointCompatMixin, HEMCardHubMixin, Trainer):
             rows = kept if kept.numel() != 1 or not uses_batch_norm(model) else rows  # BatchNorm needs 2 samples
         labelled = (labels != terms.ignore_index).sum().to(count_dtype(labels.device))
         selecting = args.skip_zero_loss != "off" and skip_pays(self._violating_fraction, args.skip_backward_ratio)
-        step = forward_micro_batch(
-            model,
-            self.accelerator.unwrap_model(model),
-            terms,
-            inputs,
-            labels,
-            rows,
-            select=selecting,
-            distributed=self.accelerator.num_processes > 1,
-        )
+        if self._stale is None and self._loss_setup.uses_fused_head(model):
+            step = fused_micro_batch(model, terms, inputs, labels)  # causal LMs: no (tokens, vocabulary) logits
+        else:
+            step = forward_micro_batch(
+                model,
+                self.accelerator.unwrap_model(model),
+                terms,
+                inputs,
+                labels,
+                rows,
+                select=selecting,
+                distributed=self.accelerator.num_processes > 1,
+            )
         batch, has_loss, loss_sum = step.terms, step.has_loss, step.loss_sum
         if self._stale is not None and indices is not None:
             self._stale.record(indices[rows.to(indices.device)], has_loss)
         self._violating_fraction = float(has_loss.float().mean()) if has_loss.numel() else 0.0
         zeros = labelled.new_zeros(len(terms.stat_names))  # nothing forwarded: left-out samples count as satisfied
         stats = zeros if step.logits is None else terms.stats(step.logits, step.labels, batch.per_sample)
+        stats = getattr(step, "stats", stats)
         count = labelled if terms.normaliser == "labelled" else batch.count
         skipped = torch.tensor(float(batch_size - step.num_backpropagated), dtype=count.dtype, device=count.device)
         totals = [count, batch.loss_sum.detach().to(count), skipped, count.new_tensor(float(batch_size))]
@@ -345,10 +353,8 @@ class HEMTrainer(CheckpointCompatMixin, HEMCardHubMixin, Trainer):
             - logits: `(N, C)`, or `(N, C, h, w)` upsampled to the label size.
             - labels: `(N,)`, or `(N, H, W)` with `ignore_index` pixels.
         """
-        if "labels" not in inputs:
-            raise ValueError(f"HEMTrainer needs 'labels' in every batch; batch keys: {list(inputs.keys())}.")
         terms = self._ensure_loss_ready()
-        labels = inputs.pop("labels")
+        labels = self._loss_setup.pop_labels(inputs)  # causal LMs: the next-token labels (`causal_lm`)
         if model.training and self.loss_is_scaled_for_ga:
             loss = self._training_loss(model, inputs, labels, terms)
             return (loss, None) if return_outputs else loss

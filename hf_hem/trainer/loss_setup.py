@@ -26,6 +26,7 @@ from ..margins import (
     store_margins_in_config,
     stored_margins,
 )
+from . import causal_lm
 
 
 logger = logging.getLogger(__name__)
@@ -76,13 +77,19 @@ class LossSetup:
         self.counts: ClassCounts | None = None
         self.terms: LossTerms | None = None
         self.count_pending = False
+        self._fused_head: bool | None = None
+        # A causal LM predicts the next token: `(N, L, V)` logits, one sample per shifted label (see `causal_lm`).
+        self.causal_lm = causal_lm.is_causal_lm(model)
         # Token classification heads put the classes last: `(N, L, C)` logits, one label per token.
-        self.token_labels = type(model).__name__.endswith("ForTokenClassification")
+        self.token_labels = self.causal_lm or type(model).__name__.endswith("ForTokenClassification")
         self.class_dim = -1 if self.token_labels else 1
         config = getattr(model, "config", None)
         # A multiple-choice head scores each choice: its classes are the choices, whatever config.num_labels says.
-        self.num_choices = self._num_choices(model, config, train_dataset, class_counts)
-        self.num_classes = self.num_choices or self._model_num_classes(config, class_counts)
+        self.num_choices = None if self.causal_lm else self._num_choices(model, config, train_dataset, class_counts)
+        if self.causal_lm:
+            self.num_classes = causal_lm.vocabulary_size(model)
+        else:
+            self.num_classes = self.num_choices or self._model_num_classes(config, class_counts)
         # Appended to label errors: what the classes are, and where their number comes from.
         self.classes_note = (
             f"The model has num_labels={self.num_classes}."
@@ -96,7 +103,9 @@ class LossSetup:
         default_ignore = int(semantic) if semantic is not None else -100
         self.ignore_index = default_ignore if args.loss_ignore_index is None else int(args.loss_ignore_index)
         num_samples = num_margin_samples if num_margin_samples is not None else args.num_margin_samples
-        if class_counts is not None:
+        if self.causal_lm:
+            self._setup_causal_lm(class_counts, num_samples)
+        elif class_counts is not None:
             if num_samples is None and semantic is not None:
                 num_samples = self._segmentation_num_images()
             self.counts = resolve_class_counts(
@@ -115,6 +124,24 @@ class LossSetup:
             )
         if not self.count_pending:
             self._build_terms()
+
+    def _setup_causal_lm(self, class_counts, num_samples) -> None:
+        """Causal LMs: no label column to count (the collator makes the labels); token counts only for `hem+`/`la`."""
+        if class_counts is not None:
+            self.counts = resolve_class_counts(
+                "given", self.num_classes, class_counts=class_counts, num_samples=num_samples
+            )
+        elif self.args.margin is None and self._needs_token_counts() and self.train_dataset is None:
+            raise ValueError(
+                f"loss_name={self.args.loss_name!r} on a causal LM needs the training set's token counts: pass "
+                "train_dataset or class_counts= (one count per vocabulary entry)."
+            )
+        else:
+            self.count_pending = self._needs_token_counts()
+
+    def _needs_token_counts(self) -> bool:
+        """HEM+ margins and logit-adjustment priors come from token counts; every other loss takes fixed margins."""
+        return self.args.per_class_margins or (needs_class_counts(self.args.loss_name, 0.0))
 
     def _model_num_classes(self, config, class_counts) -> int:
         problem_type = getattr(config, "problem_type", None)
@@ -234,6 +261,12 @@ class LossSetup:
                 "train_dataset; pass class_counts= (or margin= for a single margin)."
             )
         batches, total, owners = self._count_batches()
+        if self.causal_lm:
+            with preserved_random_state(*owners):
+                counts, _ = causal_lm.count_target_tokens(batches, self.num_classes, self.ignore_index)
+            self.counts = ClassCounts(counts, None, "batches")
+            self.count_pending = False
+            return
         try:
             self.counts = resolve_class_counts(
                 "batches",
@@ -288,6 +321,10 @@ class LossSetup:
     def _build_terms(self) -> None:
         args = self.args
         counts = None if self.counts is None else self.counts.counts
+        if self.margins is None and self.causal_lm and args.margin is None and loss_spec(args.loss_name).margin_loss:
+            self.margins = causal_lm.token_margins(
+                self.num_classes, args.causal_lm_margin, counts, per_token=bool(args.per_class_margins)
+            )
         if self.margins is None:
             max_margin = getattr(args, "max_margin", DEFAULT_MAX_MARGIN)
             num_samples = None if self.counts is None else self.counts.num_samples
@@ -332,6 +369,30 @@ class LossSetup:
             logger.info(capped)
         if large is not None:
             logger.warning(large)
+
+    def uses_fused_head(self, model) -> bool:
+        """Whether training micro-batches of this causal LM go through the fused HEM head (`causal_lm_fused_head`)."""
+        if self._fused_head is None:
+            args = self.args
+            self._fused_head = False
+            if self.causal_lm and args.causal_lm_fused_head and args.loss_name in ("hem", "hem+"):
+                reason = (
+                    "skip_zero_loss is on" if args.skip_zero_loss != "off" else causal_lm.fused_head_unsupported(model)
+                )
+                if reason is None:
+                    self._fused_head = True
+                else:
+                    logger.warning(f"causal_lm_fused_head: training builds the full logits, because {reason}.")
+        return self._fused_head
+
+    def pop_labels(self, inputs: dict) -> torch.Tensor:
+        """Removes the labels from a batch (the model's own loss must not run) and returns what the loss scores:
+        the labels as they are, or for a causal LM the next-token labels, shifted as transformers' loss does."""
+        if self.causal_lm:
+            return causal_lm.pop_next_token_labels(inputs, self.ignore_index)
+        if "labels" not in inputs:
+            raise ValueError(f"HEMTrainer needs 'labels' in every batch; batch keys: {list(inputs.keys())}.")
+        return inputs.pop("labels")
 
     def ready(self) -> LossTerms:
         """The loss terms, counting through the data pipeline first if that is still pending."""
