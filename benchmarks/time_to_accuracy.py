@@ -18,8 +18,9 @@ Settings (data: scikit-learn's 8x8 digits, upscaled; models from config, random 
 * `large`: all ten digits at 16 px with each training image also shifted by one pixel left and right (3x the data,
   4311 training images), the ConvNeXt of `skip_bench`, 4 epochs.
 
-Printed per setting: mean training time (seconds, `trainer.train()` only) and test accuracy (mean and std over
-seeds) of every (mode, length); then the **time to CE's best accuracy**. Definition: `A*` is the best mean test
+Time is the process's **CPU time** of `trainer.train()` (one thread): on a machine whose cores other jobs share, wall
+time swings by 2-3x from run to run with their load, CPU time much less (wall time is printed beside it). Printed per
+setting: mean training time and test accuracy (mean and std over seeds) of every (mode, length); then the **time to CE's best accuracy**. Definition: `A*` is the best mean test
 accuracy of CE over its lengths and `s` the seed standard deviation of that run; a (mode, length) *reaches* it when
 its mean accuracy is at least `A* - s`. A mode's time to it is the mean training time of its shortest length that
 reaches it (no interpolation between lengths; `-` when none does). The ratio divides by CE's own time to it (CE's
@@ -149,15 +150,16 @@ def train_one(setting: dict, mode: str, seed: int, epochs: int, data) -> dict:
             class_counts=torch.bincount(train_y, minlength=setting["classes"]).tolist(),
         )
         trainer.remove_callback(PrinterCallback)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         trainer.train()
-        seconds = time.perf_counter() - started
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     model.eval()
     with torch.no_grad():
         predictions = torch.cat([model(pixel_values=x).logits.argmax(1) for x in test_x.split(256)])
     logs = [entry for entry in trainer.state.log_history if "loss" in entry and "epoch" in entry]
     return {
-        "seconds": seconds,
+        "seconds": cpu_seconds,
+        "wall_seconds": seconds,
         "accuracy": float((predictions == test_y).float().mean()),
         "violating": [entry.get("hem/violating_fraction", float("nan")) for entry in logs],
         "skipped": [entry.get("hem/skipped_fraction", 0.0) for entry in logs],
@@ -182,7 +184,9 @@ def run_setting(name: str, setting: dict, modes, fractions, seeds: int, limit: i
                 run = train_one(setting, mode, seed, epochs, data)
                 results[mode][epochs].append(run)
                 log(
-                    f"{name} seed {seed} {mode:10s} {epochs:3d} epochs {run['seconds']:6.1f} s acc {run['accuracy']:.4f}"
+                    f"{name} seed {seed} {mode:10s} {epochs:3d} epochs {run['seconds']:6.1f} s CPU "
+                    f"({run['wall_seconds']:6.1f} s wall) acc {run['accuracy']:.4f}",
+                    flush=True,
                 )
     return results
 
@@ -194,6 +198,7 @@ def summarise(results: dict) -> dict:
             {
                 "epochs": epochs,
                 "seconds": statistics.fmean(run["seconds"] for run in runs),
+                "wall_seconds": statistics.fmean(run["wall_seconds"] for run in runs),
                 "accuracy": statistics.fmean(run["accuracy"] for run in runs),
                 "std": statistics.stdev([run["accuracy"] for run in runs]) if len(runs) > 1 else 0.0,
             }
@@ -238,15 +243,18 @@ def summarise(results: dict) -> dict:
 
 def format_setting(name: str, setting: dict, summary: dict, results: dict) -> str:
     lines = [f"\n## {name}: {setting}"]
-    lines.append("| mode | epochs | time (s) | accuracy | violating fraction, last epoch | skipped, last epoch |")
-    lines.append("|---|---:|---:|---|---:|---:|")
+    lines.append(
+        "| mode | epochs | CPU time (s) | wall time (s) | accuracy | violating fraction, last epoch | skipped, last epoch |"
+    )
+    lines.append("|---|---:|---:|---:|---|---:|---:|")
     for mode, entry in summary["modes"].items():
         for point in entry["points"]:
             runs = results[mode][point["epochs"]]
             violating = np.nanmean([run["violating"][-1] for run in runs])
             skipped = np.mean([run["skipped"][-1] for run in runs])
             lines.append(
-                f"| {mode} | {point['epochs']} | {point['seconds']:.1f} | {point['accuracy']:.4f} ± {point['std']:.4f} "
+                f"| {mode} | {point['epochs']} | {point['seconds']:.1f} | {point['wall_seconds']:.1f} "
+                f"| {point['accuracy']:.4f} ± {point['std']:.4f} "
                 f"| {violating:.3f} | {skipped:.2f} |"
             )
     lines.append(
@@ -254,7 +262,7 @@ def format_setting(name: str, setting: dict, summary: dict, results: dict) -> st
         f"target (best - seed std) {summary['target']:.4f}"
     )
     lines.append(
-        "| mode | time to target (s) | / CE's time | largest deficit below CE at a time budget | n/a budgets |"
+        "| mode | CPU time to target (s) | / CE's time | largest deficit below CE at a time budget | n/a budgets |"
     )
     lines.append("|---|---:|---:|---:|---:|")
     for mode, entry in summary["modes"].items():
@@ -285,13 +293,30 @@ def plot(summaries: dict, path: str) -> None:
             )
         axis.axhline(summary["target"], color="grey", linestyle=":", linewidth=1, label="CE best - std")
         axis.set_title(f"{name}: test accuracy vs training time")
-        axis.set_xlabel("training time (s, mean over seeds)")
+        axis.set_xlabel("training CPU time (s, one thread, mean over seeds)")
         axis.set_ylabel("test accuracy")
         lows = [p["accuracy"] for e in summary["modes"].values() for p in e["points"]]
         axis.set_ylim(max(min(lows) - 0.02, 0.0), 1.0)
         axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
+
+
+def report_saved(paths, plot_path) -> dict:
+    """The tables and plot of runs saved with `--json` (e.g. one setting per process), in one report."""
+    summaries = {}
+    for path in paths:
+        with open(path, encoding="utf-8") as handle:
+            saved = json.load(handle)
+        for name, results in saved["results"].items():
+            results = {
+                mode: {int(epochs): runs for epochs, runs in by_length.items()} for mode, by_length in results.items()
+            }
+            summaries[name] = summarise(results)
+            print(format_setting(name, saved["settings"][name], summaries[name], results))
+    if plot_path:
+        plot(summaries, plot_path)
+    return summaries
 
 
 def parse_list(text: str, kind=str):
@@ -307,7 +332,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="tiny settings and data: a smoke test, not evidence")
     parser.add_argument("--json", default=None)
     parser.add_argument("--plot", default=None)
+    parser.add_argument(
+        "--from_json", default=None, help="comma-separated --json files of earlier runs: summarise and plot them"
+    )
     options = parser.parse_args(argv)
+    if options.from_json:
+        return report_saved(parse_list(options.from_json), options.plot)
     torch.set_num_threads(1)
     table = QUICK if options.quick else SETTINGS
     names = parse_list(options.settings)

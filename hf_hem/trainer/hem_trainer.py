@@ -32,6 +32,8 @@ from .loss_setup import LossSetup, _datasets_module, counting_loader
 from .sample_skipping import (
     SAMPLE_INDEX_KEY,
     StaleZeroLossTracker,
+    WindowGatherer,
+    ddp_participation,
     forward_micro_batch,
     indexed_training_data,
     skip_pays,
@@ -171,6 +173,7 @@ class HEMTrainer(CheckpointCompatMixin, HEMCardHubMixin, Trainer):
         self._window: torch.Tensor | None = None
         self._violating_fraction = 0.0  # of the last micro-batch: with skipping on, the first one selects
         self._stale = None
+        self._gatherer = WindowGatherer() if args.skip_gather_window and args.skip_zero_loss != "off" else None
         if self.is_deepspeed_enabled:
             # DeepSpeed steps its optimizer inside backward: gradients cannot be rescaled after the last micro-batch.
             logger.warning("DeepSpeed: each micro-batch is its own HEM batch (exact accumulation needs plain DDP).")
@@ -279,6 +282,9 @@ class HEMTrainer(CheckpointCompatMixin, HEMCardHubMixin, Trainer):
             rows = kept if kept.numel() != 1 or not uses_batch_norm(model) else rows  # BatchNorm needs 2 samples
         labelled = (labels != terms.ignore_index).sum().to(count_dtype(labels.device))
         selecting = args.skip_zero_loss != "off" and skip_pays(self._violating_fraction, args.skip_backward_ratio)
+        defer = self._gatherer is not None and selecting
+        if self._gatherer is not None and not defer and self.accelerator.sync_gradients:
+            self._flush_window(model, terms, keep_last=False)  # before this micro-batch's synchronised forward
         step = forward_micro_batch(
             model,
             self.accelerator.unwrap_model(model),
@@ -288,8 +294,15 @@ class HEMTrainer(CheckpointCompatMixin, HEMCardHubMixin, Trainer):
             rows,
             select=selecting,
             distributed=self.accelerator.num_processes > 1,
+            defer_backward=defer,
         )
         batch, has_loss, loss_sum = step.terms, step.has_loss, step.loss_sum
+        if defer:
+            self._gatherer.add(inputs, labels, rows[has_loss.to(rows.device)])
+            if self.accelerator.sync_gradients:
+                loss_sum = self._flush_window(model, terms, keep_last=True)
+                if loss_sum is None and self.accelerator.num_processes > 1:
+                    loss_sum = ddp_participation(model, inputs, batch_size)
         if self._stale is not None and indices is not None:
             self._stale.record(indices[rows.to(indices.device)], has_loss)
         self._violating_fraction = float(has_loss.float().mean()) if has_loss.numel() else 0.0
@@ -303,6 +316,17 @@ class HEMTrainer(CheckpointCompatMixin, HEMCardHubMixin, Trainer):
         if loss_sum is None:
             return torch.zeros((), device=labels.device, requires_grad=True)
         return loss_sum * self.accelerator.num_processes
+
+    def _flush_window(self, model: nn.Module, terms: LossTerms, keep_last: bool) -> torch.Tensor | None:
+        """Backpropagates the window's gathered violating samples (`skip_gather_window`); see [`WindowGatherer`]."""
+        return self._gatherer.flush(
+            model,
+            terms,
+            chunk_size=self.args.per_device_train_batch_size,
+            backward=lambda loss_sum: self.accelerator.backward(loss_sum * self.accelerator.num_processes),
+            no_sync=lambda: self.accelerator.no_sync(model),
+            keep_last=keep_last,
+        )
 
     def compute_loss(
         self,
