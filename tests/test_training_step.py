@@ -118,7 +118,8 @@ def test_exact_skipping_equals_no_skipping(tmp_path, loss_name, accumulation):
     dataset = uneven_batch()
     batch_size = NUM_SAMPLES // accumulation
     reference, reference_log = one_step(tmp_path, satisfied_vit(), dataset, loss_name, batch_size, accumulation)
-    # `skip_backward_ratio` large: every micro-batch takes the selection pass, whatever its violating fraction.
+    # `skip_backward_ratio` large: every micro-batch takes the selection pass, whatever its violating fraction; each
+    # micro-batch backpropagates its own violating samples (gathering them is tested below).
     gradients, log = one_step(
         tmp_path,
         satisfied_vit(),
@@ -128,6 +129,7 @@ def test_exact_skipping_equals_no_skipping(tmp_path, loss_name, accumulation):
         accumulation,
         skip_zero_loss="exact",
         skip_backward_ratio=1e6,
+        skip_gather_window=False,
     )
     assert_same_gradients(gradients, reference, f"exact {loss_name}")
     assert log["loss"] == pytest.approx(reference_log["loss"], rel=1e-6)

@@ -269,27 +269,28 @@ class WindowGatherer:
     window into chunks of at most the micro-batch size runs as few, full passes as the window needs. The gradient is
     the same sum of per-sample gradients (each sample's forward depends on it alone, as for `"exact"`), so it equals
     that of `"off"`; with BatchNorm the samples normalised together change, and no chunk holds a single sample.
+    Memory: the inputs of the window's violating samples are copied and held until its last micro-batch; the
+    activations of a chunk are those of at most one micro-batch.
     """
 
     def __init__(self):
-        self.parts: list[tuple[Mapping, torch.Tensor, torch.Tensor]] = []
+        self.parts: list[tuple[dict, torch.Tensor]] = []
+        self._whole: tuple[Mapping, torch.Tensor] | None = None  # the micro-batch of a window's only violating row
 
     def __len__(self) -> int:
-        return sum(rows.numel() for _, _, rows in self.parts)
+        return sum(labels.shape[0] for _, labels in self.parts)
 
     def add(self, inputs: Mapping, labels: torch.Tensor, rows: torch.Tensor) -> None:
-        """Keeps `rows` of a micro-batch (those with a non-zero loss) for the window's backward passes."""
+        """Keeps a copy of `rows` of a micro-batch (those with a non-zero loss) for the window's backward passes."""
         if rows.numel():
-            self.parts.append((inputs, labels, rows))
+            self._whole = (inputs, labels) if not self.parts and rows.numel() == 1 else None
+            self.parts.append((select_rows(inputs, rows, labels.shape[0]), labels[rows]))
 
     def chunks(self, chunk_size: int, batch_norm: bool) -> list[tuple[dict, torch.Tensor]]:
         """The kept rows in as few near-equal chunks of at most `chunk_size` rows as possible (with `batch_norm`,
         none of a single row: a chunk may then exceed `chunk_size` by one, and a window with one violating sample
         takes that sample's whole micro-batch, as `"exact"` does)."""
-        if batch_norm and len(self) == 1:
-            parts = [(inputs, labels) for inputs, labels, _ in self.parts]
-        else:
-            parts = [(select_rows(inputs, rows, labels.shape[0]), labels[rows]) for inputs, labels, rows in self.parts]
+        parts = [self._whole] if batch_norm and self._whole is not None else self.parts
         chunks = []
         for inputs, labels in _concatenate(parts):
             size = labels.shape[0]
@@ -316,7 +317,8 @@ class WindowGatherer:
         synchronisation); the last chunk's loss sum is returned for the caller's synchronised backward when
         `keep_last`, else backpropagated here too. Returns `None` when nothing is left to backpropagate.
         """
-        chunks, self.parts = self.chunks(chunk_size, uses_batch_norm(model)), []
+        chunks = self.chunks(chunk_size, uses_batch_norm(model))
+        self.parts, self._whole = [], None
         last = None
         for index, (inputs, labels) in enumerate(chunks):
             final = keep_last and index == len(chunks) - 1
