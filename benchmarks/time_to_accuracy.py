@@ -170,18 +170,19 @@ def schedule_epochs(full_epochs: int, fraction: float) -> int:
     return max(1, round(full_epochs * fraction))
 
 
-def run_setting(name: str, setting: dict, modes, fractions, seeds: int, limit: int | None, log=print) -> dict:
+def run_setting(name: str, setting: dict, modes, fractions, seeds, limit: int | None, log=print) -> dict:
     """`{mode: {epochs: [run per seed]}}`, interleaved round-robin over (seed, length, mode)."""
     lengths = sorted({schedule_epochs(setting["epochs"], f) for f in fractions})
     results = {mode: {epochs: [] for epochs in lengths} for mode in modes}
     turn = 0
-    for seed in range(seeds):
+    for seed in seeds:
         data = digits_split(seed, setting["image_size"], setting["classes"], setting["shifts"], limit)
         for epochs in lengths:
             rotation = turn % len(modes)
             turn += 1
             for mode in modes[rotation:] + modes[:rotation]:
                 run = train_one(setting, mode, seed, epochs, data)
+                run["seed"] = seed
                 results[mode][epochs].append(run)
                 log(
                     f"{name} seed {seed} {mode:10s} {epochs:3d} epochs {run['seconds']:6.1f} s CPU "
@@ -329,6 +330,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--modes", default=",".join(DEFAULT_MODES))
     parser.add_argument("--fractions", default=",".join(str(f) for f in DEFAULT_FRACTIONS))
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--only_seeds",
+        default=None,
+        help="comma-separated seeds to run (e.g. one per process, merged with --from_json)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny settings and data: a smoke test, not evidence")
     parser.add_argument("--json", default=None)
     parser.add_argument("--plot", default=None)
@@ -353,7 +359,8 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
     summaries, everything = {}, {}
     for name in names:
-        results = run_setting(name, table[name], modes, fractions, options.seeds, 120 if options.quick else None)
+        seeds = parse_list(options.only_seeds, int) if options.only_seeds else tuple(range(options.seeds))
+        results = run_setting(name, table[name], modes, fractions, seeds, 120 if options.quick else None)
         summaries[name] = summarise(results)
         everything[name] = results
         print(format_setting(name, table[name], summaries[name], results), flush=True)
