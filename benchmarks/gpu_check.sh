@@ -66,3 +66,8 @@ PY
 
 timeout 150 "$PYTHON" benchmarks/train_step_bench.py --device cuda --json "$OUT/train_step.json" 2>&1 \
   | tee "$OUT/train_step.txt"
+
+# Issue 22: the violating samples of an accumulation window backpropagated per micro-batch or gathered into full
+# chunks (skip_gather_window), against the step without skipping; ConvNeXt (16 px) and a ViT-S-sized encoder.
+timeout 150 "$PYTHON" benchmarks/window_gather_bench.py --device cuda --repeats 10 --json "$OUT/window_gather.json" 2>&1 \
+  | tee "$OUT/window_gather.txt"

@@ -35,10 +35,12 @@ import argparse
 import json
 import math
 import os
+import re
 import statistics
 import sys
 import tempfile
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -251,8 +253,10 @@ def format_setting(name: str, setting: dict, summary: dict, results: dict) -> st
     for mode, entry in summary["modes"].items():
         for point in entry["points"]:
             runs = results[mode][point["epochs"]]
-            violating = np.nanmean([run["violating"][-1] for run in runs])
-            skipped = np.mean([run["skipped"][-1] for run in runs])
+            with warnings.catch_warnings():  # runs read from a log carry no fractions: nan, not a warning
+                warnings.simplefilter("ignore", RuntimeWarning)
+                violating = np.nanmean([run["violating"][-1] for run in runs])
+                skipped = np.nanmean([run["skipped"][-1] for run in runs])
             lines.append(
                 f"| {mode} | {point['epochs']} | {point['seconds']:.1f} | {point['wall_seconds']:.1f} "
                 f"| {point['accuracy']:.4f} ± {point['std']:.4f} "
@@ -303,18 +307,55 @@ def plot(summaries: dict, path: str) -> None:
     figure.savefig(path, dpi=110)
 
 
-def report_saved(paths, plot_path) -> dict:
-    """The tables and plot of runs saved with `--json` (e.g. one setting per process), in one report."""
-    summaries = {}
-    for path in paths:
-        with open(path, encoding="utf-8") as handle:
-            saved = json.load(handle)
-        for name, results in saved["results"].items():
-            results = {
-                mode: {int(epochs): runs for epochs, runs in by_length.items()} for mode, by_length in results.items()
+LOG_LINE = re.compile(
+    r"^(?P<name>\S+) seed (?P<seed>\d+) (?P<mode>\S+) +(?P<epochs>\d+) epochs +(?P<cpu>[\d.]+) s CPU "
+    r"\( *(?P<wall>[\d.]+) s wall\) acc (?P<accuracy>[\d.]+)$"
+)
+
+
+def runs_from_log(path: str) -> dict:
+    """The runs printed in a log of this script (one line per run), as saved by `--json`: for runs whose process
+    was stopped before it wrote its JSON. The per-epoch violating and skipped fractions are not in the log."""
+    results, settings = {}, {}
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            match = LOG_LINE.match(line.strip())
+            if match is None:
+                continue
+            run = {
+                "seconds": float(match["cpu"]),
+                "wall_seconds": float(match["wall"]),
+                "accuracy": float(match["accuracy"]),
+                "violating": [float("nan")],
+                "skipped": [float("nan")],
+                "seed": int(match["seed"]),
             }
-            summaries[name] = summarise(results)
-            print(format_setting(name, saved["settings"][name], summaries[name], results))
+            name = match["name"]
+            settings[name] = SETTINGS[name]
+            results.setdefault(name, {}).setdefault(match["mode"], {}).setdefault(match["epochs"], []).append(run)
+    return {"settings": settings, "results": results}
+
+
+def report_saved(paths, plot_path) -> dict:
+    """The tables and plot of runs saved with `--json` (or their logs), e.g. one setting, seed or length per process,
+    in one report: the runs of the same setting, mode and length are pooled."""
+    merged, settings = {}, {}
+    for path in paths:
+        if path.endswith(".log"):
+            saved = runs_from_log(path)
+        else:
+            with open(path, encoding="utf-8") as handle:
+                saved = json.load(handle)
+        settings.update(saved["settings"])
+        for name, results in saved["results"].items():
+            for mode, by_length in results.items():
+                for epochs, runs in by_length.items():
+                    merged.setdefault(name, {}).setdefault(mode, {}).setdefault(int(epochs), []).extend(runs)
+    summaries = {}
+    for name, results in merged.items():
+        summaries[name] = summarise(results)
+        seeds = sorted({run.get("seed") for runs in results["ce/off"].values() for run in runs})
+        print(format_setting(name, settings[name], summaries[name], results) + f"\n(seeds {seeds})")
     if plot_path:
         plot(summaries, plot_path)
     return summaries
@@ -339,7 +380,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", default=None)
     parser.add_argument("--plot", default=None)
     parser.add_argument(
-        "--from_json", default=None, help="comma-separated --json files of earlier runs: summarise and plot them"
+        "--from_json",
+        default=None,
+        help="comma-separated --json files (or logs, *.log) of earlier runs: summarise and plot them",
     )
     options = parser.parse_args(argv)
     if options.from_json:
