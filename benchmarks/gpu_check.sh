@@ -77,3 +77,8 @@ timeout 150 "$PYTHON" benchmarks/train_step_bench.py --device cuda --json "$OUT/
 # backward, skip_zero_loss refused) is checked here. One process (NCCL takes one rank per GPU).
 timeout 150 "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node 1 benchmarks/sharded_engine_check.py 2>&1 \
   | grep -v "^{" | tee "$OUT/sharded_engine_check.txt"
+
+# Issue 22: the violating samples of an accumulation window backpropagated per micro-batch or gathered into full
+# chunks (skip_gather_window), against the step without skipping; ConvNeXt (16 px) and a ViT-S-sized encoder.
+timeout 150 "$PYTHON" benchmarks/window_gather_bench.py --device cuda --repeats 10 --json "$OUT/window_gather.json" 2>&1 \
+  | tee "$OUT/window_gather.txt"

@@ -115,7 +115,8 @@ ACCUMULATION_SCRIPT = REPO_ROOT / "tests" / "scripts" / "ddp_accumulation_check.
 
 
 def test_two_processes_with_accumulation_and_skipping_are_exact(tmp_path):
-    """2 processes x 2 micro-batches x 16 = one process on the batch of 64, for HEM, HEM+, CE and exact skipping.
+    """2 processes x 2 micro-batches x 16 = one process on the batch of 64, for HEM, HEM+, CE, exact skipping and
+    exact skipping with the window's violating samples gathered (`skip_gather_window`).
 
     Global batches 0 and 2 (rank 0's two micro-batches) hold only satisfied class-0 images: rank 0 has nothing to
     backpropagate, rank 1 does; the step must neither hang nor average wrongly.
@@ -137,7 +138,8 @@ def test_two_processes_with_accumulation_and_skipping_are_exact(tmp_path):
         mu = float(margins_from_counts(counts, scale=MARGIN_SCALE, per_class=False)[0])
         per_sample = hem_loss(model(pixel_values=pixel_values).logits, labels, mu, reduction="none")
     assert (per_sample[:16] == 0).all() and (per_sample[32:48] == 0).all() and (per_sample > 0).any()
-    for case, reference_case in (("hem", "hem"), ("hem_plus", "hem_plus"), ("ce", "ce"), ("hem_exact", "hem")):
+    cases = (("hem", "hem"), ("hem_plus", "hem_plus"), ("ce", "ce"), ("hem_exact", "hem"), ("hem_window", "hem"))
+    for case, reference_case in cases:
         saved = torch.load(tmp_path / f"{case}.pt")
         assert saved["world_size"] == 2
         rank0 = torch.load(tmp_path / f"{case}_rank0_labels.pt")
@@ -148,6 +150,7 @@ def test_two_processes_with_accumulation_and_skipping_are_exact(tmp_path):
             assert difference < 1e-6 or (saved["gradients"][name] - gradient).abs().max() < 1e-7, (case, name)
         assert saved["logged_loss"] == pytest.approx(expected_loss, rel=1e-6), case
     assert torch.load(tmp_path / "hem_exact.pt")["skipped_fraction"] >= 0.5
+    assert torch.load(tmp_path / "hem_window.pt")["skipped_fraction"] >= 0.5
 
 
 EVALUATION_SCRIPT = REPO_ROOT / "tests" / "scripts" / "ddp_eval_check.py"

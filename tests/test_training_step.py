@@ -20,7 +20,7 @@ from transformers import ResNetConfig, ResNetForImageClassification  # noqa: E40
 from hf_hem.losses import cross_entropy_loss, hem_loss  # noqa: E402
 from hf_hem.margins import margins_from_counts  # noqa: E402
 from hf_hem.trainer import HEMConfig, HEMTrainer  # noqa: E402
-from hf_hem.trainer.sample_skipping import StaleZeroLossTracker, skip_pays  # noqa: E402
+from hf_hem.trainer.sample_skipping import StaleZeroLossTracker, WindowGatherer, skip_pays  # noqa: E402
 
 
 try:  # tests/ may or may not become a package
@@ -118,7 +118,8 @@ def test_exact_skipping_equals_no_skipping(tmp_path, loss_name, accumulation):
     dataset = uneven_batch()
     batch_size = NUM_SAMPLES // accumulation
     reference, reference_log = one_step(tmp_path, satisfied_vit(), dataset, loss_name, batch_size, accumulation)
-    # `skip_backward_ratio` large: every micro-batch takes the selection pass, whatever its violating fraction.
+    # `skip_backward_ratio` large: every micro-batch takes the selection pass, whatever its violating fraction; each
+    # micro-batch backpropagates its own violating samples (gathering them is tested below).
     gradients, log = one_step(
         tmp_path,
         satisfied_vit(),
@@ -128,6 +129,7 @@ def test_exact_skipping_equals_no_skipping(tmp_path, loss_name, accumulation):
         accumulation,
         skip_zero_loss="exact",
         skip_backward_ratio=1e6,
+        skip_gather_window=False,
     )
     assert_same_gradients(gradients, reference, f"exact {loss_name}")
     assert log["loss"] == pytest.approx(reference_log["loss"], rel=1e-6)
@@ -135,6 +137,70 @@ def test_exact_skipping_equals_no_skipping(tmp_path, loss_name, accumulation):
     if accumulation == 4:
         # The satisfied blocks of 16 (micro-batches 1 and 3) were not backpropagated.
         assert log["hem/skipped_fraction"] >= 32 / 64
+
+
+@pytest.mark.parametrize("loss_name", ["hem", "hem+"])
+@pytest.mark.parametrize("batch_size, accumulation", [(16, 4), (8, 8)])
+def test_gathered_window_equals_no_skipping(tmp_path, loss_name, batch_size, accumulation):
+    """skip_gather_window: the violating samples of all micro-batches, backpropagated together in chunks at the
+    window's end (several chunks, some under no_sync), give the gradients and logged loss of 'off' to 1e-6."""
+    dataset = uneven_batch()
+    reference, reference_log = one_step(tmp_path, satisfied_vit(), dataset, loss_name, batch_size, accumulation)
+    model = satisfied_vit()
+    batch_sizes = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: batch_sizes.append(
+        (torch.is_grad_enabled(), kwargs["pixel_values"].shape[0])), with_kwargs=True)  # fmt: skip
+    gradients, log = one_step(
+        tmp_path,
+        model,
+        dataset,
+        loss_name,
+        batch_size,
+        accumulation,
+        skip_zero_loss="exact",
+        skip_backward_ratio=1e6,
+        skip_gather_window=True,
+    )
+    assert_same_gradients(gradients, reference, f"gathered {loss_name} {accumulation}x{batch_size}")
+    assert log["loss"] == pytest.approx(reference_log["loss"], rel=1e-6)
+    assert log["hem/violating_fraction"] == pytest.approx(reference_log["hem/violating_fraction"])
+    violating = round(reference_log["hem/violating_fraction"] * NUM_SAMPLES)
+    backward_passes = [size for grad_enabled, size in batch_sizes if grad_enabled]
+    # A micro-batch after an all-violating one takes the ordinary step (the cost model): with blocks of 8 that is the
+    # last one, whose own synchronised pass comes after the gathered chunks. The others take a selection pass, and
+    # their violating samples go in near-equal chunks of at most the micro-batch size, not one pass per micro-batch.
+    ordinary = 1 if batch_size == 8 else 0
+    assert len(batch_sizes) - len(backward_passes) == accumulation - ordinary
+    gathered = violating - ordinary * batch_size
+    chunks = [len(chunk) for chunk in torch.arange(gathered).tensor_split(-(-gathered // batch_size))]
+    assert backward_passes == chunks + [batch_size] * ordinary
+
+
+def test_window_gatherer_chunks():
+    gatherer = WindowGatherer()
+    for size, violating in ((4, [0, 2, 3]), (8, [1, 2, 3, 4, 5]), (8, [0, 1, 2, 3, 4, 5, 6, 7]), (4, [])):
+        inputs = {"pixel_values": torch.arange(size * 2.0).reshape(size, 2), "return_dict": True}
+        gatherer.add(inputs, torch.arange(size), torch.tensor(violating, dtype=torch.long))
+    assert len(gatherer) == 16
+    chunks = gatherer.chunks(chunk_size=6, batch_norm=False)
+    assert [labels.shape[0] for _, labels in chunks] == [6, 5, 5]  # ceil(16 / 6) near-equal chunks
+    labels = torch.cat([labels for _, labels in chunks])
+    assert labels.tolist() == [0, 2, 3, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5, 6, 7]
+    assert all(inputs["return_dict"] is True for inputs, _ in chunks)
+    torch.testing.assert_close(chunks[0][0]["pixel_values"][:, 0], 2.0 * labels[:6].float())
+    # Text padded per batch cannot be concatenated: each micro-batch is chunked on its own.
+    padded = WindowGatherer()
+    padded.add({"input_ids": torch.zeros(4, 5)}, torch.arange(4), torch.tensor([0, 1, 2]))
+    padded.add({"input_ids": torch.zeros(4, 7)}, torch.arange(4), torch.tensor([3]))
+    assert [inputs["input_ids"].shape for inputs, _ in padded.chunks(8, batch_norm=False)] == [(3, 5), (1, 7)]
+    # BatchNorm: no chunk of one sample; a window with one violating sample takes its whole micro-batch.
+    three = WindowGatherer()
+    three.add({"pixel_values": torch.zeros(4, 2)}, torch.arange(4), torch.tensor([0, 1, 3]))
+    assert [labels.tolist() for _, labels in three.chunks(2, batch_norm=False)] == [[0, 1], [3]]
+    assert [labels.tolist() for _, labels in three.chunks(2, batch_norm=True)] == [[0, 1, 3]]
+    single = WindowGatherer()
+    single.add({"pixel_values": torch.zeros(4, 2)}, torch.arange(4), torch.tensor([2]))
+    assert [labels.tolist() for _, labels in single.chunks(2, batch_norm=True)] == [[0, 1], [2, 3]]
 
 
 def test_batch_norm_selection_pass_leaves_running_statistics_alone(tmp_path):

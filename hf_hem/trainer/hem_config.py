@@ -93,6 +93,12 @@ class HEMConfig(TrainingArguments):
         stale_final_fraction (`float`, *optional*, defaults to `0.125`):
             With `skip_zero_loss="stale"`: the final fraction of the epochs that see every sample (as InfoBatch's
             annealing), so the last updates are those of `"exact"`.
+        skip_gather_window (`bool`, *optional*, defaults to `True`):
+            With `skip_zero_loss` and `gradient_accumulation_steps > 1`: forward and backpropagate the violating
+            samples of the whole accumulation window together at its last micro-batch, in chunks of at most
+            `per_device_train_batch_size`, instead of the remainder of each micro-batch (fewer, fuller passes: on an
+            accelerator a small pass costs nearly what a full one does, and on a CPU each pass has a fixed overhead).
+            Same gradients as without it; holds a copy of the window's violating inputs until its last micro-batch.
 
         > Parameters of the baseline losses
 
@@ -213,6 +219,13 @@ class HEMConfig(TrainingArguments):
     )
     stale_final_fraction: float = field(
         default=0.125, metadata={"help": "skip_zero_loss=stale: final fraction of the epochs that see every sample."}
+    )
+    skip_gather_window: bool = field(
+        default=True,
+        metadata={
+            "help": "skip_zero_loss with gradient accumulation: backpropagate the violating samples of the whole "
+            "window at its last micro-batch, in full chunks of the micro-batch size (same gradients)."
+        },
     )
     logitnorm_temperature: float = field(default=0.04, metadata={"help": "Temperature of LogitNorm (logitnorm)."})
     la_tau: float = field(default=1.0, metadata={"help": "tau of logit-adjusted cross-entropy (la)."})

@@ -44,6 +44,8 @@ from .margin_monitor import ViolatingFractionMonitor
 from .sample_skipping import (
     SAMPLE_INDEX_KEY,
     StaleZeroLossTracker,
+    WindowGatherer,
+    ddp_participation,
     forward_micro_batch,
     indexed_training_data,
     skip_pays,
@@ -194,6 +196,7 @@ class HEMTrainer(CheckpointCompatMixin, HEMCardHubMixin, Trainer):
             skip_zero_loss=args.skip_zero_loss,
             gradient_accumulation_steps=args.gradient_accumulation_steps,
         )
+        self._gatherer = WindowGatherer() if args.skip_gather_window and args.skip_zero_loss != "off" else None
         if args.skip_zero_loss == "stale" and self.train_dataset is not None:
             self._stale = StaleZeroLossTracker(
                 len(self.train_dataset), args.stale_revisit_epochs, args.stale_final_fraction
@@ -300,6 +303,9 @@ class HEMTrainer(CheckpointCompatMixin, HEMCardHubMixin, Trainer):
             rows = kept if kept.numel() != 1 or not uses_batch_norm(model) else rows  # BatchNorm needs 2 samples
         labelled = (labels != terms.ignore_index).sum().to(count_dtype(labels.device))
         selecting = args.skip_zero_loss != "off" and skip_pays(self._violating_fraction, args.skip_backward_ratio)
+        defer = self._gatherer is not None and selecting
+        if self._gatherer is not None and not defer and self.accelerator.sync_gradients:
+            self._flush_window(model, terms, keep_last=False)  # before this micro-batch's synchronised forward
         if self._stale is None and self._loss_setup.uses_fused_head(model):
             step = fused_micro_batch(model, terms, inputs, labels)  # causal LMs: no (tokens, vocabulary) logits
         else:
@@ -312,8 +318,15 @@ class HEMTrainer(CheckpointCompatMixin, HEMCardHubMixin, Trainer):
                 rows,
                 select=selecting,
                 distributed=self.accelerator.num_processes > 1,
+                defer_backward=defer,
             )
         batch, has_loss, loss_sum = step.terms, step.has_loss, step.loss_sum
+        if defer:
+            self._gatherer.add(inputs, labels, rows[has_loss.to(rows.device)])
+            if self.accelerator.sync_gradients:
+                loss_sum = self._flush_window(model, terms, keep_last=True)
+                if loss_sum is None and self.accelerator.num_processes > 1:
+                    loss_sum = ddp_participation(model, inputs, batch_size)
         if self._stale is not None and indices is not None:
             self._stale.record(indices[rows.to(indices.device)], has_loss)
         self._violating_fraction = float(has_loss.float().mean()) if has_loss.numel() else 0.0
@@ -328,6 +341,17 @@ class HEMTrainer(CheckpointCompatMixin, HEMCardHubMixin, Trainer):
         if loss_sum is None:
             return torch.zeros((), device=labels.device, requires_grad=True)
         return loss_sum * self.accelerator.num_processes
+
+    def _flush_window(self, model: nn.Module, terms: LossTerms, keep_last: bool) -> torch.Tensor | None:
+        """Backpropagates the window's gathered violating samples (`skip_gather_window`); see [`WindowGatherer`]."""
+        return self._gatherer.flush(
+            model,
+            terms,
+            chunk_size=self.args.per_device_train_batch_size,
+            backward=lambda loss_sum: self.accelerator.backward(loss_sum * self.accelerator.num_processes),
+            no_sync=lambda: self.accelerator.no_sync(model),
+            keep_last=keep_last,
+        )
 
     def compute_loss(
         self,

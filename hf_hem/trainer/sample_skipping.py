@@ -3,14 +3,17 @@
 A sample whose margin loss is zero has exactly zero gradient, and (for HEM, HEM+, MM+maz) does not enter the count
 that normalises the batch loss, so leaving it out of the backward pass changes nothing. `"exact"` finds those samples
 with a forward pass without autograd; `"stale"` also leaves out, before any forward pass, samples whose loss was
-zero the last time they were seen (an approximation, revisited on a schedule). See docs/trainer.md, "Training
+zero the last time they were seen (an approximation, revisited on a schedule). With gradient accumulation,
+[`WindowGatherer`] forwards and backpropagates the violating samples of a whole accumulation window together, in
+chunks of the micro-batch size, instead of one small remainder per micro-batch. See docs/trainer.md, "Training
 faster".
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 import numpy as np
@@ -175,6 +178,7 @@ def forward_micro_batch(
     *,
     select: bool,
     distributed: bool,
+    defer_backward: bool = False,
 ) -> MicroBatchStep:
     """The forward passes of one training micro-batch, restricted to `rows`.
 
@@ -182,7 +186,8 @@ def forward_micro_batch(
     statistics left alone, through the `unwrapped` model so that no DDP collective runs that another process might
     not run) finds the samples with a non-zero loss, and only those are forwarded again with autograd. A process
     with nothing to backpropagate in a distributed run still takes one DDP forward and backward (one sample, weight
-    0), as DDP synchronises buffers in forward and gradients in backward.
+    0), as DDP synchronises buffers in forward and gradients in backward. With `select` and `defer_backward`, only
+    the selection pass runs: the rows `rows[has_loss]` are left to a [`WindowGatherer`] (`loss_sum` is `None`).
     """
     batch_size = labels.shape[0]
     if rows.numel() == 0:  # every row was left out (`"stale"`): no forward pass, but DDP still needs one
@@ -206,6 +211,8 @@ def forward_micro_batch(
         batch = terms.compute(logits, labels_kept)
     has_loss = samples_with_loss(batch.per_sample)
     backward_rows = rows[has_loss]
+    if defer_backward:
+        return MicroBatchStep(None, logits, labels_kept, batch, has_loss, int(backward_rows.numel()))
     if backward_rows.numel() == 1 and uses_batch_norm(model):
         # BatchNorm cannot normalise one sample in train mode: this micro-batch takes the ordinary step.
         return forward_micro_batch(
@@ -228,3 +235,103 @@ def _ddp_participation(model: nn.Module, inputs: Mapping, rows: torch.Tensor, ba
     one = rows[:1] if rows.numel() else torch.zeros(1, dtype=torch.long, device=rows.device)
     with frozen_batch_norm_statistics(model):
         return logits_from_outputs(model(**select_rows(inputs, one, batch_size))).sum() * 0.0
+
+
+def _concatenate(parts: list[tuple[dict, torch.Tensor]]) -> list[tuple[dict, torch.Tensor]]:
+    """The `(inputs, labels)` parts as one concatenated part, or unchanged where they cannot be concatenated (batch
+    tensors whose other dimensions differ, e.g. text padded per batch, or differing non-batch values)."""
+    if len(parts) < 2:
+        return parts
+    first_inputs, _ = parts[0]
+    merged = {}
+    for key, value in first_inputs.items():
+        values = [inputs.get(key) for inputs, _ in parts]
+        batched = [torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == labels.shape[0] for v, (_, labels) in
+                   zip(values, parts)]  # fmt: skip
+        if all(batched) and len({v.shape[1:] for v in values}) == 1:
+            merged[key] = torch.cat(values)
+        elif not any(batched) and all(
+            v is value or (torch.is_tensor(v) and torch.is_tensor(value) and torch.equal(v, value)) for v in values
+        ):
+            merged[key] = value
+        else:
+            return parts
+    if any(set(inputs) != set(first_inputs) for inputs, _ in parts):
+        return parts
+    return [(merged, torch.cat([labels for _, labels in parts]))]
+
+
+class WindowGatherer:
+    """The violating samples of one accumulation window, forwarded and backpropagated together at its end.
+
+    Per micro-batch, skipping leaves whatever violates its margin: on an accelerator a forward/backward of a few
+    samples costs nearly what a full micro-batch does. Gathering the violating rows of every micro-batch of the
+    window into chunks of at most the micro-batch size runs as few, full passes as the window needs. The gradient is
+    the same sum of per-sample gradients (each sample's forward depends on it alone, as for `"exact"`), so it equals
+    that of `"off"`; with BatchNorm the samples normalised together change, and no chunk holds a single sample.
+    Memory: the inputs of the window's violating samples are copied and held until its last micro-batch; the
+    activations of a chunk are those of at most one micro-batch.
+    """
+
+    def __init__(self):
+        self.parts: list[tuple[dict, torch.Tensor]] = []
+        self._whole: tuple[Mapping, torch.Tensor] | None = None  # the micro-batch of a window's only violating row
+
+    def __len__(self) -> int:
+        return sum(labels.shape[0] for _, labels in self.parts)
+
+    def add(self, inputs: Mapping, labels: torch.Tensor, rows: torch.Tensor) -> None:
+        """Keeps a copy of `rows` of a micro-batch (those with a non-zero loss) for the window's backward passes."""
+        if rows.numel():
+            self._whole = (inputs, labels) if not self.parts and rows.numel() == 1 else None
+            self.parts.append((select_rows(inputs, rows, labels.shape[0]), labels[rows]))
+
+    def chunks(self, chunk_size: int, batch_norm: bool) -> list[tuple[dict, torch.Tensor]]:
+        """The kept rows in as few near-equal chunks of at most `chunk_size` rows as possible (with `batch_norm`,
+        none of a single row: a chunk may then exceed `chunk_size` by one, and a window with one violating sample
+        takes that sample's whole micro-batch, as `"exact"` does)."""
+        parts = [self._whole] if batch_norm and self._whole is not None else self.parts
+        chunks = []
+        for inputs, labels in _concatenate(parts):
+            size = labels.shape[0]
+            count = math.ceil(size / max(int(chunk_size), 1))
+            if batch_norm:
+                count = max(1, min(count, size // 2))
+            for index in torch.arange(size, device=labels.device).tensor_split(count):
+                chunks.append((select_rows(inputs, index, size), labels[index]))
+        return chunks
+
+    def flush(
+        self,
+        model: nn.Module,
+        terms: LossTerms,
+        *,
+        chunk_size: int,
+        backward: Callable[[torch.Tensor], None],
+        no_sync: Callable[[], contextlib.AbstractContextManager],
+        keep_last: bool,
+    ) -> torch.Tensor | None:
+        """Forwards every chunk with autograd and empties the gatherer.
+
+        Every chunk but the last is backpropagated here with `backward`, inside `no_sync()` (no DDP gradient
+        synchronisation); the last chunk's loss sum is returned for the caller's synchronised backward when
+        `keep_last`, else backpropagated here too. Returns `None` when nothing is left to backpropagate.
+        """
+        chunks = self.chunks(chunk_size, uses_batch_norm(model))
+        self.parts, self._whole = [], None
+        last = None
+        for index, (inputs, labels) in enumerate(chunks):
+            final = keep_last and index == len(chunks) - 1
+            with contextlib.nullcontext() if final else no_sync():
+                logits = terms.match_label_size(logits_from_outputs(model(**inputs)), labels)
+                loss_sum = terms.compute(logits, labels).loss_sum
+                if final:
+                    last = loss_sum
+                else:
+                    backward(loss_sum)
+        return last
+
+
+def ddp_participation(model: nn.Module, inputs: Mapping, batch_size: int) -> torch.Tensor:
+    """A zero loss through one sample's DDP forward (see [`forward_micro_batch`])."""
+    return _ddp_participation(model, inputs, torch.zeros(0, dtype=torch.long), batch_size)

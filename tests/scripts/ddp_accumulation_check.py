@@ -27,8 +27,14 @@ from transformers import ViTConfig, ViTForImageClassification  # noqa: E402
 from hf_hem.trainer import HEMConfig  # noqa: E402
 
 
-# (case, loss, skip_zero_loss)
-CASES = [("hem", "hem", "off"), ("hem_plus", "hem+", "off"), ("ce", "ce", "off"), ("hem_exact", "hem", "exact")]
+# (case, loss, skip_zero_loss); `hem_window` also gathers the window's violating samples (skip_gather_window)
+CASES = [
+    ("hem", "hem", "off"),
+    ("hem_plus", "hem+", "off"),
+    ("ce", "ce", "off"),
+    ("hem_exact", "hem", "exact"),
+    ("hem_window", "hem", "exact"),
+]
 MARGIN_SCALE = 4.0
 
 
@@ -53,6 +59,7 @@ def main(workdir: str) -> None:
                 margin_scale=MARGIN_SCALE,
                 skip_zero_loss=skip,
                 skip_backward_ratio=1e6,  # select from the first micro-batch on
+                skip_gather_window=name == "hem_window",
             )
         )
         trainer = SequentialHEMTrainer(
