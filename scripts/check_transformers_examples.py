@@ -5,7 +5,8 @@ The change is exactly the README's: `TrainingArguments` -> `HEMConfig`, `Trainer
 those two names). Each script is copied into a work folder, changed there, and run on a model built from a config
 (`save_pretrained` into the work folder) and data files written there; with `--trainer both` the unchanged copy runs
 too, for comparison. Nothing is downloaded: the Hub metrics the scripts load (`evaluate.load("accuracy")`,
-`evaluate.load("seqeval")`) are local modules in the working directory, where `evaluate.load` looks first.
+`evaluate.load("seqeval")`) are hf_hem's offline drop-ins, copied into the working directory, where `evaluate.load`
+looks first.
 
     python scripts/check_transformers_examples.py --examples ~/transformers/examples/pytorch
 
@@ -43,29 +44,6 @@ COMMON_FLAGS = [
     "--disable_tqdm", "true", "--logging_steps", "5", "--seed", "0",
     "--per_device_train_batch_size", "16", "--learning_rate", "1e-3",
 ]  # fmt: skip
-
-# Stands in for the Hub's `seqeval` module offline: entity-level scores under seqeval's keys.
-_SEQEVAL_MODULE = '''"""Offline stand-in for the Hub's `seqeval` metric (hf_hem's entity-level scores, seqeval's keys)."""
-import datasets
-import evaluate
-
-from hf_hem.metrics.token_classification import token_classification_metrics
-
-
-class Seqeval(evaluate.Metric):
-    def _info(self):
-        tags = datasets.Sequence(datasets.Value("string"))
-        return evaluate.MetricInfo(
-            description="", citation="", inputs_description="",
-            features=datasets.Features({"predictions": tags, "references": tags}),
-        )
-
-    def _compute(self, predictions, references):
-        scores = token_classification_metrics(references, predictions)
-        result = {kind: dict(values) for kind, values in scores["per_type"].items()}
-        result.update({f"overall_{key}": scores[key] for key in ("precision", "recall", "f1", "accuracy")})
-        return result
-'''
 
 
 def two_name_change(source: str, name: str) -> str:
@@ -209,12 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     failures = 0
     for variant in variants:
         folder = work / variant
-        (folder / "accuracy").mkdir(parents=True, exist_ok=True)
-        (folder / "seqeval").mkdir(exist_ok=True)
-        # `evaluate.load("accuracy")` finds ./accuracy/accuracy.py before asking the Hub.
-        accuracy_module = REPO_ROOT / "hf_hem" / "metrics" / "evaluate_modules" / "hem_accuracy" / "hem_accuracy.py"
-        shutil.copyfile(accuracy_module, folder / "accuracy" / "accuracy.py")
-        (folder / "seqeval" / "seqeval.py").write_text(_SEQEVAL_MODULE)
+        # `evaluate.load("accuracy")` finds ./accuracy/accuracy.py before asking the Hub: hf_hem's offline drop-ins
+        # for the Hub's `accuracy` and `seqeval` modules go there, so the scripts' metric lines stay unchanged.
+        for metric in ("accuracy", "seqeval"):
+            shutil.copytree(
+                REPO_ROOT / "hf_hem" / "metrics" / "evaluate_modules" / metric, folder / metric, dirs_exist_ok=True
+            )
         for task in args.tasks.split(","):
             source_path = args.examples / SCRIPTS[task]
             if task == "image" and importlib.util.find_spec("torchvision") is None:
