@@ -71,3 +71,7 @@ def main(workdir: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    # A gloo process group left for the interpreter to tear down can abort the process at exit ("terminate called
+    # without an active exception"): destroy it first.
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
