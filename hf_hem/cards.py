@@ -6,14 +6,13 @@
 the Hub), every finite metric becomes a real `model-index` entry ([`huggingface_hub.EvalResult`]). The card also
 records the loss and its margins (HEM+ per-class margins as min/median/max plus the full list), the training data,
 a quick start that loads the checkpoint with plain `AutoModelFor...` classes, framework versions and the citation.
-It describes every classification head: image, text (sequence), token and audio classification, multiple choice and
-semantic segmentation ([`card_task_for_model`] finds the task from transformers' auto-model lists).
+It describes every head of [`hf_hem.heads.HEADS`] (image, text, token and audio classification, multiple choice,
+semantic segmentation, causal language models), whose entries give the pipeline tag, task name, quick start and tags.
 
 [`write_model_card`] writes the result to `output_dir/README.md`, so a trainer can call it from `_save_checkpoint`
 and `push_to_hub` with the same keyword arguments.
 """
 
-import functools
 import importlib.metadata
 import importlib.resources
 import logging
@@ -22,13 +21,13 @@ import os
 import re
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import TrainerCallback
 
+from .heads import Head, find_head, head_named
 from .losses.registry import LOSS_SPECS, CardText, loss_spec
 
 
@@ -38,6 +37,7 @@ __all__ = [
     "HEMModelCardCallback",
     "card_loss_settings",
     "card_task_for_model",
+    "card_task_tags",
     "card_worthy_metrics",
     "generate_model_card",
     "latest_eval_metrics",
@@ -47,42 +47,6 @@ __all__ = [
 
 #: File name of the packaged template (inside `hf_hem/model_cards/` when installed, `model_cards/` in a checkout).
 MODEL_CARD_TEMPLATE = "hem_model_card.md"
-
-
-@dataclass(frozen=True)
-class _TaskInfo:
-    pipeline_tag: str  # Hub pipeline tag, also the model-index task type
-    task_name: str  # human-readable task, used in prose and as model-index task name
-    auto_model_class: str  # class the quick start loads the checkpoint with
-    kind: str  # which quick start the card shows: "classification", "segmentation" or the text/audio task's tag
-
-
-_TASKS = {
-    "image-classification": _TaskInfo(
-        "image-classification", "image classification", "AutoModelForImageClassification", "classification"
-    ),
-    "image-segmentation": _TaskInfo(
-        "image-segmentation", "semantic segmentation", "AutoModelForSemanticSegmentation", "segmentation"
-    ),
-    "text-classification": _TaskInfo(
-        "text-classification", "text classification", "AutoModelForSequenceClassification", "text-classification"
-    ),
-    "token-classification": _TaskInfo(
-        "token-classification", "token classification", "AutoModelForTokenClassification", "token-classification"
-    ),
-    "multiple-choice": _TaskInfo(
-        "multiple-choice", "multiple choice", "AutoModelForMultipleChoice", "multiple-choice"
-    ),
-    "audio-classification": _TaskInfo(
-        "audio-classification", "audio classification", "AutoModelForAudioClassification", "audio-classification"
-    ),
-    # Causal LMs (scripts/run_clm.py): one HEM sample per predicted token.
-    "text-generation": _TaskInfo(
-        "text-generation", "causal language modelling", "AutoModelForCausalLM", "text-generation"
-    ),
-}
-# The Hub has no "semantic-segmentation" pipeline tag; semantic segmentation models use "image-segmentation".
-_TASK_ALIASES = {"semantic-segmentation": "image-segmentation"}
 
 
 # What a card says about each loss comes from the registry's table (`LossSpec.card`): one home per loss fact.
@@ -125,17 +89,6 @@ _METRICS = {
     "rejection_fpr95_mls": ("fpr_at_95_tpr", "Unknown-class rejection FPR at 95% TPR (MLS)"),
     "fpr95_mls": ("fpr_at_95_tpr", "Unknown-class rejection FPR at 95% TPR (MLS)"),
     "ece": ("ece", "Expected calibration error"),
-}
-# Where a task names a metric differently: token classification's accuracy counts tokens, not pixels; `seqeval`'s
-# `overall_*` scores (as `run_ner.py` with `--return_entity_level_metrics` logs them) are the entity-level ones.
-_TASK_METRICS = {
-    "token-classification": {
-        "accuracy": ("accuracy", "Token accuracy"),
-        "overall_accuracy": ("accuracy", "Token accuracy"),
-        "overall_precision": ("precision", "Precision"),
-        "overall_recall": ("recall", "Recall"),
-        "overall_f1": ("f1", "F1"),
-    },
 }
 # Per-entity-type scores of token classification (`seqeval`'s `<TYPE>_precision`, ..., `<TYPE>_number`).
 _ENTITY_METRIC = re.compile(r"(?P<entity>.+)_(?P<score>precision|recall|f1|number)")
@@ -303,14 +256,13 @@ def _loss_setting_rows(
     return rows, summaries
 
 
-def _metric_type_and_name(key: str, task: str) -> tuple[str, str, bool]:
-    """`(model-index type, display name, indexed)` of a metric key (prefix dropped) for a card task."""
-    task_metrics = _TASK_METRICS.get(task, {})
-    if key in task_metrics:
-        return (*task_metrics[key], True)
+def _metric_type_and_name(key: str, head: Head) -> tuple[str, str, bool]:
+    """`(model-index type, display name, indexed)` of a metric key (prefix dropped) for a head's card."""
+    if key in head.metric_names:
+        return (*head.metric_names[key], True)
     if key in _METRICS:
         return (*_METRICS[key], True)
-    entity = _ENTITY_METRIC.fullmatch(key) if task == "token-classification" else None
+    entity = _ENTITY_METRIC.fullmatch(key) if head.entity_metrics else None
     if entity is not None:
         score = entity["score"]
         # `<TYPE>_number` counts the reference entities of a type: shown, but a count is no score to index.
@@ -318,7 +270,7 @@ def _metric_type_and_name(key: str, task: str) -> tuple[str, str, bool]:
     return key, key.replace("_", " ").capitalize(), True
 
 
-def _metric_rows(metrics: Mapping[str, Any] | None, loss_display: str, task: str = "") -> list[dict]:
+def _metric_rows(metrics: Mapping[str, Any] | None, loss_display: str, head: Head) -> list[dict]:
     """Normalise Trainer-style metrics (`eval_accuracy`, `eval_runtime`, ...) into typed rows."""
     if metrics is None:
         return []
@@ -337,7 +289,7 @@ def _metric_rows(metrics: Mapping[str, Any] | None, loss_display: str, task: str
         if key in seen:
             raise ValueError(f"Metric {key!r} is given twice (as {seen[key]!r} and {raw_key!r}); expected it once.")
         seen[key] = raw_key
-        metric_type, name, indexed = _metric_type_and_name(key, task)
+        metric_type, name, indexed = _metric_type_and_name(key, head)
         if key == _LOSS_METRIC:
             metric_type, name, indexed = "loss", f"Evaluation loss ({loss_display})", False
         # 6 significant digits: float32 metrics would otherwise show as 0.8999999761581421 on the Hub.
@@ -412,11 +364,12 @@ def generate_model_card(
         eval_split (`str`, *optional*):
             Split the metrics were computed on (e.g. `"validation"`).
         task (`str`, *optional*, defaults to `"image-classification"`):
-            `"image-classification"`, `"image-segmentation"` (`"semantic-segmentation"` is accepted as an alias),
-            `"text-classification"`, `"token-classification"`, `"multiple-choice"` or `"audio-classification"`. Sets
-            the pipeline tag, the `model-index` task, the quick start's `AutoModelFor...` class, and how metrics are
-            named (token classification: `accuracy` is token accuracy, and seqeval's `overall_*` and `<TYPE>_*`
-            scores are indexed as precision/recall/F1, `<TYPE>_number` shown but not indexed).
+            The head's Hub pipeline tag (`"image-classification"`, `"image-segmentation"`, `"text-classification"`,
+            `"token-classification"`, `"multiple-choice"`, `"audio-classification"`, `"text-generation"`) or its
+            name in [`hf_hem.heads.HEADS`] (`"semantic-segmentation"`, ...). The head's entry sets the pipeline tag,
+            the `model-index` task, the quick start's `AutoModelFor...` class, and how metrics are named (token
+            classification: `accuracy` is token accuracy, and seqeval's `overall_*` and `<TYPE>_*` scores are
+            indexed as precision/recall/F1, `<TYPE>_number` shown but not indexed).
         loss_name (`str`, *optional*, defaults to `"hem"`):
             Training loss: `"hem"`, `"hem+"`, or a baseline (`"ce"`, `"logitnorm"`, `"logit_adjusted"`, `"focal"`,
             `"dice"`, `"mm"`). Other names are shown as given.
@@ -433,7 +386,7 @@ def generate_model_card(
         per_class_table (`dict[str, float]`, *optional*):
             Per-class scores (class name → value), e.g. per-category IoU, shown in a collapsible table.
         per_class_metric (`str`, *optional*):
-            Column name of `per_class_table`. Defaults to `"IoU"` for segmentation and `"Accuracy"` otherwise.
+            Column name of `per_class_table`. Defaults to the head's (`"IoU"` for segmentation, else `"Accuracy"`).
         class_names (`list[str]`, *optional*):
             Class names for list-valued `loss_settings` entries, in class-id order (e.g. from
             `model.config.id2label`). Without them, classes are shown by index.
@@ -467,16 +420,16 @@ def generate_model_card(
     """
     if not isinstance(model_name, str) or not model_name.strip():
         raise ValueError(f"`model_name` must be a non-empty string, got {model_name!r}.")
-    task_key = _TASK_ALIASES.get(task, task)
-    if task_key not in _TASKS:
-        raise ValueError(f"`task` must be one of {sorted([*_TASKS, *_TASK_ALIASES])}, got {task!r}.")
-    task_info = _TASKS[task_key]
+    try:
+        head = head_named(task)
+    except ValueError as error:
+        raise ValueError(f"`task`: {error}") from None
     base_model = _hub_id_or_none(base_model, "base_model")
     if dataset_name is not None and (not isinstance(dataset_name, str) or not dataset_name.strip()):
         raise ValueError(f"`dataset_name` must be a non-empty string or None, got {dataset_name!r}.")
     _, loss_info = _normalize_loss_name(loss_name)
 
-    metric_rows = _metric_rows(metrics, loss_info.display, task_key)
+    metric_rows = _metric_rows(metrics, loss_info.display, head)
     loss_rows, per_class_settings = _loss_setting_rows(loss_settings, class_names)
     per_class_rows = []
     if per_class_table is not None:
@@ -496,8 +449,8 @@ def generate_model_card(
     if dataset_name is not None:
         eval_results = [
             EvalResult(
-                task_type=task_info.pipeline_tag,
-                task_name=task_info.task_name.title(),
+                task_type=head.pipeline_tag,
+                task_name=head.task_name.title(),
                 dataset_type=dataset_name,
                 dataset_name=dataset_name,
                 dataset_config=dataset_config,
@@ -516,7 +469,7 @@ def generate_model_card(
         eval_results=eval_results,
         library_name="transformers",
         license=license,
-        pipeline_tag=task_info.pipeline_tag,
+        pipeline_tag=head.pipeline_tag,
         tags=_loss_tags(loss_info, tags),
     )
 
@@ -538,9 +491,9 @@ def generate_model_card(
         dataset_url=dataset_url,
         dataset_config=dataset_config,
         eval_split=eval_split,
-        task_label=task_info.task_name,
-        task_kind=task_info.kind,
-        auto_model_class=task_info.auto_model_class,
+        task_label=head.task_name,
+        task_kind=head.card_kind,
+        auto_model_class=head.auto_model_class,
         loss_display=loss_info.display,
         loss_sentence=loss_info.sentence,
         is_hem_family=loss_info.hem_family,
@@ -548,7 +501,7 @@ def generate_model_card(
         per_class_settings=per_class_settings,
         metric_rows=metric_rows,
         per_class_rows=per_class_rows,
-        per_class_metric=per_class_metric or ("IoU" if task_info.kind == "segmentation" else "Accuracy"),
+        per_class_metric=per_class_metric or head.per_class_metric,
         training_rows=training_rows,
         framework_versions=versions,
     )
@@ -624,58 +577,10 @@ def training_summary_from_args(args: Any) -> dict[str, Any]:
 
 # ---- what a trainer knows for its card, and the callback that writes it while training runs ----
 
-# The heads the HEM card describes, as transformers' auto classes list them: `MODEL_FOR_<name>_MAPPING_NAMES`
-# (model type -> head class name) -> card task (the Hub pipeline tag). Audio classifiers come before sequence
-# classification in this order, though no class is in both lists: `Wav2Vec2ForSequenceClassification` is an audio head.
-CARD_TASK_MAPPINGS = (
-    ("SEMANTIC_SEGMENTATION", "image-segmentation"),
-    ("IMAGE_CLASSIFICATION", "image-classification"),
-    ("AUDIO_CLASSIFICATION", "audio-classification"),
-    ("SEQUENCE_CLASSIFICATION", "text-classification"),
-    ("TOKEN_CLASSIFICATION", "token-classification"),
-    ("MULTIPLE_CHOICE", "multiple-choice"),
-)
-# Heads outside those lists (custom models) by class-name suffix; `ForSequenceClassification` is not one, as it
-# names text and audio heads alike.
-CARD_TASKS = (
-    ("ForSemanticSegmentation", "image-segmentation"),
-    ("ForImageClassification", "image-classification"),
-    ("ForAudioClassification", "audio-classification"),
-    ("ForTokenClassification", "token-classification"),
-    ("ForMultipleChoice", "multiple-choice"),
-)
-CARD_TASK_TAGS = {
-    "image-classification": ["image-classification", "vision"],
-    "image-segmentation": ["image-segmentation", "vision"],
-    "text-classification": ["text-classification", "nlp"],
-    "token-classification": ["token-classification", "nlp"],
-    "multiple-choice": ["multiple-choice", "nlp"],
-    "audio-classification": ["audio-classification", "audio"],
-    "text-generation": ["text-generation", "nlp"],
-}
-
-
-@functools.cache
-def _card_task_by_class_name() -> dict[str, str]:
-    """Head class name -> card task, from transformers' auto-model lists (read once; they are static)."""
-    from transformers.models.auto import modeling_auto
-
-    tasks: dict[str, str] = {}
-    for mapping_name, task in CARD_TASK_MAPPINGS:
-        for class_names in getattr(modeling_auto, f"MODEL_FOR_{mapping_name}_MAPPING_NAMES", {}).values():
-            # A model type may list several heads, e.g. DeiT's classifier with and without the teacher.
-            for class_name in (class_names,) if isinstance(class_names, str) else class_names:
-                tasks.setdefault(class_name, task)
-    return tasks
-
 
 def card_task_for_model(model) -> str | None:
-    """The card task (Hub pipeline tag) of a model; `None` for models the card cannot describe.
-
-    The head is looked up in transformers' auto-model lists (`MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES`, ...):
-    by the model's class and its base classes (a subclass of `BertForTokenClassification` is a token classifier),
-    then by the class names saved in `config.architectures`; a PEFT model is looked up through its base model.
-    Heads outside those lists are recognised by class-name suffix (`ForTokenClassification`, ...).
+    """The card task (Hub pipeline tag) of a model's head, found by [`hf_hem.heads.find_head`] (transformers' auto-model
+    mappings, through PEFT wrappers); `None` for models the card cannot describe (e.g. a masked language model).
 
     Example:
 
@@ -685,20 +590,17 @@ def card_task_for_model(model) -> str | None:
     'audio-classification'
     ```
     """
-    if model is None:
+    head = find_head(model)
+    return None if head is None else head.pipeline_tag
+
+
+def card_task_tags(task: str | None) -> list[str] | None:
+    """The Hub tags of a card task (a pipeline tag or head name) besides hf_hem's own; `None` for a task the HEM card
+    does not describe."""
+    try:
+        return list(head_named(task).tags)
+    except ValueError:
         return None
-    get_base_model = getattr(model, "get_base_model", None)  # peft.PeftModel: the task is its base model's
-    if callable(get_base_model) and get_base_model() is not model:
-        return card_task_for_model(get_base_model())
-    by_class_name = _card_task_by_class_name()
-    config = getattr(model, "config", None)
-    class_names = [cls.__name__ for cls in type(model).__mro__]
-    class_names += list(getattr(config, "architectures", None) or [])
-    for name in class_names:
-        if name in by_class_name:
-            return by_class_name[name]
-    name = type(model).__name__
-    return next((task for suffix, task in CARD_TASKS if name.endswith(suffix)), None)
 
 
 def latest_eval_metrics(log_history: list[dict]) -> dict[str, float]:

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from ..cards import (
-    CARD_TASK_TAGS,
     card_loss_settings,
     card_task_for_model,
+    card_task_tags,
     card_worthy_metrics,
     latest_eval_metrics,
     training_summary_from_args,
@@ -43,8 +43,8 @@ class HEMCardHubMixin:
 
         The trainer fills in what it knows: the model name (from `hub_model_id` or the output folder), the base
         model (`config._name_or_path` when it is a Hub id), the task (from the model's head, see
-        [`hf_hem.cards.card_task_for_model`]: image classification, semantic segmentation, text (sequence), token
-        and audio classification, multiple choice), the loss and its margins, class names (`config.id2label`), the
+        [`hf_hem.heads.find_head`]: image classification, semantic segmentation, text (sequence), token and audio
+        classification, multiple choice, causal language models), the loss and its margins, class names (`config.id2label`), the
         training hyper-parameters, and the card-worthy `eval_*` metrics. `card_kwargs` (see [`HEMTrainer`]) override
         these.
 
@@ -91,7 +91,7 @@ class HEMCardHubMixin:
             ),
             "metrics": card_worthy_metrics(metrics),
             "class_names": class_names,
-            "tags": list(CARD_TASK_TAGS.get(task, [])),
+            "tags": card_task_tags(task) or [],
             "training_summary": training_summary_from_args(args),
         }
         kwargs.update(extra)
@@ -111,8 +111,8 @@ class HEMCardHubMixin:
     ) -> None:
         """Writes the HEM card to `output_dir/README.md` (the stock card for models the HEM card cannot describe).
 
-        Every classification head gets the HEM card (image, text, token and audio classification, multiple choice,
-        semantic segmentation); other models (e.g. a masked language model) get the stock card. Called by
+        Every head of [`hf_hem.heads.HEADS`] gets the HEM card (image, text, token and audio classification,
+        multiple choice, semantic segmentation, causal language models); other models (e.g. a masked language model) get the stock card. Called by
         `push_to_hub`. The metrics are `card_metrics` when set (the pipelines set the final evaluation),
         else the latest evaluation in the log history. The stock arguments `license`, `tags` (added to the HEM tags),
         `model_name`, `finetuned_from` and `dataset` are honoured; the others only apply to the stock card.
@@ -122,7 +122,8 @@ class HEMCardHubMixin:
         metrics = self.card_metrics if self.card_metrics is not None else latest_eval_metrics(self.state.log_history)
         # transformers' example scripts name the task (`tasks="text-classification"`): used when the head does not.
         task_names = [tasks] if isinstance(tasks, str) else list(tasks or [])
-        kwargs = self.model_card_kwargs(metrics, task=next((t for t in task_names if t in CARD_TASK_TAGS), None))
+        task = next((name for name in task_names if card_task_tags(name) is not None), None)
+        kwargs = self.model_card_kwargs(metrics, task=task)
         if kwargs is None:
             super().create_model_card(
                 language=language,

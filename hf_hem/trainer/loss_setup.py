@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..counting import ClassCounts, find_label_column, preserved_random_state, resolve_class_counts
+from ..heads import FALLBACK_HEAD, find_head
 from ..losses.registry import loss_spec, needs_class_counts
 from ..losses.terms import LossTerms
 from ..margins import (
@@ -78,15 +79,19 @@ class LossSetup:
         self.terms: LossTerms | None = None
         self.count_pending = False
         self._fused_head: bool | None = None
+        # The layout of the model's head (`hf_hem.heads`); a model of no known head is read as a classifier.
+        self.head = find_head(model) or FALLBACK_HEAD
         # A causal LM predicts the next token: `(N, L, V)` logits, one sample per shifted label (see `causal_lm`).
-        self.causal_lm = causal_lm.is_causal_lm(model)
-        # Token classification heads put the classes last: `(N, L, C)` logits, one label per token.
-        self.token_labels = self.causal_lm or type(model).__name__.endswith("ForTokenClassification")
-        self.class_dim = -1 if self.token_labels else 1
+        self.causal_lm = self.head.label_shift > 0
+        # Token classification heads and causal LMs put the classes last: `(N, L, C)` logits, one label per token.
+        self.token_labels = self.head.nested_labels
+        self.class_dim = self.head.class_dim
         config = getattr(model, "config", None)
         # A multiple-choice head scores each choice: its classes are the choices, whatever config.num_labels says.
-        self.num_choices = None if self.causal_lm else self._num_choices(model, config, train_dataset, class_counts)
-        if self.causal_lm:
+        self.num_choices = (
+            self._num_choices(model, config, train_dataset, class_counts) if self.head.classes == "choices" else None
+        )
+        if self.head.classes == "vocabulary":
             self.num_classes = causal_lm.vocabulary_size(model)
         else:
             self.num_classes = self.num_choices or self._model_num_classes(config, class_counts)
@@ -165,17 +170,13 @@ class LossSetup:
 
     @staticmethod
     def _num_choices(model, config, train_dataset, class_counts) -> int | None:
-        """The number of choices of a multiple-choice model (`None` for any other head).
+        """The number of choices of a multiple-choice model.
 
         Read from the first training row (`input_ids`, or another input, of shape `(num_choices, seq_len)`), else
         from `class_counts` (one count per choice position), else from margins stored by an earlier HEM run; with
         none of them, `None` (and a warning): `config.num_labels` is then taken as the number of classes.
         """
-        from transformers.models.auto.modeling_auto import MODEL_FOR_MULTIPLE_CHOICE_MAPPING_NAMES
-
         name = type(model).__name__
-        if not (name.endswith("ForMultipleChoice") or name in MODEL_FOR_MULTIPLE_CHOICE_MAPPING_NAMES.values()):
-            return None
         row = None
         if train_dataset is not None and not isinstance(train_dataset, torch.utils.data.IterableDataset):
             try:
