@@ -32,6 +32,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from ..heads import find_head
 from ..losses.terms import BatchTerms, LossTerms, count_dtype
 
 
@@ -54,24 +55,12 @@ def base_model_of(model):
 def is_causal_lm(model) -> bool:
     """Whether `model` is a decoder-only causal LM head (`LlamaForCausalLM`, `GPT2LMHeadModel`, ...).
 
-    Read from transformers' own facts, not from the class name: the model's class is registered in
+    Read from transformers' own facts by [`hf_hem.heads.find_head`]: the model's class is registered in
     `MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`, or its `loss_type` maps to `ForCausalLMLoss` (what the Trainer itself checks
     to count shifted labels); encoder-decoder models (their decoder labels are not shifted by the loss) are not.
     """
-    from transformers.loss.loss_utils import LOSS_MAPPING, ForCausalLMLoss
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    model = base_model_of(model)
-    config = getattr(model, "config", None)
-    if config is None or getattr(config, "is_encoder_decoder", False):
-        return False
-    if type(model).__name__ in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()):
-        return True
-    try:
-        loss_type = getattr(model, "loss_type", None)
-    except Exception:  # a property that cannot be read on a plain nn.Module subclass
-        loss_type = None
-    return loss_type is not None and LOSS_MAPPING.get(loss_type) is ForCausalLMLoss
+    head = find_head(model)
+    return head is not None and head.label_shift > 0
 
 
 def vocabulary_size(model) -> int:
