@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..margins import DEFAULT_MAX_MARGIN, Margins, build_margins
 from ._common import check_class_dim_argument, check_margin, check_reduction, class_dim_repr
 
 # The reference lives in `_reference` so that the kernels can fall back to it without importing this module, which
@@ -171,7 +172,7 @@ class _MarginLoss(nn.Module):
 
     def __init__(
         self,
-        margin: float | torch.Tensor = 0.2,
+        margin: float | torch.Tensor | Margins = 0.2,
         ignore_index: int = -100,
         reduction: str = "mean",
         upsample_logits: bool = False,
@@ -182,6 +183,9 @@ class _MarginLoss(nn.Module):
         check_reduction(reduction)
         check_class_dim_argument(class_dim)
         check_upsample_class_dim(upsample_logits, class_dim)
+        if isinstance(margin, Margins):
+            # Per class or shared was decided when the margins were built: a (C,) buffer or a 0-d one.
+            margin = margin.values if margin.per_class else margin.shared
         margin = check_margin(margin)
         # A buffer, so margins follow `.to(device)` and are saved in the state dict.
         self.register_buffer("margin", torch.as_tensor(margin, dtype=torch.float32).clone())
@@ -214,14 +218,13 @@ class _MarginLoss(nn.Module):
         reduction: str = "mean",
         upsample_logits: bool = False,
         class_dim: int = 1,
-        max_margin: float | None = 1.0,
+        max_margin: float | None = DEFAULT_MAX_MARGIN,
     ):
-        """Builds the loss with margins derived from training label counts (see [`margins_from_counts`]; `max_margin`
-        caps the rule's margin on small training sets, `None` keeps the paper's rule unchanged)."""
-        from ..margins import margins_from_counts
-
-        margins = margins_from_counts(
-            counts, scale=scale, per_class=per_class, num_samples=num_samples, max_margin=max_margin
+        """Builds the loss with margins derived from training label counts (through [`build_margins`], the rule of
+        [`margins_from_counts`]; `max_margin` caps the rule's margin on small training sets, `None` keeps the paper's
+        rule unchanged). `per_class=False` gives one shared margin."""
+        margins = build_margins(
+            None, class_counts=counts, scale=scale, per_class=per_class, num_samples=num_samples, max_margin=max_margin
         )
         return cls(
             margins,
