@@ -6,6 +6,7 @@ plain torch and `torch.distributed`.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import numpy as np
@@ -196,7 +197,8 @@ def hem_loss_func(
     }
     if isinstance(loss_name, LossSettings):
         settings = loss_name
-        given = [key for key, value in keywords.items() if not _is_default(value, _KEYWORD_DEFAULTS[key])]
+        defaults = inspect.signature(hem_loss_func).parameters
+        given = [key for key, value in keywords.items() if not _is_default(value, defaults[key].default)]
         if given:
             raise ValueError(
                 f"hem_loss_func got a LossSettings value and the loss keyword(s) {', '.join(given)}: the value holds "
@@ -230,24 +232,6 @@ def hem_loss_func(
     return HEMLossFunction(
         terms, average_tokens_across_devices=average_tokens_across_devices, shift_labels=shift_labels
     )
-
-
-# The loss keywords of `hem_loss_func` and their defaults: with a `LossSettings` value, they must stay unset.
-_KEYWORD_DEFAULTS = {
-    "margin": None,
-    "class_counts": None,
-    "margin_scale": 2000.0,
-    "per_class_margins": None,
-    "num_margin_samples": None,
-    "max_margin": DEFAULT_MAX_MARGIN,
-    "ignore_index": -100,
-    "logitnorm_temperature": 0.04,
-    "la_tau": 1.0,
-    "focal_gamma": 2.0,
-    "dice_smooth": 0.0,
-    "upsample_logits_in_loss": False,
-    "class_dim": None,
-}
 
 
 def _is_default(value, default) -> bool:
