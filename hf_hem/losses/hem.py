@@ -184,10 +184,11 @@ class _MarginLoss(nn.Module):
         check_class_dim_argument(class_dim)
         check_upsample_class_dim(upsample_logits, class_dim)
         if isinstance(margin, Margins):
-            # Per class or shared was decided when the margins were built: a (C,) buffer or a 0-d one.
+            # Checked when built; per class or shared as decided there: the (C,) values, or the shared float.
             margin = margin.values if margin.per_class else margin.shared
-        margin = check_margin(margin)
-        # A buffer, so margins follow `.to(device)` and are saved in the state dict.
+        else:
+            margin = check_margin(margin)  # a float, or a (C,) tensor of per-class margins
+        # A buffer, so margins follow `.to(device)` and are saved in the state dict: (C,) per class, 0-d shared.
         self.register_buffer("margin", torch.as_tensor(margin, dtype=torch.float32).clone())
         self.ignore_index = ignore_index
         self.reduction = reduction
@@ -196,12 +197,15 @@ class _MarginLoss(nn.Module):
         self._scalar_margin_key: tuple | None = None
         self._scalar_margin = 0.0
 
+    def _buffer_key(self) -> tuple:
+        return (self.margin.device, self.margin.data_ptr(), self.margin._version)
+
     def _margin_argument(self) -> float | torch.Tensor:
         if self.margin.dim():
             return self.margin
         # Reading a scalar margin that lives on a GPU stalls the host; read it again only when the buffer moved
         # (`.to`) or changed (`load_state_dict`, in-place edits).
-        key = (self.margin.device, self.margin.data_ptr(), self.margin._version)
+        key = self._buffer_key()
         if key != self._scalar_margin_key:
             self._scalar_margin, self._scalar_margin_key = float(self.margin), key
         return self._scalar_margin
