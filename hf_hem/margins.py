@@ -58,6 +58,14 @@ class Margins:
             return self.shared
         return self.values if device is None else self.values.to(device)
 
+    def to(self, device: torch.device | str) -> Margins:
+        """The same margins with their values on `device` (this value itself when they are there already)."""
+        device = torch.device(device)
+        here = self.values.device
+        if here.type == device.type and (device.index is None or here.index == device.index):
+            return self
+        return Margins(self.values.to(device), self.per_class)
+
     def __len__(self) -> int:
         return self.values.numel()
 

@@ -182,6 +182,13 @@ class LossTerms:
         #: Whether `compute` takes low-resolution segmentation logits as they are (the criterion upsamples them).
         self.upsamples_logits = settings.upsample_logits_in_loss and self.spec.margin_loss
 
+    def follow_device(self, device: torch.device) -> None:
+        """Moves the criterion's buffers (margins, priors) and the margins to `device`; a no-op once they are there,
+        so no margin is copied to the device on every step."""
+        self.criterion.to(device)
+        if self.margin_set is not None:
+            self.margin_set = self.margin_set.to(device)
+
     @property
     def margins(self) -> torch.Tensor | None:
         """The `(num_classes,)` margin values (one per target class; all equal for a shared margin), or `None`."""
@@ -196,8 +203,7 @@ class LossTerms:
 
     def compute(self, logits: torch.Tensor, labels: torch.Tensor) -> BatchTerms:
         """Local loss sum (differentiable), local count (float64, float32 on MPS) and per-sample losses."""
-        # Margin and prior buffers follow the logits; a no-op once they are there.
-        self.criterion.to(logits.device)
+        self.follow_device(logits.device)
         value = self.criterion(logits, labels)
         dtype = count_dtype(logits.device)
         if self.normaliser == "set":
@@ -230,15 +236,26 @@ class LossTerms:
         block when the criterion upsamples).
         """
         valid = labels != self.ignore_index
-        dtype = count_dtype(logits.device)
-        values = [valid.sum(), self._correct(logits.detach(), labels, valid)]
+        named = {"labelled": valid.sum(), "correct": self._correct(logits.detach(), labels, valid)}
         if self.margins is not None:
             if per_sample is None or self.loss_name not in ("hem", "hem+"):
                 per_sample = self._hem_per_sample(logits.detach(), labels)
             violating = per_sample > 0
-            margins = self.margins.to(logits.device)
-            values += [violating.sum(), per_sample[violating].sum(), margins[labels[valid].long()].sum()]
-        return torch.stack([value.to(dtype) for value in values])
+            named["violating"] = violating.sum()
+            named["violation_sum"] = per_sample[violating].sum()
+            named["margin_sum"] = self.margin_sum(labels, valid, logits.device)
+        return self.pack_stats(count_dtype(logits.device), **named)
+
+    def margin_sum(self, labels: torch.Tensor, valid: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """The sum of the labelled samples' margins (behind `hem/margin_mean`)."""
+        margins = self.margins.to(device)
+        return margins[labels[valid].to(device).long()].sum()
+
+    def pack_stats(self, dtype: torch.dtype, **named: torch.Tensor) -> torch.Tensor:
+        """The statistics given by name (`stat_names`: every one of them) as one tensor in `stat_names` order."""
+        if set(named) != set(self.stat_names):
+            raise ValueError(f"statistics {sorted(named)} given; expected exactly {list(self.stat_names)}.")
+        return torch.stack([named[name].to(dtype) for name in self.stat_names])
 
     def _correct(self, logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         if needs_upsampling(logits, labels, self.class_dim):

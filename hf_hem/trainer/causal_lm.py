@@ -199,7 +199,7 @@ def fused_micro_batch(
             f"the fused HEM head expected one call of the model's output embeddings, saw {len(captured)}."
         )
     hidden = captured[0]
-    margins = terms.margins.to(hidden.device)
+    terms.follow_device(hidden.device)
     loss_sum, _, violating = fused_linear_hem_loss(
         hidden,
         head.weight,
@@ -213,14 +213,13 @@ def fused_micro_batch(
     dtype = count_dtype(hidden.device)
     valid = labels != terms.ignore_index
     count = violating.to(dtype)
-    stats = torch.stack(
-        [
-            valid.sum().to(dtype),
-            torch.tensor(float("nan"), dtype=dtype, device=hidden.device),  # "correct" needs the logits
-            count,
-            loss_sum.detach().to(dtype),
-            margins[labels[valid].to(margins.device).long()].sum().to(dtype),
-        ]
+    stats = terms.pack_stats(
+        dtype,
+        labelled=valid.sum(),
+        correct=torch.tensor(float("nan"), dtype=dtype, device=hidden.device),  # needs the logits
+        violating=count,
+        violation_sum=loss_sum.detach(),
+        margin_sum=terms.margin_sum(labels, valid, hidden.device),
     )
     batch = BatchTerms(loss_sum, count, None)
     has_loss = torch.ones(labels.shape[0], dtype=torch.bool, device=labels.device)
