@@ -141,7 +141,7 @@ def hem_loss_func(
             `class_dim`) stay unset, as the value holds them.
         margin (`float`, *optional*): one fixed margin for the margin losses.
         class_counts (`Sequence[int]`, *optional*): training samples (or pixels) per class: margins
-            `sqrt(margin_scale / S)` capped at 1 (per class for `hem+`; see [`resolve_margins`]), and the priors of
+            `sqrt(margin_scale / S)` capped at 1 (per class for `hem+`; see [`build_margins`]), and the priors of
             `la`.
         num_classes (`int`, *optional*): number of classes, needed with `margin` for per-class metrics; defaults to
             `len(class_counts)`.
