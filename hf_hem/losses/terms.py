@@ -88,8 +88,8 @@ class BatchSums:
         values = {}
         for name in cls._SCALARS[1:]:
             value = fields.pop(name, 0.0)
-            value = value.detach() if torch.is_tensor(value) else torch.tensor(float(value))
-            values[name] = value.to(count)
+            # Numbers are filled in on count's device (no host-to-device copy on an accelerator).
+            values[name] = value.detach().to(count) if torch.is_tensor(value) else count.new_full((), float(value))
         stats = fields.pop("stats", None)
         if fields:
             raise ValueError(f"BatchSums has no field(s) {sorted(fields)}; expected {cls._SCALARS + ('stats',)}.")

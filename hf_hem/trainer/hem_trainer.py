@@ -1,11 +1,12 @@
 """`HEMTrainer`: the transformers `Trainer` with HEM / HEM+ (or any `hf_hem` loss) instead of cross-entropy.
 
-The trainer holds trainer concerns only. The loss is `hf_hem.losses` (registry table, [`LossTerms`]); counts and
-margins are resolved by [`LossSetup`]; cards and the Hub are [`HEMCardHubMixin`] and [`hf_hem.cards`].
+The trainer holds trainer concerns only. The loss is `hf_hem.losses` (the run's [`LossSettings`], from
+`HEMConfig.to_loss_settings()`, built into [`LossTerms`]); counts and margins are resolved by [`LossSetup`]; cards
+and the Hub are [`HEMCardHubMixin`] and [`hf_hem.cards`].
 
 How the loss is put together (every registry loss): each micro-batch of each process adds the unnormalised sum of
 its per-sample losses and its count (violating samples for HEM, labelled ones for CE, ...) to the window of one
-optimizer step; after the window's last micro-batch one all-reduce gives the global count, and the accumulated
+optimizer step, as named [`BatchSums`]; after the window's last micro-batch one all-reduce gives the global count, and the accumulated
 gradients are divided by it before clipping. `k` micro-batches on `p` processes then give exactly the gradient of
 one batch of `k * p` times the size (docs/trainer.md). `HEMConfig.skip_zero_loss` skips satisfied samples. Under
 FSDP and DeepSpeed each micro-batch is normalised before its backward pass instead (`distributed.py`).
