@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,6 +22,56 @@ DEFAULT_MAX_MARGIN = 1.0
 #: `benchmarks/small_data_margins.py` (1 did not): [`margin_notes`] warns when the mean margin of the training
 #: samples reaches it.
 LARGE_MARGIN = 2.0
+
+
+@dataclass(frozen=True, eq=False)
+class Margins:
+    """The margins of one run, in the one form they keep from the builder to the kernel.
+
+    Built only by [`build_margins`] (or read back by [`stored_margins`]); whether they are used per target class is
+    decided there, once, and carried: nothing downstream compares entries to find out.
+
+    Args:
+        values (`torch.Tensor`): `(C,)` float32 margins, one per class (all equal for one shared margin).
+        per_class (`bool`): each sample uses the margin of its target class (HEM+); otherwise the one shared margin
+            `values[0]` (HEM, MM, ...).
+    """
+
+    values: torch.Tensor
+    per_class: bool
+
+    def __post_init__(self):
+        values = torch.as_tensor(self.values, dtype=torch.float32).detach().reshape(-1)
+        if values.numel() == 0:
+            raise ValueError("Margins.values must hold at least one margin, got an empty tensor.")
+        if not bool((torch.isfinite(values) & (values >= 0)).all()):
+            raise ValueError(f"Margins.values must be finite and >= 0, got {values.tolist()}.")
+        object.__setattr__(self, "values", values)
+        object.__setattr__(self, "per_class", bool(self.per_class))
+        # Read once here, on the host: a shared margin is a plain float for the kernels from now on.
+        object.__setattr__(self, "shared", float(values[0]))
+
+    def argument(self, device: torch.device | None = None) -> float | torch.Tensor:
+        """What the losses and kernels take as `margin`: the `(C,)` tensor (on `device`) when per class, else the
+        shared margin as a float."""
+        if not self.per_class:
+            return self.shared
+        return self.values if device is None else self.values.to(device)
+
+    def to(self, device: torch.device | str) -> Margins:
+        """The same margins with their values on `device` (this value itself when they are there already)."""
+        device = torch.device(device)
+        here = self.values.device
+        if here.type == device.type and (device.index is None or here.index == device.index):
+            return self
+        return Margins(self.values.to(device), self.per_class)
+
+    def __len__(self) -> int:
+        return self.values.numel()
+
+    def __repr__(self) -> str:
+        shown = f"per_class ({self.values.numel()})" if self.per_class else f"{self.shared:.4g}"
+        return f"Margins({shown})"
 
 
 def _check_max_margin(max_margin) -> float:
@@ -115,6 +166,67 @@ def margins_from_counts(
     return torch.as_tensor(margins, dtype=torch.float32)
 
 
+def build_margins(
+    num_classes: int | None,
+    *,
+    margin: float | None = None,
+    class_counts=None,
+    scale: float = 2000.0,
+    per_class: bool = False,
+    num_samples: float | None = None,
+    max_margin: float | None = DEFAULT_MAX_MARGIN,
+    token_margin: float | None = None,
+) -> Margins | None:
+    """The margins of a run, as a [`Margins`] value; `None` when neither a margin nor class counts are known.
+
+    The one builder: [`HEMTrainer`], [`hem_loss_func`], [`get_loss`] / `HEMLoss.from_label_counts` and
+    [`hf_hem.losses.build_loss`] all come here. Which rule applies, in this order:
+
+    * a fixed `margin`: repeated per class, never capped, shared (`per_class` must be `False`);
+    * `token_margin` (causal LMs): that margin for every token, or with `per_class` the per-token rule
+      [`token_margins`] from the token counts;
+    * `class_counts`: the paper's rule [`margins_from_counts`], capped at `max_margin`.
+
+    Args:
+        num_classes (`int`, *optional*): number of classes (checked against `len(class_counts)`; taken from it when
+            `None`).
+        margin (`float`, *optional*): one fixed margin, finite and >= 0.
+        class_counts (*optional*): training samples (segmentation: labelled pixels; causal LMs: target tokens) per
+            class.
+        scale (`float`, defaults to 2000.0): the paper's `M`.
+        per_class (`bool`, defaults to `False`): margins per target class (HEM+).
+        num_samples (`float`, *optional*): `S`; defaults to `sum(class_counts)`.
+        max_margin (`float` or `None`, defaults to 1.0): cap on the rule's HEM margin (see [`margins_from_counts`]);
+            `None` or `inf`: the paper's rule unchanged.
+        token_margin (`float`, *optional*): the base margin of a causal LM (`HEMConfig.causal_lm_margin`).
+    """
+    _check_max_margin(max_margin)
+    if margin is not None:
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin < 0:
+            raise ValueError(f"margin must be a finite number >= 0, got {margin!r}.")
+        if per_class:
+            raise ValueError(
+                f"margin={margin} with per_class=True: per-class margins come from class counts; leave margin unset "
+                "or use one shared margin."
+            )
+        return Margins(torch.full((max(int(num_classes or 0), 1),), float(margin), dtype=torch.float32), False)
+    if token_margin is not None:
+        if num_classes is None:
+            raise ValueError("token margins need num_classes (the vocabulary size).")
+        return Margins(token_margins(num_classes, token_margin, class_counts, per_token=per_class), per_class)
+    if class_counts is None:
+        return None
+    values = margins_from_counts(
+        class_counts,
+        scale=scale,
+        per_class=per_class,
+        num_classes=num_classes or None,
+        num_samples=num_samples,
+        max_margin=max_margin,
+    )
+    return Margins(values, per_class)
+
+
 def resolve_margins(
     num_classes: int,
     *,
@@ -125,37 +237,41 @@ def resolve_margins(
     num_samples: float | None = None,
     max_margin: float | None = DEFAULT_MAX_MARGIN,
 ) -> torch.Tensor | None:
-    """`(num_classes,)` margins from a fixed margin or from class counts; `None` when neither is known.
-
-    The one place where the trainer, [`hem_loss_func`] and the task suite turn their settings into margins: a fixed
-    `margin` is repeated per class (never capped), otherwise [`margins_from_counts`] applies the paper's rule, capped
-    at `max_margin`.
-
-    Args:
-        num_classes (`int`): number of classes (checked against `len(class_counts)`).
-        margin (`float`, *optional*): one fixed margin, finite and >= 0.
-        class_counts (*optional*): training samples (segmentation: labelled pixels) per class.
-        scale (`float`, defaults to 2000.0): the paper's `M`.
-        per_class (`bool`, defaults to `False`): HEM+ margins (one per target class).
-        num_samples (`float`, *optional*): `S`; defaults to `sum(class_counts)`.
-        max_margin (`float` or `None`, defaults to 1.0): cap on the rule's HEM margin (see [`margins_from_counts`]);
-            `None` or `inf`: the paper's rule unchanged.
-    """
-    _check_max_margin(max_margin)
-    if margin is not None:
-        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin < 0:
-            raise ValueError(f"margin must be a finite number >= 0, got {margin!r}.")
-        return torch.full((max(int(num_classes), 1),), float(margin), dtype=torch.float32)
-    if class_counts is None:
-        return None
-    return margins_from_counts(
-        class_counts,
+    """The `(num_classes,)` margin tensor of [`build_margins`] (its `values`), or `None`; kept for callers that
+    want the tensor alone."""
+    margins = build_margins(
+        num_classes,
+        margin=margin,
+        class_counts=class_counts,
         scale=scale,
-        per_class=per_class,
-        num_classes=num_classes or None,
+        per_class=per_class and margin is None,
         num_samples=num_samples,
         max_margin=max_margin,
     )
+    return None if margins is None else margins.values
+
+
+def token_margins(num_tokens: int, margin: float, token_counts=None, per_token: bool = False) -> torch.Tensor:
+    """`(V,)` margins of a causal LM: `margin` for every token, or with `per_token` (HEM+) from token counts,
+    `margin * sqrt(S / (V * s_c))` with `S` counted tokens, `V` the vocabulary size, `s_c` the count of token `c`
+    (see `hf_hem.trainer.causal_lm`); a token never seen as a target gets the largest finite margin (never used
+    while it is never a target)."""
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin < 0:
+        raise ValueError(f"causal_lm_margin must be a finite number >= 0, got {margin!r}.")
+    if not per_token:
+        return torch.full((num_tokens,), float(margin), dtype=torch.float32)
+    counts = np.asarray(token_counts, dtype=np.float64).reshape(-1)
+    if counts.size != num_tokens:
+        raise ValueError(f"token counts have {counts.size} entries but the vocabulary has {num_tokens} tokens.")
+    total = float(counts.sum())
+    if total <= 0:
+        raise ValueError("the training set has no target tokens to count (every label is -100).")
+    present = counts > 0
+    values = np.empty(num_tokens, dtype=np.float64)
+    values[present] = float(margin) * np.sqrt(total / (num_tokens * counts[present]))
+    # Most of a real vocabulary never occurs as a target in a fine-tuning set: no per-token warning here.
+    values[~present] = values[present].max()
+    return torch.as_tensor(values, dtype=torch.float32)
 
 
 def margin_notes(
@@ -228,18 +344,24 @@ def store_margins_in_config(
     if config is None:
         return
     config.hem_loss = loss_name
+    if isinstance(margins, Margins):
+        margins = margins.values
     config.hem_margins = None if margins is None else [float(m) for m in margins.tolist()]
     config.hem_class_counts = None if class_counts is None else [int(c) for c in class_counts]
     config.hem_margin_scale = float(margin_scale)
     config.hem_num_margin_samples = num_samples
 
 
-def stored_margins(stored, num_classes: int, source: str) -> torch.Tensor | None:
-    """The margins an earlier HEM run stored (a config object or a `config.json` dict), checked; `None` if none."""
+def stored_margins(stored, num_classes: int, source: str, per_class: bool = False) -> Margins | None:
+    """The margins an earlier HEM run stored (a config object or a `config.json` dict), checked; `None` if none.
+
+    A config stores the values only: they are used per class when `per_class` (this run's setting) says so, or when
+    they differ between classes (a HEM+ run's margins mean nothing shared). Decided here, where they are read back.
+    """
     values = stored.get("hem_margins") if isinstance(stored, dict) else getattr(stored, "hem_margins", None)
     if values is None:
         return None
     margins = torch.as_tensor(values, dtype=torch.float32)
     if margins.numel() != num_classes:
         raise ValueError(f"{source} holds {margins.numel()} margins but the model has num_labels={num_classes}.")
-    return margins
+    return Margins(margins, per_class or bool((margins != margins[0]).any()))

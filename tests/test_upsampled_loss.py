@@ -242,10 +242,10 @@ def test_hem_trainer_upsampling_in_the_loss_changes_nothing_but_memory(tmp_path)
         loss.backward()
         # A training micro-batch adds its count, loss sum and statistics to the accumulation window, and returns the
         # unnormalised sum: the step divides the gradients by the window's count.
-        stats, trainer._window = trainer._window, None
-        count = float(stats[0])
+        window, trainer._window = trainer._window, None
+        count = float(window.count)
         grads = [parameter.grad / count for parameter in model.parameters() if parameter.grad is not None]
-        results.append((loss.detach() / count, grads, stats))
+        results.append((loss.detach() / count, grads, window.pack()))
     (loss_a, grads_a, stats_a), (loss_b, grads_b, stats_b) = results
     torch.testing.assert_close(loss_b, loss_a, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(stats_b, stats_a, atol=1e-3, rtol=1e-6)

@@ -15,6 +15,7 @@ from .baselines import (
 from .fused_linear import FusedLinearHEMLoss, fused_linear_hem_loss
 from .hem import HEMLoss, MMLoss, MMMazLoss, MMThresLoss, hem_loss, mm_loss, mm_maz_loss, mm_thres_loss
 from .registry import LOSS_NAMES, get_loss
+from .settings import LossSettings, build_loss
 
 
 __all__ = [
@@ -26,9 +27,11 @@ __all__ = [
     "HEMLoss",
     "LogitAdjustedLoss",
     "LogitNormLoss",
+    "LossSettings",
     "MMLoss",
     "MMMazLoss",
     "MMThresLoss",
+    "build_loss",
     "cross_entropy_loss",
     "dice_loss",
     "focal_loss",

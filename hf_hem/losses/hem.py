@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..margins import DEFAULT_MAX_MARGIN, Margins, build_margins
 from ._common import check_class_dim_argument, check_margin, check_reduction, class_dim_repr
 
 # The reference lives in `_reference` so that the kernels can fall back to it without importing this module, which
@@ -171,7 +172,7 @@ class _MarginLoss(nn.Module):
 
     def __init__(
         self,
-        margin: float | torch.Tensor = 0.2,
+        margin: float | torch.Tensor | Margins = 0.2,
         ignore_index: int = -100,
         reduction: str = "mean",
         upsample_logits: bool = False,
@@ -182,8 +183,12 @@ class _MarginLoss(nn.Module):
         check_reduction(reduction)
         check_class_dim_argument(class_dim)
         check_upsample_class_dim(upsample_logits, class_dim)
-        margin = check_margin(margin)
-        # A buffer, so margins follow `.to(device)` and are saved in the state dict.
+        if isinstance(margin, Margins):
+            # Checked when built; per class or shared as decided there: the (C,) values, or the shared float.
+            margin = margin.values if margin.per_class else margin.shared
+        else:
+            margin = check_margin(margin)  # a float, or a (C,) tensor of per-class margins
+        # A buffer, so margins follow `.to(device)` and are saved in the state dict: (C,) per class, 0-d shared.
         self.register_buffer("margin", torch.as_tensor(margin, dtype=torch.float32).clone())
         self.ignore_index = ignore_index
         self.reduction = reduction
@@ -192,12 +197,15 @@ class _MarginLoss(nn.Module):
         self._scalar_margin_key: tuple | None = None
         self._scalar_margin = 0.0
 
+    def _buffer_key(self) -> tuple:
+        return (self.margin.device, self.margin.data_ptr(), self.margin._version)
+
     def _margin_argument(self) -> float | torch.Tensor:
         if self.margin.dim():
             return self.margin
         # Reading a scalar margin that lives on a GPU stalls the host; read it again only when the buffer moved
         # (`.to`) or changed (`load_state_dict`, in-place edits).
-        key = (self.margin.device, self.margin.data_ptr(), self.margin._version)
+        key = self._buffer_key()
         if key != self._scalar_margin_key:
             self._scalar_margin, self._scalar_margin_key = float(self.margin), key
         return self._scalar_margin
@@ -214,14 +222,13 @@ class _MarginLoss(nn.Module):
         reduction: str = "mean",
         upsample_logits: bool = False,
         class_dim: int = 1,
-        max_margin: float | None = 1.0,
+        max_margin: float | None = DEFAULT_MAX_MARGIN,
     ):
-        """Builds the loss with margins derived from training label counts (see [`margins_from_counts`]; `max_margin`
-        caps the rule's margin on small training sets, `None` keeps the paper's rule unchanged)."""
-        from ..margins import margins_from_counts
-
-        margins = margins_from_counts(
-            counts, scale=scale, per_class=per_class, num_samples=num_samples, max_margin=max_margin
+        """Builds the loss with margins derived from training label counts (through [`build_margins`], the rule of
+        [`margins_from_counts`]; `max_margin` caps the rule's margin on small training sets, `None` keeps the paper's
+        rule unchanged). `per_class=False` gives one shared margin."""
+        margins = build_margins(
+            None, class_counts=counts, scale=scale, per_class=per_class, num_samples=num_samples, max_margin=max_margin
         )
         return cls(
             margins,

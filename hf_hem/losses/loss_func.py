@@ -6,14 +6,15 @@ plain torch and `torch.distributed`.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import numpy as np
 import torch
 
-from ..margins import resolve_margins
-from .registry import LOSS_NAMES, MARGIN_LOSS_NAMES, loss_spec
-from .terms import LossTerms, logits_from_outputs
+from ..margins import DEFAULT_MAX_MARGIN
+from .settings import LossSettings
+from .terms import BatchSums, LossTerms, logits_from_outputs, loss_share
 
 
 def is_causal_lm_output(outputs) -> bool:
@@ -54,23 +55,17 @@ class HEMLossFunction:
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         world_size = torch.distributed.get_world_size() if distributed else 1
         # The Trainer's own share of this micro-batch in its accumulation window: labels != -100, as it counts.
-        items_here = labels.ne(-100).sum().to(local_count)
-        if world_size > 1:
-            packed = torch.stack([local_count, items_here])
-            torch.distributed.all_reduce(packed)
-            global_count = packed[0]
-            if self.average_tokens_across_devices:
-                items_here = packed[1]  # num_items_in_batch is then summed over processes too
-        else:
-            global_count = local_count
-        loss = local_sum / global_count.clamp_min(1).to(local_sum.dtype)
+        local = BatchSums.of(local_count, items=labels.ne(-100).sum())
+        summed = local.all_reduce(_all_reduce_sum) if world_size > 1 else local
+        # num_items_in_batch is summed over processes by the Trainer only with average_tokens_across_devices.
+        items_here = summed.items if self.average_tokens_across_devices else local.items
         trainer_multiplies = num_items_in_batch is not None and self.average_tokens_across_devices
+        # DDP averages gradients over processes: undo it ourselves unless the Trainer multiplies by world_size.
+        loss = loss_share(local_sum, summed.count, 1.0 if trainer_multiplies else float(world_size))
         if num_items_in_batch is not None:
             # Weight of this micro-batch in the accumulation window; 1/k for k equal micro-batches.
             total = torch.as_tensor(num_items_in_batch, dtype=items_here.dtype, device=items_here.device)
             loss = loss * (items_here / total.clamp_min(1)).to(loss)
-        if world_size > 1 and not trainer_multiplies:
-            loss = loss * world_size  # undo DDP's gradient averaging ourselves
         return loss
 
     def _check_not_unshifted(self, outputs, logits: torch.Tensor) -> None:
@@ -106,7 +101,7 @@ class HEMLossFunction:
 
 
 def hem_loss_func(
-    loss_name: str = "hem",
+    loss_name: str | LossSettings = "hem",
     margin: float | None = None,
     *,
     class_counts=None,
@@ -114,6 +109,7 @@ def hem_loss_func(
     margin_scale: float = 2000.0,
     per_class_margins: bool | None = None,
     num_margin_samples: float | None = None,
+    max_margin: float | None = DEFAULT_MAX_MARGIN,
     ignore_index: int = -100,
     logitnorm_temperature: float = 0.04,
     la_tau: float = 1.0,
@@ -140,10 +136,12 @@ def hem_loss_func(
     metrics; with `hem_loss_func` pass the margin or the class counts yourself (e.g. from [`count_labels`]).
 
     Args:
-        loss_name (`str`, defaults to `"hem"`): any name of [`get_loss`].
+        loss_name (`str` or [`LossSettings`], defaults to `"hem"`): any name of [`get_loss`], or the whole loss
+            settings as one value; then the loss keywords below (`margin` to `upsample_logits_in_loss`, and
+            `class_dim`) stay unset, as the value holds them.
         margin (`float`, *optional*): one fixed margin for the margin losses.
         class_counts (`Sequence[int]`, *optional*): training samples (or pixels) per class: margins
-            `sqrt(margin_scale / S)` capped at 1 (per class for `hem+`; see [`resolve_margins`]), and the priors of
+            `sqrt(margin_scale / S)` capped at 1 (per class for `hem+`; see [`build_margins`]), and the priors of
             `la`.
         num_classes (`int`, *optional*): number of classes, needed with `margin` for per-class metrics; defaults to
             `len(class_counts)`.
@@ -151,6 +149,7 @@ def hem_loss_func(
         per_class_margins (`bool`, *optional*): HEM+ margins; defaults to `loss_name == "hem+"`.
         num_margin_samples (`float`, *optional*): `S`; defaults to `sum(class_counts)`. Pass the number of images for
             segmentation.
+        max_margin (`float` or `None`, defaults to 1.0): cap on the rule's margin; `None`: the paper's rule.
         ignore_index (`int`, defaults to -100): label value ignored by the loss (255 for most segmentation sets).
         logitnorm_temperature, la_tau, focal_gamma, dice_smooth: parameters of the baselines.
         upsample_logits_in_loss (`bool`, defaults to `False`): as the [`HEMConfig`] field: the margin losses
@@ -181,57 +180,66 @@ def hem_loss_func(
     """
     if shift_labels is not None and not isinstance(shift_labels, bool):
         raise ValueError(f"shift_labels must be True, False or None, got {shift_labels!r}.")
-    if class_dim is None:
-        class_dim = -1 if shift_labels else 1
-    elif shift_labels and class_dim not in (-1, 2):
+    keywords = {
+        "margin": margin,
+        "class_counts": class_counts,
+        "margin_scale": margin_scale,
+        "per_class_margins": per_class_margins,
+        "num_margin_samples": num_margin_samples,
+        "max_margin": max_margin,
+        "ignore_index": ignore_index,
+        "logitnorm_temperature": logitnorm_temperature,
+        "la_tau": la_tau,
+        "focal_gamma": focal_gamma,
+        "dice_smooth": dice_smooth,
+        "upsample_logits_in_loss": upsample_logits_in_loss,
+        "class_dim": class_dim,
+    }
+    if isinstance(loss_name, LossSettings):
+        settings = loss_name
+        defaults = inspect.signature(hem_loss_func).parameters
+        given = [key for key, value in keywords.items() if not _is_default(value, defaults[key].default)]
+        if given:
+            raise ValueError(
+                f"hem_loss_func got a LossSettings value and the loss keyword(s) {', '.join(given)}: the value holds "
+                "them; give one or the other (settings.replace(...) changes a value)."
+            )
+    else:
+        if class_counts is not None:
+            counts = class_counts.detach().cpu() if torch.is_tensor(class_counts) else class_counts
+            keywords["class_counts"] = np.asarray(counts, dtype=np.int64).reshape(-1)
+        settings = LossSettings(loss_name, **keywords)
+    if settings.class_dim is None:
+        settings = settings.replace(class_dim=-1 if shift_labels else 1)
+    elif shift_labels and settings.class_dim not in (-1, 2):
         raise ValueError(
             "shift_labels=True is for causal LM logits (N, L, V) with the vocabulary last; got "
-            f"class_dim={class_dim}, "
-            "expected -1 (or leave class_dim unset)."
+            f"class_dim={settings.class_dim}, expected -1 (or leave class_dim unset)."
         )
-    if not isinstance(loss_name, str) or loss_name.lower() not in LOSS_NAMES:
-        raise ValueError(f"loss_name={loss_name!r} is not a known loss; expected one of {', '.join(LOSS_NAMES)}.")
-    name = loss_spec(loss_name).name
-    per_class = name == "hem+" if per_class_margins is None else bool(per_class_margins)
-    if name == "hem+" and (margin is not None or not per_class):
-        raise ValueError("loss 'hem+' uses per-class margins from class_counts=; use loss_name='hem' for one margin.")
-    if class_counts is not None:
-        class_counts = np.asarray(
-            class_counts.detach().cpu() if torch.is_tensor(class_counts) else class_counts, dtype=np.int64
-        )
-        if num_classes is not None and class_counts.size != num_classes:
-            raise ValueError(f"class_counts has {class_counts.size} entries but num_classes={num_classes}.")
-        num_classes = class_counts.size
-    margins = resolve_margins(
-        num_classes or 0,
-        margin=margin,
-        class_counts=class_counts,
-        scale=margin_scale,
-        per_class=per_class,
-        num_samples=num_margin_samples,
-    )
-    if name in MARGIN_LOSS_NAMES and margins is None:
+    if settings.ignore_index is None:
+        settings = settings.replace(ignore_index=-100)
+    if settings.class_counts is not None:
+        if num_classes is not None and len(settings.class_counts) != num_classes:
+            raise ValueError(f"class_counts has {len(settings.class_counts)} entries but num_classes={num_classes}.")
+        num_classes = len(settings.class_counts)
+    margins = settings.margins(num_classes)
+    if settings.spec.margin_loss and margins is None:
         raise ValueError(
-            f"hem_loss_func({name!r}) needs margin= or class_counts= (e.g. count_labels(train_dataset, num_classes))."
+            f"hem_loss_func({settings.loss_name!r}) needs margin= or class_counts= (e.g. count_labels(train_dataset, "
+            "num_classes))."
         )
-    if margin is not None and num_classes is None:
-        # Without the number of classes the margin cannot be spread per class; metrics are not computed here anyway.
-        per_class = False
-    terms = LossTerms(
-        name,
-        margins=margins,
-        per_class_margins=per_class,
-        class_counts=class_counts,
-        ignore_index=ignore_index,
-        options={
-            "logitnorm_temperature": logitnorm_temperature,
-            "la_tau": la_tau,
-            "focal_gamma": focal_gamma,
-            "dice_smooth": dice_smooth,
-        },
-        upsample_logits_in_loss=upsample_logits_in_loss,
-        class_dim=class_dim,
-    )
+    terms = LossTerms(settings, margins=margins)
     return HEMLossFunction(
         terms, average_tokens_across_devices=average_tokens_across_devices, shift_labels=shift_labels
     )
+
+
+def _is_default(value, default) -> bool:
+    if default is None or value is None:
+        return value is default
+    return isinstance(value, type(default)) and value == default
+
+
+def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    torch.distributed.all_reduce(tensor)
+    return tensor

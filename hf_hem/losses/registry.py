@@ -1,7 +1,8 @@
-"""The registry: one table of per-loss facts, and `get_loss(name, **kwargs)` / `build_loss(...)` that read it.
+"""The registry: one table of per-loss facts, and `get_loss(name, **kwargs)` that reads it.
 
 Everything else that needs to know something about a loss (the trainer's normalisation, whether class counts are
-needed, which `HEMConfig` fields become constructor arguments, what a model card says) reads [`LOSS_SPECS`].
+needed, which [`LossSettings`] fields become constructor arguments, what a model card says) reads [`LOSS_SPECS`]; the loss of
+a run is built from its settings by [`hf_hem.losses.build_loss`].
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-import torch
 from torch import nn
 
 from .baselines import CrossEntropyLoss, DiceLoss, FocalLoss, LogitAdjustedLoss, LogitNormLoss
@@ -49,7 +49,7 @@ class LossSpec:
         needs_class_counts (`bool`): cannot be built without per-class training counts (HEM+'s margins, the priors
             of logit adjustment).
         per_class_margins (`bool`): margins per target class by default (HEM+).
-        config_arguments (`Mapping[str, str]`): `HEMConfig` field -> constructor argument.
+        config_arguments (`Mapping[str, str]`): [`LossSettings`] (and `HEMConfig`) field -> constructor argument.
         card_settings (`tuple[str, ...]`): constructor arguments of `config_arguments` that the model card shows.
         card (`CardText`): the card's text.
     """
@@ -247,56 +247,4 @@ def get_loss(name: str, **kwargs) -> nn.Module:
         return spec.loss_class(**kwargs)
     if spec.needs_class_counts and kwargs.get("class_counts") is None:
         raise ValueError(f"loss {spec.name!r} (logit-adjusted CE) needs class_counts= (training samples per class).")
-    return spec.loss_class(**kwargs)
-
-
-def build_loss(
-    name: str,
-    *,
-    margins: torch.Tensor | None = None,
-    per_class_margins: bool = False,
-    class_counts=None,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    upsample_logits: bool = False,
-    options: Mapping | object | None = None,
-    class_dim: int = 1,
-) -> nn.Module:
-    """Builds `name` from resolved margins and counts and loss options given as `HEMConfig` fields.
-
-    This is how the trainer and [`hem_loss_func`] build their criterion: the margins come already resolved (see
-    [`hf_hem.margins.resolve_margins`]) and every other option is read from `options` through the spec's
-    `config_arguments`.
-
-    Args:
-        name (`str`): a registry name.
-        margins (`torch.Tensor`, *optional*): `(num_classes,)` margins; required by the margin losses.
-        per_class_margins (`bool`, defaults to `False`): pass the margins per target class (else the first one).
-        class_counts (*optional*): per-class training counts, for the losses that need them (`la`).
-        ignore_index (`int`, defaults to -100): the label value that takes no part in the loss.
-        reduction (`str`, defaults to `"mean"`): `"none"`, `"sum"` or `"mean"`.
-        upsample_logits (`bool`, defaults to `False`): margin losses upsample low-resolution logits themselves.
-        options (`Mapping` or an object with attributes, *optional*): `HEMConfig` fields such as `la_tau`.
-        class_dim (`int`, defaults to 1): the class dimension of the logits (-1 for token classification).
-    """
-    spec = loss_spec(name)
-    kwargs = {"ignore_index": int(ignore_index), "reduction": reduction}
-    if class_dim != 1:
-        kwargs["class_dim"] = class_dim
-    for config_field, argument in spec.config_arguments.items():
-        value = options.get(config_field) if isinstance(options, Mapping) else getattr(options, config_field, None)
-        if value is not None:
-            kwargs[argument] = value
-    if spec.margin_loss:
-        if margins is None:
-            raise ValueError(f"loss {spec.name!r} needs margins: pass margin=, class_counts= or a training set.")
-        margins = torch.as_tensor(margins, dtype=torch.float32).reshape(-1)
-        kwargs["margin"] = margins if per_class_margins else float(margins[0])
-        kwargs["upsample_logits"] = upsample_logits
-    elif spec.needs_class_counts:
-        if class_counts is None:
-            raise ValueError(
-                f"loss {spec.name!r} ({spec.card.display}) needs class counts: pass class_counts= or a training set."
-            )
-        kwargs["class_counts"] = class_counts
     return spec.loss_class(**kwargs)

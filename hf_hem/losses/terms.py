@@ -8,16 +8,20 @@ accumulated batch.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Mapping
-from typing import NamedTuple
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
+from ..margins import Margins
 from .hem import hem_loss, needs_upsampling
 from .kernels import BlockUpsampler, row_blocks
-from .registry import build_loss, loss_spec
+from .registry import loss_spec
+from .settings import LossSettings, build_loss
 
 
 STAT_NAMES_ALWAYS = ("labelled", "correct")
@@ -51,21 +55,90 @@ class BatchTerms(NamedTuple):
     per_sample: torch.Tensor | None
 
 
+@dataclass(frozen=True)
+class BatchSums:
+    """The sums one process adds up over the micro-batches of a window (or an evaluation), and that one all-reduce
+    adds up over the processes: the per-batch bookkeeping of [`HEMTrainer`] and [`HEMLossFunction`], by name.
+
+    Args:
+        count (`torch.Tensor`): what the batch loss divides by ([`LossSpec.normaliser`]: violating samples,
+            labelled samples, or one per set).
+        loss_sum (`torch.Tensor`): the sum of the per-sample losses, detached (the loss of the batch is
+            `loss_sum / count`).
+        items (`torch.Tensor`): labels that are not -100, as the stock `Trainer` counts `num_items_in_batch`.
+        skipped (`torch.Tensor`): samples left out of the backward pass (`skip_zero_loss`).
+        samples (`torch.Tensor`): samples (rows) of the batch.
+        stats (`torch.Tensor`): the `LossTerms.stats` sums, in `LossTerms.stat_names` order (may be empty).
+
+    All are 0-d tensors of one dtype and device (`stats` 1-D); a field a caller does not track is 0.
+    """
+
+    count: torch.Tensor
+    loss_sum: torch.Tensor
+    items: torch.Tensor
+    skipped: torch.Tensor
+    samples: torch.Tensor
+    stats: torch.Tensor
+
+    _SCALARS: ClassVar[tuple[str, ...]] = ("count", "loss_sum", "items", "skipped", "samples")
+
+    @classmethod
+    def of(cls, count: torch.Tensor, **fields) -> BatchSums:
+        """Sums with `count` and the given fields (tensors or numbers) in `count`'s dtype and device, the rest 0."""
+        values = {}
+        for name in cls._SCALARS[1:]:
+            value = fields.pop(name, 0.0)
+            # Numbers are filled in on count's device (no host-to-device copy on an accelerator).
+            values[name] = value.detach().to(count) if torch.is_tensor(value) else count.new_full((), float(value))
+        stats = fields.pop("stats", None)
+        if fields:
+            raise ValueError(f"BatchSums has no field(s) {sorted(fields)}; expected {cls._SCALARS + ('stats',)}.")
+        stats = count.new_zeros(0) if stats is None else stats.detach().to(count)
+        return cls(count=count.detach(), stats=stats, **values)
+
+    def __add__(self, other: BatchSums) -> BatchSums:
+        return BatchSums(*(mine + theirs for mine, theirs in zip(self._fields(), other._fields())))
+
+    def _fields(self) -> tuple[torch.Tensor, ...]:
+        return tuple(getattr(self, field.name) for field in dataclasses.fields(self))
+
+    def pack(self) -> torch.Tensor:
+        """One 1-D tensor for one all-reduce: the scalars in field order, then the statistics."""
+        return torch.cat([torch.stack([getattr(self, name) for name in self._SCALARS]), self.stats])
+
+    @classmethod
+    def unpack(cls, packed: torch.Tensor) -> BatchSums:
+        """The inverse of [`pack`]."""
+        head = len(cls._SCALARS)
+        return cls(*packed[:head].unbind(), stats=packed[head:])
+
+    def all_reduce(self, reduce: Callable[[torch.Tensor], torch.Tensor]) -> BatchSums:
+        """The sums over every process: `reduce` sums a tensor across processes (one call, on the packed sums)."""
+        return BatchSums.unpack(reduce(self.pack()))
+
+
+def loss_share(loss_sum: torch.Tensor, global_count: torch.Tensor, gradient_scale: float = 1.0) -> torch.Tensor:
+    """This process's part of the global batch loss `sum of loss sums / global count`, times `gradient_scale`.
+
+    With DDP, which averages the processes' gradients, `gradient_scale` is the number of processes: the average of
+    the processes' parts is then the gradient of the global batch loss.
+    """
+    return loss_sum * (gradient_scale / global_count.clamp_min(1).to(loss_sum.dtype))
+
+
 class LossTerms:
     """The configured loss split into what one process can compute on one micro-batch.
 
     Args:
-        loss_name (`str`): a registry name.
-        margins (`torch.Tensor`, *optional*): `(num_classes,)` margins; required by the margin losses, and enable the
-            margin statistics for every loss.
-        per_class_margins (`bool`, defaults to `False`): use the margins per target class.
+        settings ([`LossSettings`] or `str`): the loss settings, or a registry name (then the keyword arguments
+            below that mirror the settings build them: `per_class_margins`, `ignore_index`, `options`,
+            `upsample_logits_in_loss`, `class_dim`).
+        margins ([`Margins`] or `torch.Tensor`, *optional*): the run's margins; required by the margin losses, and
+            enable the margin statistics for every loss. A bare `(num_classes,)` tensor is used per class as
+            `per_class_margins` says (the settings' choice).
         class_counts (*optional*): per-class training counts (the priors of `la`).
-        ignore_index (`int`, defaults to -100): label value that takes no part.
-        options (`Mapping` or object, *optional*): `HEMConfig` fields of the baselines (`la_tau`, ...).
-        upsample_logits_in_loss (`bool`, defaults to `False`): the margin losses upsample low-resolution
-            segmentation logits block by block.
-        class_dim (`int`, defaults to 1): where the classes are in the logits: 1 (`(N, C, ...)`) or -1 (`(N, L, C)`,
-            token classification).
+        per_class_margins, ignore_index, options, upsample_logits_in_loss, class_dim: with a registry name only;
+            `options` is a mapping or object with the baselines' parameters (`la_tau`, ...).
 
     `compute(logits, labels)` returns [`BatchTerms`] such that the batch loss is
     `sum over processes and micro-batches of loss_sum / sum of count`; `stats(logits, labels)` returns the sums
@@ -74,37 +147,52 @@ class LossTerms:
 
     def __init__(
         self,
-        loss_name: str,
+        settings: LossSettings | str,
         *,
-        margins: torch.Tensor | None = None,
-        per_class_margins: bool = False,
+        margins: Margins | torch.Tensor | None = None,
         class_counts=None,
+        per_class_margins: bool | None = None,
         ignore_index: int = -100,
         options: Mapping | object | None = None,
         upsample_logits_in_loss: bool = False,
         class_dim: int = 1,
     ):
-        self.spec = loss_spec(loss_name)
+        if not isinstance(settings, LossSettings):
+            settings = _settings_from_arguments(
+                settings, per_class_margins, ignore_index, options, upsample_logits_in_loss, class_dim
+            )
+        if settings.ignore_index is None or settings.class_dim is None:
+            settings = settings.replace(
+                ignore_index=-100 if settings.ignore_index is None else settings.ignore_index,
+                class_dim=1 if settings.class_dim is None else settings.class_dim,
+            )
+        if margins is not None and not isinstance(margins, Margins):
+            margins = Margins(margins, settings.per_class_margins)
+        self.settings = settings
+        self.spec = settings.spec
         self.loss_name = self.spec.name
         self.normaliser = self.spec.normaliser
-        self.ignore_index = int(ignore_index)
-        self.class_dim = int(class_dim)
-        self.margins = None if margins is None else torch.as_tensor(margins, dtype=torch.float32).reshape(-1)
+        self.ignore_index = int(settings.ignore_index)
+        self.class_dim = int(settings.class_dim)
+        #: The run's [`Margins`] (`None` without margins): per class or shared, as they were built.
+        self.margin_set = margins
         reduction = "mean" if self.normaliser == "set" else "none"
-        self.criterion = build_loss(
-            self.loss_name,
-            margins=self.margins,
-            per_class_margins=per_class_margins,
-            class_counts=class_counts,
-            ignore_index=self.ignore_index,
-            reduction=reduction,
-            upsample_logits=upsample_logits_in_loss,
-            options=options,
-            class_dim=self.class_dim,
-        )
-        self.stat_names = STAT_NAMES_ALWAYS + (STAT_NAMES_MARGIN if self.margins is not None else ())
+        self.criterion = build_loss(settings, class_counts, margins=margins, reduction=reduction)
+        self.stat_names = STAT_NAMES_ALWAYS + (STAT_NAMES_MARGIN if margins is not None else ())
         #: Whether `compute` takes low-resolution segmentation logits as they are (the criterion upsamples them).
-        self.upsamples_logits = upsample_logits_in_loss and self.spec.margin_loss
+        self.upsamples_logits = settings.upsample_logits_in_loss and self.spec.margin_loss
+
+    def follow_device(self, device: torch.device) -> None:
+        """Moves the criterion's buffers (margins, priors) and the margins to `device`; a no-op once they are there,
+        so no margin is copied to the device on every step."""
+        self.criterion.to(device)
+        if self.margin_set is not None:
+            self.margin_set = self.margin_set.to(device)
+
+    @property
+    def margins(self) -> torch.Tensor | None:
+        """The `(num_classes,)` margin values (one per target class; all equal for a shared margin), or `None`."""
+        return None if self.margin_set is None else self.margin_set.values
 
     def match_label_size(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The logits `compute` takes: upsampled bilinearly to the label size (as SegFormer's own loss does) unless
@@ -115,8 +203,7 @@ class LossTerms:
 
     def compute(self, logits: torch.Tensor, labels: torch.Tensor) -> BatchTerms:
         """Local loss sum (differentiable), local count (float64, float32 on MPS) and per-sample losses."""
-        # Margin and prior buffers follow the logits; a no-op once they are there.
-        self.criterion.to(logits.device)
+        self.follow_device(logits.device)
         value = self.criterion(logits, labels)
         dtype = count_dtype(logits.device)
         if self.normaliser == "set":
@@ -149,15 +236,26 @@ class LossTerms:
         block when the criterion upsamples).
         """
         valid = labels != self.ignore_index
-        dtype = count_dtype(logits.device)
-        values = [valid.sum(), self._correct(logits.detach(), labels, valid)]
+        named = {"labelled": valid.sum(), "correct": self._correct(logits.detach(), labels, valid)}
         if self.margins is not None:
             if per_sample is None or self.loss_name not in ("hem", "hem+"):
                 per_sample = self._hem_per_sample(logits.detach(), labels)
             violating = per_sample > 0
-            margins = self.margins.to(logits.device)
-            values += [violating.sum(), per_sample[violating].sum(), margins[labels[valid].long()].sum()]
-        return torch.stack([value.to(dtype) for value in values])
+            named["violating"] = violating.sum()
+            named["violation_sum"] = per_sample[violating].sum()
+            named["margin_sum"] = self.margin_sum(labels, valid, logits.device)
+        return self.pack_stats(count_dtype(logits.device), **named)
+
+    def margin_sum(self, labels: torch.Tensor, valid: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """The sum of the labelled samples' margins (behind `hem/margin_mean`)."""
+        margins = self.margins.to(device)
+        return margins[labels[valid].to(device).long()].sum()
+
+    def pack_stats(self, dtype: torch.dtype, **named: torch.Tensor) -> torch.Tensor:
+        """The statistics given by name (`stat_names`: every one of them) as one tensor in `stat_names` order."""
+        if set(named) != set(self.stat_names):
+            raise ValueError(f"statistics {sorted(named)} given; expected exactly {list(self.stat_names)}.")
+        return torch.stack([named[name].to(dtype) for name in self.stat_names])
 
     def _correct(self, logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         if needs_upsampling(logits, labels, self.class_dim):
@@ -173,8 +271,7 @@ class LossTerms:
         return ((predicted == labels) & valid).sum()
 
     def _hem_per_sample(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        margins = self.margins.to(logits.device)
-        margin = margins if bool((margins != margins[0]).any()) else float(margins[0])
+        margin = self.margin_set.argument(logits.device)
         extra = {} if self.class_dim == 1 else {"class_dim": self.class_dim}
         return hem_loss(
             logits,
@@ -197,3 +294,22 @@ class LossTerms:
             out["hem/mean_violation"] = named["violation_sum"] / max(named["violating"], 1.0)
             out["hem/margin_mean"] = named["margin_sum"] / labelled
         return out
+
+
+def _settings_from_arguments(loss_name, per_class_margins, ignore_index, options, upsample_logits_in_loss, class_dim):
+    """[`LossSettings`] from `LossTerms`' keyword form: a registry name, and the baselines' parameters read from
+    `options` (a mapping or an object such as `HEMConfig`) through the registry's `config_arguments`."""
+    read = options.get if isinstance(options, Mapping) else (lambda key: getattr(options, key, None))
+    baselines = {}
+    if options is not None:
+        for field in loss_spec(loss_name).config_arguments:
+            if read(field) is not None:
+                baselines[field] = read(field)
+    return LossSettings(
+        loss_name,
+        per_class_margins=per_class_margins,
+        ignore_index=ignore_index,
+        upsample_logits_in_loss=upsample_logits_in_loss,
+        class_dim=class_dim,
+        **baselines,
+    )

@@ -25,15 +25,16 @@ token equally frequent this is `mu` for every token, as HEM+ equals HEM on balan
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
-from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from ..heads import find_head
+from ..losses.fused_linear import fused_linear_hem_loss
 from ..losses.terms import BatchTerms, LossTerms, count_dtype
+from ..margins import token_margins as token_margins  # the per-token rule lives with the other margin rules
+from .sample_skipping import MicroBatchStep
 
 
 #: Batch key of labels that a collator has already shifted (transformers' loss takes them as they are).
@@ -130,28 +131,6 @@ def count_target_tokens(batches: Iterable, vocab_size: int, ignore_index: int = 
     return counts, rows
 
 
-def token_margins(num_tokens: int, margin: float, token_counts=None, per_token: bool = False) -> torch.Tensor:
-    """`(V,)` margins of a causal LM: `margin` for every token, or with `per_token` (HEM+) from token counts,
-    `margin * sqrt(S / (V * s_c))` (see the module docstring); a token never seen as a target gets the largest finite
-    margin (never used while it is never a target)."""
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin < 0:
-        raise ValueError(f"causal_lm_margin must be a finite number >= 0, got {margin!r}.")
-    if not per_token:
-        return torch.full((num_tokens,), float(margin), dtype=torch.float32)
-    counts = np.asarray(token_counts, dtype=np.float64).reshape(-1)
-    if counts.size != num_tokens:
-        raise ValueError(f"token counts have {counts.size} entries but the vocabulary has {num_tokens} tokens.")
-    total = float(counts.sum())
-    if total <= 0:
-        raise ValueError("the training set has no target tokens to count (every label is -100).")
-    present = counts > 0
-    margins = np.empty(num_tokens, dtype=np.float64)
-    margins[present] = float(margin) * np.sqrt(total / (num_tokens * counts[present]))
-    # Most of a real vocabulary never occurs as a target in a fine-tuning set: no per-token warning here.
-    margins[~present] = margins[present].max()
-    return torch.as_tensor(margins, dtype=torch.float32)
-
-
 # ---- the fused LM head: HEM from the last hidden states, never the (tokens, vocabulary) logits ----
 
 #: Config attributes of heads whose logits are not just `lm_head(hidden)` (soft-capping, scaling): no fused head.
@@ -179,19 +158,9 @@ def fused_head_unsupported(model) -> str | None:
     return None
 
 
-class FusedStep(NamedTuple):
-    """What a fused micro-batch gives the trainer (the fields of `MicroBatchStep` it reads, plus `stats`)."""
-
-    loss_sum: torch.Tensor
-    logits: None
-    labels: torch.Tensor
-    terms: BatchTerms
-    has_loss: torch.Tensor
-    num_backpropagated: int
-    stats: torch.Tensor
-
-
-def fused_micro_batch(model: torch.nn.Module, terms: LossTerms, inputs: Mapping, labels: torch.Tensor) -> FusedStep:
+def fused_micro_batch(
+    model: torch.nn.Module, terms: LossTerms, inputs: Mapping, labels: torch.Tensor
+) -> MicroBatchStep:
     """One training micro-batch of a causal LM through the fused HEM head.
 
     The model runs as usual (through its DDP/PEFT wrappers, so gradients are synchronised as always), except that a
@@ -199,10 +168,9 @@ def fused_micro_batch(model: torch.nn.Module, terms: LossTerms, inputs: Mapping,
     slice of it: the `(N, L, V)` logits are never built. [`fused_linear_hem_loss`] then scores the hidden states with
     the head's weight and bias against the next-token `labels` (`reduction="sum"`; the trainer divides by the
     violating tokens of the whole window). The statistics are those of `LossTerms.stats` except the accuracy, which
-    needs the logits (NaN: `hem/accuracy` is not logged for fused steps).
+    needs the logits (NaN: `hem/accuracy` is not logged for fused steps); they come with the step (`stats`), as no
+    logits are there to compute them from.
     """
-    from ..losses.fused_linear import fused_linear_hem_loss
-
     head = base_model_of(model).get_output_embeddings()
     captured = []
 
@@ -220,14 +188,13 @@ def fused_micro_batch(model: torch.nn.Module, terms: LossTerms, inputs: Mapping,
             f"the fused HEM head expected one call of the model's output embeddings, saw {len(captured)}."
         )
     hidden = captured[0]
-    margins = terms.margins.to(hidden.device)
-    per_token = bool((margins != margins[0]).any())
+    terms.follow_device(hidden.device)
     loss_sum, _, violating = fused_linear_hem_loss(
         hidden,
         head.weight,
         labels.to(hidden.device),
         bias=head.bias,
-        margin=margins if per_token else float(margins[0]),
+        margin=terms.margin_set.argument(hidden.device),
         ignore_index=terms.ignore_index,
         reduction="sum",
         return_stats=True,
@@ -235,15 +202,14 @@ def fused_micro_batch(model: torch.nn.Module, terms: LossTerms, inputs: Mapping,
     dtype = count_dtype(hidden.device)
     valid = labels != terms.ignore_index
     count = violating.to(dtype)
-    stats = torch.stack(
-        [
-            valid.sum().to(dtype),
-            torch.tensor(float("nan"), dtype=dtype, device=hidden.device),  # "correct" needs the logits
-            count,
-            loss_sum.detach().to(dtype),
-            margins[labels[valid].to(margins.device).long()].sum().to(dtype),
-        ]
+    stats = terms.pack_stats(
+        dtype,
+        labelled=valid.sum(),
+        correct=torch.tensor(float("nan"), dtype=dtype, device=hidden.device),  # needs the logits
+        violating=count,
+        violation_sum=loss_sum.detach(),
+        margin_sum=terms.margin_sum(labels, valid, hidden.device),
     )
     batch = BatchTerms(loss_sum, count, None)
     has_loss = torch.ones(labels.shape[0], dtype=torch.bool, device=labels.device)
-    return FusedStep(loss_sum, None, labels, batch, has_loss, int(labels.shape[0]), stats)
+    return MicroBatchStep(loss_sum, None, labels, batch, has_loss, int(labels.shape[0]), stats=stats)

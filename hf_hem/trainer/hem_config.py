@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from ..losses.registry import LOSS_NAMES, MARGIN_LOSS_NAMES
+from ..losses.settings import LossSettings
 
 
 @dataclass
@@ -264,50 +265,25 @@ class HEMConfig(TrainingArguments):
             raise ValueError(f"args must be an HEMConfig (or TrainingArguments), got {type(args).__name__}.")
         return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init})
 
+    def to_loss_settings(self) -> LossSettings:
+        """The loss settings of these arguments as one checked [`LossSettings`] value (what the trainer, the
+        experiments and [`hem_loss_func`] take). `loss_ignore_index=None` stays `None`: the trainer reads the model's
+        ignore index."""
+        return LossSettings(**{name: getattr(self, field) for field, name in LOSS_SETTINGS_FIELDS.items()})
+
+    @property
+    def loss_settings(self) -> LossSettings:
+        """[`to_loss_settings`] as a property."""
+        return self.to_loss_settings()
+
     def __post_init__(self):
-        self.loss_name = self.loss_name.lower() if isinstance(self.loss_name, str) else self.loss_name
-        if self.loss_name not in LOSS_NAMES:
-            raise ValueError(
-                f"loss_name={self.loss_name!r} is not a known loss; expected one of {', '.join(LOSS_NAMES)}."
-            )
-        if self.per_class_margins is None:
-            self.per_class_margins = self.loss_name == "hem+"
-        elif self.loss_name == "hem+" and not self.per_class_margins:
-            raise ValueError(
-                "per_class_margins=False contradicts loss_name='hem+' (HEM with per-class margins); "
-                "use loss_name='hem' for one margin."
-            )
-        if self.margin is not None:
-            if self.loss_name == "hem+":
-                raise ValueError(
-                    f"margin={self.margin} with loss_name='hem+': HEM+ margins come from class counts "
-                    "(class_counts or the training set); use loss_name='hem' for one fixed margin."
-                )
-            if self.per_class_margins:
-                raise ValueError(
-                    f"margin={self.margin} with per_class_margins=True: per-class margins come from class counts; "
-                    "leave margin unset or set per_class_margins=False."
-                )
-            _check_number("margin", self.margin, minimum=0.0, inclusive=True)
-        _check_number("margin_scale", self.margin_scale, minimum=0.0)
-        _check_number("logitnorm_temperature", self.logitnorm_temperature, minimum=0.0)
-        _check_number("la_tau", self.la_tau)
-        _check_number("focal_gamma", self.focal_gamma, minimum=0.0, inclusive=True)
-        _check_number("dice_smooth", self.dice_smooth, minimum=0.0, inclusive=True)
-        _check_number("causal_lm_margin", self.causal_lm_margin, minimum=0.0, inclusive=True)
-        if self.num_margin_samples is not None:
-            _check_number("num_margin_samples", self.num_margin_samples, minimum=0.0)
-        if self.max_margin is not None and not (
-            isinstance(self.max_margin, (int, float)) and not isinstance(self.max_margin, bool) and self.max_margin > 0
-        ):
-            raise ValueError(f"max_margin must be a number > 0, inf or None (no cap), got {self.max_margin!r}.")
-        if self.class_counts is not None:
-            counts = list(self.class_counts)
-            if not counts or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in counts):
-                raise ValueError(f"class_counts must be a non-empty list of integers >= 0, got {self.class_counts!r}.")
-            if sum(counts) == 0:
-                raise ValueError("class_counts are all zero; expected the training samples per class.")
-            self.class_counts = counts
+        # The loss settings are checked by the value they make, once; its normalised fields are kept (the lower-case
+        # loss name, the per-class choice made for `None`, the counts as a list).
+        settings = self.to_loss_settings()
+        self.loss_name = settings.loss_name
+        self.per_class_margins = settings.per_class_margins
+        if settings.class_counts is not None:
+            self.class_counts = list(settings.class_counts)
         if self.skip_zero_loss not in ("off", "exact", "stale"):
             raise ValueError(f"skip_zero_loss={self.skip_zero_loss!r}; expected one of 'off', 'exact', 'stale'.")
         if self.skip_zero_loss != "off" and self.loss_name not in MARGIN_LOSS_NAMES:
@@ -369,6 +345,24 @@ def _accept_renamed_fields(init):
 
 
 HEMConfig.__init__ = _accept_renamed_fields(HEMConfig.__init__)
+
+#: `HEMConfig` field -> [`LossSettings`] field: the loss settings that `HEMConfig` exposes as flags.
+LOSS_SETTINGS_FIELDS = {
+    "loss_name": "loss_name",
+    "margin": "margin",
+    "margin_scale": "margin_scale",
+    "per_class_margins": "per_class_margins",
+    "max_margin": "max_margin",
+    "class_counts": "class_counts",
+    "num_margin_samples": "num_margin_samples",
+    "loss_ignore_index": "ignore_index",
+    "upsample_logits_in_loss": "upsample_logits_in_loss",
+    "logitnorm_temperature": "logitnorm_temperature",
+    "la_tau": "la_tau",
+    "focal_gamma": "focal_gamma",
+    "dice_smooth": "dice_smooth",
+    "causal_lm_margin": "causal_lm_margin",
+}
 
 
 def _check_number(name: str, value, minimum: float | None = None, inclusive: bool = False) -> None:

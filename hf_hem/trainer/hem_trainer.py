@@ -1,11 +1,12 @@
 """`HEMTrainer`: the transformers `Trainer` with HEM / HEM+ (or any `hf_hem` loss) instead of cross-entropy.
 
-The trainer holds trainer concerns only. The loss is `hf_hem.losses` (registry table, [`LossTerms`]); counts and
-margins are resolved by [`LossSetup`]; cards and the Hub are [`HEMCardHubMixin`] and [`hf_hem.cards`].
+The trainer holds trainer concerns only. The loss is `hf_hem.losses` (the run's [`LossSettings`], from
+`HEMConfig.to_loss_settings()`, built into [`LossTerms`]); counts and margins are resolved by [`LossSetup`]; cards
+and the Hub are [`HEMCardHubMixin`] and [`hf_hem.cards`].
 
 How the loss is put together (every registry loss): each micro-batch of each process adds the unnormalised sum of
 its per-sample losses and its count (violating samples for HEM, labelled ones for CE, ...) to the window of one
-optimizer step; after the window's last micro-batch one all-reduce gives the global count, and the accumulated
+optimizer step, as named [`BatchSums`]; after the window's last micro-batch one all-reduce gives the global count, and the accumulated
 gradients are divided by it before clipping. `k` micro-batches on `p` processes then give exactly the gradient of
 one batch of `k * p` times the size (docs/trainer.md). `HEMConfig.skip_zero_loss` skips satisfied samples. Under
 FSDP and DeepSpeed each micro-batch is normalised before its backward pass instead (`distributed.py`).
@@ -27,7 +28,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..cards import HEMModelCardCallback
 from ..hub import move_token_to_environment
 from ..losses.registry import loss_spec
-from ..losses.terms import LossTerms, count_dtype, logits_from_outputs
+from ..losses.terms import BatchSums, LossTerms, count_dtype, logits_from_outputs, loss_share
 from .causal_lm import fused_micro_batch
 from .checkpoint_compat import CheckpointCompatMixin
 from .distributed import (
@@ -183,9 +184,10 @@ class HEMTrainer(CheckpointCompatMixin, HEMCardHubMixin, Trainer):
         # The labels never reach the model, so there is nothing to pass `num_items_in_batch` to; this also spares
         # the Trainer a cross-process gather of label counts on every step.
         self.model_accepts_loss_kwargs = False
-        self._stat_sums: dict[str, torch.Tensor] = {}
-        # Sums of the current accumulation window: count, loss sum, skipped samples, samples, then the statistics.
-        self._window: torch.Tensor | None = None
+        # Sums of the statistics by mode ("train": since the last log; "eval": the running evaluation).
+        self._stat_sums: dict[str, BatchSums] = {}
+        # Sums of the current accumulation window: count, loss sum, skipped samples, samples and the statistics.
+        self._window: BatchSums | None = None
         self._violating_fraction = 0.0  # of the last micro-batch: with skipping on, the first one selects
         self._stale = None
         check_launch(os.environ, self.accelerator.num_processes)
@@ -280,16 +282,19 @@ class HEMTrainer(CheckpointCompatMixin, HEMCardHubMixin, Trainer):
             return torch.zeros((), device=self.args.device)
         window, self._window = self._window, None
         if self.accelerator.num_processes > 1:
-            window = self.accelerator.reduce(window, reduction="sum")
-        count = window[0].clamp_min(1)
+            window = window.all_reduce(self._sum_over_processes)
+        count = window.count.clamp_min(1)
         for parameter in model.parameters():
             if parameter.grad is not None:
                 parameter.grad.mul_((1.0 / count).to(parameter.grad.dtype))
-        self._add_stats("train", window[2:])
-        return (window[1] / count).to(device=self.args.device, dtype=torch.float32)
+        self._add_stats("train", window)
+        return (window.loss_sum / count).to(device=self.args.device, dtype=torch.float32)
 
-    def _add_stats(self, mode: str, stats: torch.Tensor) -> None:
-        self._stat_sums[mode] = stats if mode not in self._stat_sums else self._stat_sums[mode] + stats
+    def _sum_over_processes(self, packed: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.reduce(packed, reduction="sum")
+
+    def _add_stats(self, mode: str, sums: BatchSums) -> None:
+        self._stat_sums[mode] = sums if mode not in self._stat_sums else self._stat_sums[mode] + sums
 
     def _training_loss(self, model: nn.Module, inputs: dict[str, Any], labels: torch.Tensor, terms: LossTerms):
         """One micro-batch of training: the unnormalised loss to backpropagate; the window sums grow by its terms."""
@@ -330,13 +335,20 @@ class HEMTrainer(CheckpointCompatMixin, HEMCardHubMixin, Trainer):
         if self._stale is not None and indices is not None:
             self._stale.record(indices[rows.to(indices.device)], has_loss)
         self._violating_fraction = float(has_loss.float().mean()) if has_loss.numel() else 0.0
-        zeros = labelled.new_zeros(len(terms.stat_names))  # nothing forwarded: left-out samples count as satisfied
-        stats = zeros if step.logits is None else terms.stats(step.logits, step.labels, batch.per_sample)
-        stats = getattr(step, "stats", stats)
+        if step.stats is not None:  # the step made its own statistics (the fused causal-LM head: no logits)
+            stats = step.stats
+        elif step.logits is not None:
+            stats = terms.stats(step.logits, step.labels, batch.per_sample)
+        else:  # nothing forwarded: left-out samples count as satisfied
+            stats = labelled.new_zeros(len(terms.stat_names))
         count = labelled if terms.normaliser == "labelled" else batch.count
-        skipped = torch.tensor(float(batch_size - step.num_backpropagated), dtype=count.dtype, device=count.device)
-        totals = [count, batch.loss_sum.detach().to(count), skipped, count.new_tensor(float(batch_size))]
-        local = torch.cat([torch.stack(totals), stats.to(count)])
+        local = BatchSums.of(
+            count.to(labelled.dtype),
+            loss_sum=batch.loss_sum,
+            skipped=batch_size - step.num_backpropagated,
+            samples=batch_size,
+            stats=stats,
+        )
         self._window = local if self._window is None else self._window + local
         if loss_sum is None:
             return torch.zeros((), device=labels.device, requires_grad=True)
@@ -397,44 +409,34 @@ class HEMTrainer(CheckpointCompatMixin, HEMCardHubMixin, Trainer):
         local_sum, local_count = batch.loss_sum, batch.count
         if real_rows == 0 and terms.normaliser == "set":  # a set of padding only is no set
             local_sum, local_count = torch.zeros_like(local_sum), torch.zeros_like(local_count)
-        stats = terms.stats(logits, labels, batch.per_sample)
+        local = BatchSums.of(local_count, loss_sum=local_sum, stats=terms.stats(logits, labels, batch.per_sample))
 
         world_size = self.accelerator.num_processes
-        if world_size > 1:
-            # One all-reduce of a few numbers: the count that normalises the loss, the metric sums, and (for
-            # evaluation, where there is no gradient) the loss sum, so every process reports the global batch loss.
-            packed = torch.cat([local_count[None], local_sum.detach().to(local_count)[None], stats])
-            packed = self.accelerator.reduce(packed, reduction="sum")
-            global_count, global_sum, stats = packed[0], packed[1], packed[2:]
-        else:
-            global_count, global_sum = local_count, local_sum.detach().to(local_count)
-        denominator = global_count.clamp_min(1).to(local_sum.dtype)
+        # One all-reduce of a few numbers: the count that normalises the loss, the metric sums, and (for
+        # evaluation, where there is no gradient) the loss sum, so every process reports the global batch loss.
+        summed = local.all_reduce(self._sum_over_processes) if world_size > 1 else local
         if model.training:
             # DDP averages gradients over processes; the factor `world_size` turns that average into the sum
             # of all processes' contributions to (sum of per-sample losses) / (global count).
-            loss = local_sum * (world_size / denominator)
+            loss = loss_share(local_sum, summed.count, world_size)
         else:
             # The global batch loss on every process (what the Trainer averages into eval_loss), still
             # differentiable in this process's logits for callers that need input gradients in eval mode.
-            others = (global_sum.to(local_sum.dtype) - local_sum.detach()) if world_size > 1 else 0.0
-            loss = (local_sum + others) / denominator
-
-        if model.training:
-            self._add_stats("train", stats)
-        else:  # the evaluation set's loss is its loss sum over its count (evaluation_loop)
-            self._add_stats("eval", torch.cat([global_count[None], global_sum.to(global_count)[None], stats]))
+            others = (summed.loss_sum.to(local_sum.dtype) - local_sum.detach()) if world_size > 1 else 0.0
+            loss = (local_sum + others) / summed.count.clamp_min(1).to(local_sum.dtype)
+        # Training: the statistics (the loss of a window is that of training_step); evaluation: the evaluation
+        # set's loss is its loss sum over its count (evaluation_loop).
+        self._add_stats("train" if model.training else "eval", summed)
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Adds the averaged training `hem/*` metrics to `logs`, then logs (evaluation metrics come complete from
         `evaluation_loop`)."""
         sums = self._stat_sums.pop("train", None) if self._eval_metric_prefix is None else None
-        if sums is not None and self.loss_is_scaled_for_ga:
-            skipped, samples, sums = sums[0], sums[1], sums[2:]
-            if self.args.skip_zero_loss != "off":
-                logs["hem/skipped_fraction"] = float(skipped / samples.clamp_min(1))
+        if sums is not None and self.loss_is_scaled_for_ga and self.args.skip_zero_loss != "off":
+            logs["hem/skipped_fraction"] = float(sums.skipped / sums.samples.clamp_min(1))
         if sums is not None and self._loss_setup.terms is not None:
-            logs.update(self._loss_setup.terms.metrics(sums.tolist()))
+            logs.update(self._loss_setup.terms.metrics(sums.stats.tolist()))
         super().log(logs, start_time)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
@@ -460,8 +462,7 @@ class HEMTrainer(CheckpointCompatMixin, HEMCardHubMixin, Trainer):
         )
         sums = self._stat_sums.pop("eval", None)
         if sums is not None and self._loss_setup.terms is not None and output.metrics is not None:
-            count, loss_sum, stats = sums[0], sums[1], sums[2:]
-            output.metrics[f"{metric_key_prefix}_loss"] = float(loss_sum / count.clamp_min(1))
-            metrics = self._loss_setup.terms.metrics(stats.tolist())
+            output.metrics[f"{metric_key_prefix}_loss"] = float(sums.loss_sum / sums.count.clamp_min(1))
+            metrics = self._loss_setup.terms.metrics(sums.stats.tolist())
             output.metrics.update({f"{metric_key_prefix}_{key}": value for key, value in metrics.items()})
         return output

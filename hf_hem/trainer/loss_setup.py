@@ -1,7 +1,7 @@
 """The loss one [`HEMTrainer`] run optimises: classes, ignore index, class counts, margins and the loss terms.
 
 Counts come from [`hf_hem.counting.resolve_class_counts`] with an explicit source (given, the Arrow label column,
-or the collated training batches), margins from [`hf_hem.margins.resolve_margins`] (or from a checkpoint / model
+or the collated training batches), margins from [`hf_hem.margins.build_margins`] (or from a checkpoint / model
 config of an earlier HEM run), and the loss from the registry table through [`LossTerms`].
 """
 
@@ -17,16 +17,8 @@ import torch
 
 from ..counting import ClassCounts, find_label_column, preserved_random_state, resolve_class_counts
 from ..heads import FALLBACK_HEAD, find_head
-from ..losses.registry import loss_spec, needs_class_counts
 from ..losses.terms import LossTerms
-from ..margins import (
-    CONFIG_KEYS,
-    DEFAULT_MAX_MARGIN,
-    margin_notes,
-    resolve_margins,
-    store_margins_in_config,
-    stored_margins,
-)
+from ..margins import CONFIG_KEYS, Margins, margin_notes, store_margins_in_config, stored_margins
 from . import causal_lm
 
 
@@ -74,7 +66,8 @@ class LossSetup:
         self.train_dataset = train_dataset
         self._count_batches = count_batches
         self._show_progress = show_progress
-        self.margins: torch.Tensor | None = None
+        #: The run's margins (`None` until known, or for losses without margins).
+        self.run_margins: Margins | None = None
         self.counts: ClassCounts | None = None
         self.terms: LossTerms | None = None
         self.count_pending = False
@@ -107,6 +100,8 @@ class LossSetup:
         semantic = getattr(config, "semantic_loss_ignore_index", None)
         default_ignore = int(semantic) if semantic is not None else -100
         self.ignore_index = default_ignore if args.loss_ignore_index is None else int(args.loss_ignore_index)
+        #: The run's loss settings, with the ignore index and the class dimension of this model filled in.
+        self.settings = args.to_loss_settings().replace(ignore_index=self.ignore_index, class_dim=self.class_dim)
         num_samples = num_margin_samples if num_margin_samples is not None else args.num_margin_samples
         if self.causal_lm:
             self._setup_causal_lm(class_counts, num_samples)
@@ -120,8 +115,8 @@ class LossSetup:
             self.counts = self._count_from_label_column(num_samples)
             # Dense labels, transformed or non-Arrow datasets: count through the data pipeline, but only when the
             # loss needs counts.
-            self.count_pending = self.counts is None and needs_class_counts(args.loss_name, args.margin)
-        elif not self.adopt_stored(config, "the model config") and needs_class_counts(args.loss_name, args.margin):
+            self.count_pending = self.counts is None and self.settings.needs_class_counts
+        elif not self.adopt_stored(config, "the model config") and self.settings.needs_class_counts:
             raise ValueError(
                 f"loss_name={args.loss_name!r} needs margins or class priors, but there is no train_dataset to count "
                 "labels from: pass train_dataset, class_counts= or margin=, or a model whose config carries "
@@ -146,7 +141,7 @@ class LossSetup:
 
     def _needs_token_counts(self) -> bool:
         """HEM+ margins and logit-adjustment priors come from token counts; every other loss takes fixed margins."""
-        return self.args.per_class_margins or (needs_class_counts(self.args.loss_name, 0.0))
+        return self.settings.per_class_margins or self.settings.spec.needs_class_counts
 
     def _model_num_classes(self, config, class_counts) -> int:
         problem_type = getattr(config, "problem_type", None)
@@ -290,19 +285,21 @@ class LossSetup:
         Returns:
             `bool`: whether margins were found (the terms must then be rebuilt with [`ready`]).
         """
-        margins = None if stored is None else stored_margins(stored, self.num_classes, source)
+        per_class = self.settings.per_class_margins
+        margins = None if stored is None else stored_margins(stored, self.num_classes, source, per_class)
         if margins is None:
             return False
         read = stored.get if isinstance(stored, dict) else (lambda key: getattr(stored, key, None))
         loss_name = self.args.loss_name
         if read("hem_loss") not in (None, loss_name):
             logger.warning(f"{source} was trained with loss {read('hem_loss')!r}; continuing with {loss_name!r}.")
-        if self.margins is not None and not torch.allclose(self.margins, margins, rtol=1e-6, atol=0):
+        derived = self.margins
+        if derived is not None and not torch.allclose(derived, margins.values, rtol=1e-6, atol=0):
             logger.warning(
-                f"Using the margins stored in {source} ({margins.tolist()}) instead of the margins derived for this "
-                f"run ({self.margins.tolist()}), so that the resumed run optimises the same loss."
+                f"Using the margins stored in {source} ({margins.values.tolist()}) instead of the margins derived for "
+                f"this run ({derived.tolist()}), so that the resumed run optimises the same loss."
             )
-        self.margins = margins
+        self.run_margins = margins
         counts = read("hem_class_counts")
         stored_counts = None if counts is None else np.asarray(counts, dtype=np.int64)
         self.counts = None if counts is None else ClassCounts(stored_counts, read("hem_num_margin_samples"), "stored")
@@ -319,52 +316,34 @@ class LossSetup:
             stored = {key: value for key, value in json.load(handle).items() if key in CONFIG_KEYS}
         return self.adopt_stored(stored, source=f"checkpoint {checkpoint}")
 
-    def _build_terms(self) -> None:
-        args = self.args
-        counts = None if self.counts is None else self.counts.counts
-        if self.margins is None and self.causal_lm and args.margin is None and loss_spec(args.loss_name).margin_loss:
-            self.margins = causal_lm.token_margins(
-                self.num_classes, args.causal_lm_margin, counts, per_token=bool(args.per_class_margins)
-            )
-        if self.margins is None:
-            max_margin = getattr(args, "max_margin", DEFAULT_MAX_MARGIN)
-            num_samples = None if self.counts is None else self.counts.num_samples
-            self.margins = resolve_margins(
-                self.num_classes,
-                margin=args.margin,
-                class_counts=counts,
-                scale=args.margin_scale,
-                per_class=args.per_class_margins,
-                num_samples=num_samples,
-                max_margin=max_margin,
-            )
-            if self.margins is not None and loss_spec(args.loss_name).margin_loss:
-                self._tell_about_margins(counts, num_samples, max_margin)
-        # Margins that differ between classes (HEM+, or stored by a HEM+ run) are only meaningful per class.
-        per_class = args.per_class_margins or (
-            self.margins is not None and bool((self.margins != self.margins[0]).any())
-        )
-        self.terms = LossTerms(
-            args.loss_name,
-            margins=self.margins,
-            per_class_margins=per_class,
-            class_counts=counts,
-            ignore_index=self.ignore_index,
-            options=args,
-            upsample_logits_in_loss=args.upsample_logits_in_loss,
-            class_dim=self.class_dim,
-        )
+    @property
+    def margins(self) -> torch.Tensor | None:
+        """The `(num_classes,)` margin values of the run (see [`run_margins`]), or `None`."""
+        return None if self.run_margins is None else self.run_margins.values
 
-    def _tell_about_margins(self, counts, num_samples, max_margin) -> None:
+    def _build_terms(self) -> None:
+        settings = self.settings
+        counts = None if self.counts is None else self.counts.counts
+        if self.run_margins is None:
+            num_samples = None if self.counts is None else self.counts.num_samples
+            # Causal LMs take a fixed margin per token (`causal_lm_margin`) when `margin` is unset: the paper's rule
+            # with S = training tokens would give tiny margins (see `causal_lm`).
+            tokens = self.causal_lm and settings.spec.margin_loss and settings.margin is None
+            self.run_margins = settings.margins(self.num_classes, counts, num_samples, tokens=tokens)
+            if self.run_margins is not None and settings.spec.margin_loss and not tokens:
+                self._tell_about_margins(counts, num_samples)
+        self.terms = LossTerms(settings, margins=self.run_margins, class_counts=counts)
+
+    def _tell_about_margins(self, counts, num_samples) -> None:
         """Once per run, at start-up: an info line when the rule's margin was capped, a warning when the margin is
         large for the data (HEM then learns far slower than CE, with `hem/violating_fraction` stuck near 1)."""
         capped, large = margin_notes(
             self.margins,
             counts,
-            scale=self.args.margin_scale,
+            scale=self.settings.margin_scale,
             num_samples=num_samples,
-            max_margin=max_margin,
-            fixed=self.args.margin is not None,
+            max_margin=self.settings.max_margin,
+            fixed=self.settings.margin is not None,
         )
         if capped is not None:
             logger.info(capped)

@@ -156,9 +156,10 @@ def indexed_training_data(trainer, datasets_module=None):
 
 
 class MicroBatchStep(NamedTuple):
-    """What [`forward_micro_batch`] computed: the loss to backpropagate (`None`: nothing), the logits, labels and
-    terms of the forwarded rows (for the statistics and the count), which of them have a non-zero loss, and how many
-    samples were backpropagated."""
+    """What [`forward_micro_batch`] (or the causal LMs' fused head) computed: the loss to backpropagate (`None`:
+    nothing), the logits, labels and terms of the forwarded rows (for the statistics and the count), which of them
+    have a non-zero loss, how many samples were backpropagated, and the `LossTerms.stats` sums when the step made
+    them itself (`None`: the trainer computes them from `logits`)."""
 
     loss_sum: torch.Tensor | None
     logits: torch.Tensor | None
@@ -166,6 +167,7 @@ class MicroBatchStep(NamedTuple):
     terms: BatchTerms
     has_loss: torch.Tensor
     num_backpropagated: int
+    stats: torch.Tensor | None = None
 
 
 def forward_micro_batch(
