@@ -203,6 +203,29 @@ def test_a_subclassed_token_classifier_gets_token_logits_in_the_loss(tmp_path):
     assert setup.class_dim == -1 and setup.token_labels
 
 
+def test_only_a_per_pixel_head_takes_the_configs_segmentation_ignore_index(tmp_path):
+    """BEiT's image classifiers carry `semantic_loss_ignore_index=255`: with 300 classes, 255 is a class, not "no label"."""
+    from transformers import BeitConfig, BeitForImageClassification
+
+    config = BeitConfig(
+        image_size=8,
+        patch_size=4,
+        num_channels=1,
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        intermediate_size=8,
+        num_labels=300,
+    )
+    assert config.semantic_loss_ignore_index == 255
+    setup = LossSetup(hem_args(tmp_path, margin=0.5), BeitForImageClassification(config), None)
+    assert setup.head is head_named("image-classification")
+    assert setup.ignore_index == -100
+    segmenter = MODELS["semantic-segmentation"]()
+    setup = LossSetup(hem_args(tmp_path, margin=0.5), segmenter, None)
+    assert setup.ignore_index == segmenter.config.semantic_loss_ignore_index
+
+
 def test_the_card_takes_head_names_and_the_heads_card_facts():
     card = generate_model_card(model_name="m", task="semantic-segmentation", metrics={"eval_mean_iou": 0.5})
     assert card.data.pipeline_tag == "image-segmentation" and "AutoModelForSemanticSegmentation" in str(card)

@@ -97,7 +97,10 @@ class LossSetup:
                 f"input_ids and of the logits), so labels must be choice indices in [0, {self.num_choices})."
             )
         )
-        semantic = getattr(config, "semantic_loss_ignore_index", None)
+        # Only a per-pixel head takes the config's segmentation ignore index: BEiT's image classifiers carry the field
+        # too (255), and for them 255 is a class index, not "no label".
+        pixel_labels = self.head.label_unit == "pixel"
+        semantic = getattr(config, "semantic_loss_ignore_index", None) if pixel_labels else None
         default_ignore = int(semantic) if semantic is not None else -100
         self.ignore_index = default_ignore if args.loss_ignore_index is None else int(args.loss_ignore_index)
         #: The run's loss settings, with the ignore index and the class dimension of this model filled in.
@@ -106,7 +109,7 @@ class LossSetup:
         if self.causal_lm:
             self._setup_causal_lm(class_counts, num_samples)
         elif class_counts is not None:
-            if num_samples is None and semantic is not None:
+            if num_samples is None and pixel_labels:
                 num_samples = self._segmentation_num_images()
             self.counts = resolve_class_counts(
                 "given", self.num_classes, class_counts=class_counts, num_samples=num_samples
