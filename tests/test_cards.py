@@ -267,6 +267,7 @@ _PUSH_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_hem_trainer_pushes_the_hem_card_of_multiple_choice_and_audio_heads(tmp_path):
     script = tmp_path / "push.py"
     script.write_text(_PUSH_SCRIPT)

@@ -245,6 +245,7 @@ def _write_image_folders(root: Path) -> None:
         Image.fromarray(rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)).save(root / "ood" / f"{index}.png")
 
 
+@pytest.mark.slow
 def test_script_runs_as_subprocess_on_image_folders_with_ood_set(tmp_path):
     _write_image_folders(tmp_path / "data")
     output_dir = tmp_path / "out"

@@ -167,6 +167,7 @@ def test_ade20k_end_to_end_reduce_labels_pixel_by_pixel_margins_and_card(ade_fil
 
 
 # ------------------------------------------------------------------------------------------------ training
+@pytest.mark.slow  # 60 training steps per loss
 @pytest.mark.parametrize("loss_name", ["hem", "hem+", "ce", "dice"])
 def test_tiny_segformer_trains_with_each_loss(tmp_path, loss_name):
     """120 training scenes, 4 epochs of batch 8 (60 steps); the background stays a class, so 60 steps suffice.
@@ -364,6 +365,7 @@ def test_one_pixel_histogram_behind_both_names():
 
 
 # ------------------------------------------------------------------------------------------------ compare
+@pytest.mark.slow
 def test_compare_segmentation_writes_report_and_mask_pictures(tmp_path, monkeypatch, capsys):
     from hf_hem.cli import main as cli_main
 

@@ -215,6 +215,7 @@ def test_wordpiece_tokenizer_splits_rare_words_and_round_trips(tmp_path):
     assert reloaded("Paris", "Berlin")["token_type_ids"][-2:] == [1, 1]
 
 
+@pytest.mark.slow  # three fresh Python processes
 def test_wordpiece_tokenizer_is_the_same_in_every_process():
     """A seeded run must repeat: the vocabulary may not depend on a process's hash seeds (the `tokenizers` trainer's
     tie-breaking did, so three processes gave three vocabularies of the same texts)."""
