@@ -1,7 +1,10 @@
 """Builders the test files share: tiny models, in-memory data, loss inputs, and what launched processes need.
 
 Plain functions, so that they take arguments and can be imported by the scripts the tests launch (put `TESTS_DIR`
-on their `PYTHONPATH`, see [`with_repo_on_pythonpath`]); the fixtures are in `tests/conftest.py`. Nothing here
+on their `PYTHONPATH`, see [`with_repo_on_pythonpath`]); the fixtures are in `tests/conftest.py`. The pipeline
+scripts in `scripts/` are run the same way by every test file: [`run_pipeline`] in this process,
+[`run_pipeline_process`] in a new one (or two, under `accelerate launch`), both on the tiny settings of
+[`TINY_PIPELINE_FLAGS`]. Nothing here
 downloads: models are built from configs with random weights. transformers and datasets are imported by the
 builders that need them, so that the loss tests do not pay for importing them.
 
@@ -86,6 +89,105 @@ def script_main(script: Path) -> Callable:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.main
+
+
+# ------------------------------------------------------------------------------------------------ pipeline scripts
+
+# The text and token scripts train a BERT of one layer of width 16 on 32 embedded sentences, with its own tokenizer.
+_TINY_TEXT_FLAGS = (
+    "--max_train_samples", "32",
+    "--max_eval_samples", "16",
+    "--num_train_epochs", "1",
+    "--per_device_train_batch_size", "16",
+    "--per_device_eval_batch_size", "16",
+    "--max_seq_length", "32",
+    "--tokenizer_vocab_size", "300",
+    "--config_overrides", "hidden_size=16,num_hidden_layers=1,intermediate_size=32",
+    "--logging_steps", "1",
+    "--disable_tqdm", "true",
+    "--report_to", "none",
+    "--eval_strategy", "no",
+    "--save_strategy", "no",
+)  # fmt: skip
+
+#: The flags of a tiny run of each script `scripts/run_<task>.py`, on its embedded data unless a test adds others.
+#: They check that the pieces fit (data, model, trainer, metrics, cards, Hub), not what the model learns.
+TINY_PIPELINE_FLAGS = {
+    # 64 training digits, one epoch of 4 steps, 40 validation digits.
+    "image_classification": (
+        "--max_train_samples", "64",
+        "--max_eval_samples", "40",
+        "--num_train_epochs", "1",
+        "--per_device_train_batch_size", "16",
+        "--per_device_eval_batch_size", "64",
+        "--logging_steps", "1",
+        "--disable_tqdm", "true",
+    ),
+    # The embedded digit scenes at 32 px: 40 images (32 train, 8 validation), one quick epoch, no evaluation per epoch.
+    "semantic_segmentation": (
+        "--num_embedded_images", "40",
+        "--image_size", "32",
+        "--num_train_epochs", "1",
+        "--per_device_train_batch_size", "8",
+        "--per_device_eval_batch_size", "16",
+        "--logging_steps", "1",
+        "--eval_strategy", "no",
+        "--disable_tqdm", "true",
+        "--log_level", "error",
+    ),
+    "text_classification": _TINY_TEXT_FLAGS,
+    "token_classification": _TINY_TEXT_FLAGS,
+}  # fmt: skip
+
+
+def pipeline_script(task: str) -> Path:
+    """The script `scripts/run_<task>.py` of a pipeline of [`TINY_PIPELINE_FLAGS`]."""
+    if task not in TINY_PIPELINE_FLAGS:
+        raise ValueError(f"no pipeline script for task {task!r}: expected one of {sorted(TINY_PIPELINE_FLAGS)}")
+    return REPO_ROOT / "scripts" / f"run_{task}.py"
+
+
+def pipeline_argv(task: str, output_dir, *flags: str) -> list[str]:
+    """The tiny flags of `task`, then `flags` (a later flag overrides an earlier one), then `--output_dir`."""
+    return [*TINY_PIPELINE_FLAGS[task], *flags, "--output_dir", str(output_dir)]
+
+
+def run_pipeline(task: str, output_dir, *flags: str) -> Path:
+    """Runs `main` of `scripts/run_<task>.py` in this process, offline, on the tiny flags + `flags`, and checks that it
+    returns 0; returns `output_dir` as a `Path`. An exception of the script (bad input) propagates."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        exit_code = script_main(pipeline_script(task))(pipeline_argv(task, output_dir, *flags))
+    assert exit_code == 0, f"run_{task}.py returned {exit_code}"
+    return Path(output_dir)
+
+
+def run_pipeline_process(
+    task: str,
+    output_dir,
+    *flags: str,
+    env: dict | None = None,
+    two_processes: bool = False,
+    timeout: int | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess:
+    """Runs `scripts/run_<task>.py` on the tiny flags + `flags` in a new Python process, or on two CPU processes under
+    `accelerate launch` with `two_processes`, in `env` ([`offline_env`] by default); returns the finished process.
+
+    With `check` its exit status must be 0 (the end of its stderr explains a failure). `timeout` defaults to 300 s,
+    400 s for two processes.
+    """
+    launcher = (
+        ["-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CPU_CONFIG)] if two_processes else []
+    )
+    command = [sys.executable, *launcher, str(pipeline_script(task)), *pipeline_argv(task, output_dir, *flags)]
+    timeout = timeout or (400 if two_processes else 300)
+    completed = subprocess.run(
+        command, env=offline_env() if env is None else env, capture_output=True, text=True, timeout=timeout
+    )
+    if check:
+        assert completed.returncode == 0, completed.stderr[-4000:]
+    return completed
 
 
 # ------------------------------------------------------------------------------------------------ losses
@@ -188,6 +290,38 @@ def tiny_segformer(num_labels: int = 4, seed: int = 0, **config):
         "drop_path_rate": 0.0,
     }
     return SegformerForSemanticSegmentation(SegformerConfig(**{**settings, **config}))
+
+
+def tiny_bert(head="SequenceClassification", num_labels: int | None = None, seed: int = 0, **config):
+    """A BERT of one layer of width 16 (2 heads, vocabulary 64, 32 positions) with the head `head`.
+
+    `head` is a model class (`BertForTokenClassification`) or its name without `BertFor` (`"TokenClassification"`,
+    `"SequenceClassification"`, `"MultipleChoice"`, `"MaskedLM"`, ...). `num_labels` defaults to BERT's own (2), or
+    to the length of an `id2label` in `config`.
+    """
+    import transformers
+
+    if isinstance(head, str):
+        model_class = getattr(transformers, f"BertFor{head}", None)
+        if model_class is None:
+            raise ValueError(
+                f"no BERT head named {head!r}: expected the name of a `BertFor...` class without `BertFor`"
+            )
+    else:
+        model_class = head
+    torch.manual_seed(seed)
+    settings = {
+        "vocab_size": 64,
+        "hidden_size": 16,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 32,
+        "max_position_embeddings": 32,
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        **({} if num_labels is None else {"num_labels": num_labels}),
+    }
+    return model_class(transformers.BertConfig(**{**settings, **config}))
 
 
 def hem_args(output_dir, **overrides):

@@ -21,10 +21,10 @@ from hf_hem.trainer import HEMTrainer
 
 
 try:  # tests/ may or may not become a package
-    from .helpers import hem_args, with_repo_on_pythonpath
+    from .helpers import hem_args, tiny_bert, with_repo_on_pythonpath
     from .hub_server import DUMMY_TOKEN, LoopbackHub, hub_client_env, run_hub_server
 except ImportError:
-    from helpers import hem_args, with_repo_on_pythonpath
+    from helpers import hem_args, tiny_bert, with_repo_on_pythonpath
     from hub_server import DUMMY_TOKEN, LoopbackHub, hub_client_env, run_hub_server
 
 
@@ -35,13 +35,7 @@ TAGS = ["O", "B-PER", "I-PER"]
 
 
 def _bert(head, **config):
-    from transformers import BertConfig
-
-    torch.manual_seed(0)
-    bert_config = BertConfig(
-        vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8, **config
-    )
-    return head(bert_config)
+    return tiny_bert(head, vocab_size=50, hidden_size=8, num_attention_heads=1, intermediate_size=8, **config)
 
 
 def _named(labels):
@@ -273,6 +267,7 @@ _PUSH_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_hem_trainer_pushes_the_hem_card_of_multiple_choice_and_audio_heads(tmp_path):
     script = tmp_path / "push.py"
     script.write_text(_PUSH_SCRIPT)

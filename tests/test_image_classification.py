@@ -20,23 +20,15 @@ from huggingface_hub import ModelCard
 
 
 try:  # tests/ may or may not become a package
-    from .helpers import ACCELERATE_CPU_CONFIG, REPO_ROOT, offline_env, script_main
+    from .helpers import offline_env, pipeline_script, run_pipeline, run_pipeline_process, script_main
     from .hub_server import LoopbackHub, hub_client_env
 except ImportError:
-    from helpers import ACCELERATE_CPU_CONFIG, REPO_ROOT, offline_env, script_main
+    from helpers import offline_env, pipeline_script, run_pipeline, run_pipeline_process, script_main
     from hub_server import LoopbackHub, hub_client_env
 
 
-SCRIPT = REPO_ROOT / "scripts" / "run_image_classification.py"
-TINY = [
-    "--max_train_samples", "64",
-    "--max_eval_samples", "40",
-    "--num_train_epochs", "1",
-    "--per_device_train_batch_size", "16",
-    "--per_device_eval_batch_size", "64",
-    "--logging_steps", "1",
-    "--disable_tqdm", "true",
-]  # fmt: skip
+TASK = "image_classification"  # scripts/run_image_classification.py on helpers.TINY_PIPELINE_FLAGS[TASK]
+SCRIPT = pipeline_script(TASK)
 REJECTION_KEYS = (
     "eval_rejection_auroc_msp",
     "eval_rejection_fpr95_msp",
@@ -49,13 +41,7 @@ REJECTION_KEYS = (
 def trained_run(tmp_path_factory):
     """One tiny in-process run of the script on the embedded digits, digits 8 and 9 held out, with a checkpoint."""
     output_dir = tmp_path_factory.mktemp("digits") / "resnet-hem"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HF_HUB_OFFLINE", "1")
-        exit_code = script_main(SCRIPT)(
-            [*TINY, "--unknown_classes", "8", "9", "--save_strategy", "epoch", "--output_dir", str(output_dir)]
-        )
-    assert exit_code == 0
-    return output_dir
+    return run_pipeline(TASK, output_dir, "--unknown_classes", "8", "9", "--save_strategy", "epoch")
 
 
 # ------------------------------------------------------------------------------------------------ in-process run
@@ -201,10 +187,9 @@ def test_bad_arguments_are_rejected(argv, message, capsys):
     assert message in text
 
 
-def test_unknown_class_name_is_checked(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_unknown_class_name_is_checked(tmp_path):
     with pytest.raises(ValueError, match=r"unknown class '42'.*classes: \['0', '1'"):
-        script_main(SCRIPT)([*TINY, "--unknown_classes", "42", "--output_dir", str(tmp_path)])
+        run_pipeline(TASK, tmp_path, "--unknown_classes", "42")
 
 
 def test_config_file_with_unknown_key_is_rejected(tmp_path):
@@ -234,7 +219,7 @@ def test_label_column_name_is_a_data_argument_and_class_counts_column_is_refused
     data_args.label_column_name = "label"
     assert load_image_classification_data(data_args, model_args).label_column == "label"
     with pytest.raises(ValueError, match="class_counts_column='label' has no effect in the pipeline scripts"):
-        script_main(SCRIPT)([*TINY, "--class_counts_column", "label", "--output_dir", str(tmp_path / "out")])
+        run_pipeline(TASK, tmp_path / "out", "--class_counts_column", "label")
 
 
 # ------------------------------------------------------------------------------------------------ subprocess
@@ -260,20 +245,18 @@ def _write_image_folders(root: Path) -> None:
         Image.fromarray(rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)).save(root / "ood" / f"{index}.png")
 
 
+@pytest.mark.slow
 def test_script_runs_as_subprocess_on_image_folders_with_ood_set(tmp_path):
     _write_image_folders(tmp_path / "data")
     output_dir = tmp_path / "out"
-    command = [
-        sys.executable, str(SCRIPT), *TINY,
+    run_pipeline_process(
+        TASK, output_dir,
         "--train_dir", str(tmp_path / "data" / "train"),
         "--validation_dir", str(tmp_path / "data" / "validation"),
         "--ood_dir", str(tmp_path / "data" / "ood"),
         "--model_type", "resnet", "--image_size", "32",
         "--learning_rate", "1e-3", "--horizontal_flip", "false",
-        "--output_dir", str(output_dir),
-    ]  # fmt: skip
-    completed = subprocess.run(command, env=offline_env(), capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, completed.stderr[-4000:]
+    )  # fmt: skip
     results = json.loads((output_dir / "all_results.json").read_text())
     assert results["train_samples"] == 36 and results["eval_samples"] == 18 and results["eval_ood_samples"] == 8
     assert 0.0 <= results["eval_ood_auroc_msp"] <= 1.0
@@ -285,12 +268,11 @@ def test_script_runs_as_subprocess_on_image_folders_with_ood_set(tmp_path):
     assert {result.dataset_name for result in card.data.eval_results} == {"data"}
 
 
-def test_image_folder_without_validation_split_holds_out_part_of_train(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_image_folder_without_validation_split_holds_out_part_of_train(tmp_path):
     _write_image_folders(tmp_path / "data")
     output_dir = tmp_path / "out"
-    argv = [*TINY, "--train_dir", str(tmp_path / "data" / "train"), "--train_val_split", "0.25"]
-    assert script_main(SCRIPT)([*argv, "--model_type", "vit", "--output_dir", str(output_dir)]) == 0
+    flags = ["--train_dir", str(tmp_path / "data" / "train"), "--train_val_split", "0.25", "--model_type", "vit"]
+    run_pipeline(TASK, output_dir, *flags)
     results = json.loads((output_dir / "all_results.json").read_text())
     assert results["train_samples"] + results["eval_samples"] == 36  # 12 images of each of 3 classes
     assert results["eval_samples"] == 9  # a stratified quarter: 3 per class
@@ -329,13 +311,10 @@ def test_push_to_loopback_hub_and_round_trip(tmp_path):
     with LoopbackHub(tmp_path / "hub") as hub:
         env = hub_client_env(hub.endpoint, hf_home=tmp_path / "hf_home", base_env=offline_env())
         env.pop("HF_TOKEN")
-        command = [
-            sys.executable, str(SCRIPT), *TINY, "--unknown_classes", "8", "9",
-            "--save_strategy", "epoch", "--output_dir", str(output_dir),
-            "--push_to_hub", "true", "--hub_model_id", "user/digits-hem", "--hub_token", token,
-        ]  # fmt: skip
-        trained = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-        assert trained.returncode == 0, trained.stderr[-4000:]
+        trained = run_pipeline_process(
+            TASK, output_dir, "--unknown_classes", "8", "9", "--save_strategy", "epoch",
+            "--push_to_hub", "true", "--hub_model_id", "user/digits-hem", "--hub_token", token, env=env,
+        )  # fmt: skip
         # A fresh cache: everything below comes from the server.
         download_env = hub_client_env(hub.endpoint, hf_home=tmp_path / "hf_home_2", base_env=offline_env())
         downloaded = subprocess.run(
@@ -399,11 +378,9 @@ def test_failed_push_keeps_the_model_and_exits_nonzero(tmp_path):
         env = hub_client_env(endpoint, hf_home=tmp_path / "hf_home", base_env=offline_env())
         env["HF_TOKEN"] = secret
         output_dir = tmp_path / "out"
-        command = [
-            sys.executable, str(SCRIPT), *TINY, "--output_dir", str(output_dir),
-            "--push_to_hub", "true", "--hub_model_id", "user/never-pushed",
-        ]  # fmt: skip
-        completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        completed = run_pipeline_process(
+            TASK, output_dir, "--push_to_hub", "true", "--hub_model_id", "user/never-pushed", env=env, check=False
+        )
     finally:
         server.shutdown()
         server.server_close()
@@ -422,12 +399,7 @@ def test_failed_push_keeps_the_model_and_exits_nonzero(tmp_path):
 @pytest.mark.slow
 def test_accelerate_launch_two_cpu_processes(tmp_path):
     output_dir = tmp_path / "out"
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CPU_CONFIG),
-        str(SCRIPT), *TINY, "--unknown_classes", "8", "9", "--output_dir", str(output_dir),
-    ]  # fmt: skip
-    completed = subprocess.run(command, env=offline_env(), capture_output=True, text=True, timeout=400)
-    assert completed.returncode == 0, completed.stderr[-4000:]
+    run_pipeline_process(TASK, output_dir, "--unknown_classes", "8", "9", two_processes=True)
     state = json.loads((output_dir / "trainer_state.json").read_text())
     # Two processes share the 64 images: 2 steps of 2 x 16 images, not 4 steps of 16.
     assert state["global_step"] == 2
@@ -444,12 +416,7 @@ def test_accelerate_launch_two_cpu_processes(tmp_path):
 @pytest.mark.parametrize("model_type", ["vit", "swin", "convnext"])
 def test_accelerate_launch_trains_every_architecture(tmp_path, model_type):
     output_dir = tmp_path / "out"
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CPU_CONFIG),
-        str(SCRIPT), *TINY, "--model_type", model_type, "--loss_name", "hem", "--output_dir", str(output_dir),
-    ]  # fmt: skip
-    completed = subprocess.run(command, env=offline_env(), capture_output=True, text=True, timeout=400)
-    assert completed.returncode == 0, completed.stderr[-4000:]
+    run_pipeline_process(TASK, output_dir, "--model_type", model_type, "--loss_name", "hem", two_processes=True)
     assert json.loads((output_dir / "config.json").read_text())["model_type"] == model_type
     assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 2  # 2 processes x 16 images
     results = json.loads((output_dir / "all_results.json").read_text())

@@ -610,7 +610,7 @@ def compare_configs_with_portable(triton_module, logits, labels, configs, atol=1
 
 @requires_triton
 @requires_triton_interpreter
-@pytest.mark.parametrize("shape", [(5, 37, 1), (2, 37, 45)])
+@pytest.mark.parametrize("shape", [(5, 37, 1), pytest.param((2, 37, 45), marks=pytest.mark.slow)])
 def test_triton_interpreted_every_block_configuration(interpreted_triton, shape):
     # Blocks smaller than the class count use the class loop; the autotuner may pick any of these on CUDA.
     logits, labels = make_inputs(shape, seed=12, quantized=False)

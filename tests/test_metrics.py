@@ -325,6 +325,7 @@ print(json.dumps({"inputs": inputs, "outputs": out}))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_EVALUATE, reason="evaluate is not installed")
 def test_evaluate_modules_match_numpy_offline(tmp_path):
     # A fresh interpreter, so the offline variables and the empty caches are in place before evaluate is imported.

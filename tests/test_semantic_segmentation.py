@@ -7,8 +7,6 @@ trainer, streaming metrics, cards, Hub and launchers fit together, and that trai
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -37,26 +35,32 @@ from hf_hem.trainer import HEMTrainer  # noqa: E402
 
 try:  # tests/ may or may not become a package
     from .helpers import (
-        ACCELERATE_CPU_CONFIG,
-        REPO_ROOT,
+        TINY_PIPELINE_FLAGS,
         ade_examples,
         hem_args,
         offline_env,
+        pipeline_script,
         reduce_ade_labels,
+        run_pipeline,
+        run_pipeline_process,
         script_main,
+        tiny_bert,
         tiny_segformer,
         write_ade_parquet,
     )
     from .hub_server import LoopbackHub, hub_client_env
 except ImportError:
     from helpers import (
-        ACCELERATE_CPU_CONFIG,
-        REPO_ROOT,
+        TINY_PIPELINE_FLAGS,
         ade_examples,
         hem_args,
         offline_env,
+        pipeline_script,
         reduce_ade_labels,
+        run_pipeline,
+        run_pipeline_process,
         script_main,
+        tiny_bert,
         tiny_segformer,
         write_ade_parquet,
     )
@@ -66,19 +70,8 @@ except ImportError:
 datasets.disable_progress_bars()
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
-SCRIPT = REPO_ROOT / "scripts" / "run_semantic_segmentation.py"
-# The embedded digit scenes at 32 px: 40 images (32 train, 8 validation), one quick epoch, no evaluation per epoch.
-TINY = [
-    "--num_embedded_images", "40",
-    "--image_size", "32",
-    "--num_train_epochs", "1",
-    "--per_device_train_batch_size", "8",
-    "--per_device_eval_batch_size", "16",
-    "--logging_steps", "1",
-    "--eval_strategy", "no",
-    "--disable_tqdm", "true",
-    "--log_level", "error",
-]  # fmt: skip
+TASK = "semantic_segmentation"  # scripts/run_semantic_segmentation.py on helpers.TINY_PIPELINE_FLAGS[TASK]
+SCRIPT = pipeline_script(TASK)
 
 
 def _history(output_dir: Path) -> list[dict]:
@@ -141,8 +134,7 @@ def test_local_ade_parquet_and_the_hub_dataset_load_the_same(ade_files, fake_ade
 
 def test_ade20k_end_to_end_reduce_labels_pixel_by_pixel_margins_and_card(ade_files, fake_ade20k_hub, tmp_path):
     output_dir = tmp_path / "ade-hem-plus"
-    argv = [*TINY, "--dataset_name", "scene_parse_150", "--loss_name", "hem+", "--output_dir", str(output_dir)]
-    assert script_main(SCRIPT)(argv) == 0
+    run_pipeline(TASK, output_dir, "--dataset_name", "scene_parse_150", "--loss_name", "hem+")
 
     config = json.loads((output_dir / "config.json").read_text())
     assert len(config["id2label"]) == 150 and config["id2label"]["0"] == "wall" and config["id2label"]["149"] == "flag"
@@ -175,6 +167,7 @@ def test_ade20k_end_to_end_reduce_labels_pixel_by_pixel_margins_and_card(ade_fil
 
 
 # ------------------------------------------------------------------------------------------------ training
+@pytest.mark.slow  # 60 training steps per loss
 @pytest.mark.parametrize("loss_name", ["hem", "hem+", "ce", "dice"])
 def test_tiny_segformer_trains_with_each_loss(tmp_path, loss_name):
     """120 training scenes, 4 epochs of batch 8 (60 steps); the background stays a class, so 60 steps suffice.
@@ -184,11 +177,8 @@ def test_tiny_segformer_trains_with_each_loss(tmp_path, loss_name):
     For every loss the training pixel accuracy must rise, and CE's and Dice's own loss must fall.
     """
     output_dir = tmp_path / loss_name.replace("+", "plus")
-    argv = [
-        *TINY, "--num_embedded_images", "150", "--num_train_epochs", "4", "--do_reduce_labels", "false",
-        "--loss_name", loss_name, "--output_dir", str(output_dir),
-    ]  # fmt: skip
-    assert script_main(SCRIPT)(argv) == 0
+    flags = ["--num_embedded_images", "150", "--num_train_epochs", "4", "--do_reduce_labels", "false"]
+    run_pipeline(TASK, output_dir, *flags, "--loss_name", loss_name)
     steps = [entry for entry in _history(output_dir) if "loss" in entry and "hem/accuracy" in entry]
     assert len(steps) == 60
 
@@ -274,7 +264,8 @@ def test_upsample_and_argmax_is_segformer_upsampling():
 
 # ------------------------------------------------------------------------------------------------ bad input
 def _bad_data(tmp_path, **changes) -> list[str]:
-    """Flags of a 6 + 3 image local ADE-schema dataset with 3 classes (mask values 0..2), 32 px, after `changes`."""
+    """Flags of a 6 + 3 image local ADE-schema dataset with 3 classes (mask values 0..2), 32 px, after `changes`,
+    for [`run_pipeline`] into `tmp_path / "out"`."""
     images, masks = ade_examples(6, size=32, num_values=3)
     image_bytes = {}
     if "small_mask" in changes:
@@ -289,8 +280,8 @@ def _bad_data(tmp_path, **changes) -> list[str]:
     id2label = tmp_path / "id2label.json"
     id2label.write_text(json.dumps({"0": "a", "1": "b", "2": "c"}))
     return [
-        *TINY, "--data_files", train, "--validation_files", validation, "--id2label_file", str(id2label),
-        "--image_size", "32", "--cache_dir", str(tmp_path / "cache"), "--output_dir", str(tmp_path / "out"),
+        "--data_files", train, "--validation_files", validation, "--id2label_file", str(id2label),
+        "--image_size", "32", "--cache_dir", str(tmp_path / "cache"),
     ]  # fmt: skip
 
 
@@ -298,24 +289,24 @@ def test_mask_of_another_size_is_named(tmp_path):
     with pytest.raises(
         ValueError, match=r"example 2 \(ADE_00002.jpg\): mask size 24x16 .* differs from image size 32x32"
     ):
-        script_main(SCRIPT)([*_bad_data(tmp_path, small_mask=2), "--loss_name", "ce"])
+        run_pipeline(TASK, tmp_path / "out", *_bad_data(tmp_path, small_mask=2), "--loss_name", "ce")
 
 
 def test_label_values_out_of_range_are_listed(tmp_path):
-    argv = _bad_data(tmp_path, bad_values=(7, 200))
+    flags = _bad_data(tmp_path, bad_values=(7, 200))
     # HEM counts the training masks before training: the pixel histogram names the example and the values.
     with pytest.raises(ValueError, match=r"example 1 has values \[7, 200\] outside \[0, 3\)"):
-        script_main(SCRIPT)(argv)
+        run_pipeline(TASK, tmp_path / "out", *flags)
     # CE counts nothing: the training transform finds them.
     with pytest.raises(ValueError, match=r"example 1 \(ADE_00001.jpg\) has label values \[7, 200\] outside 0..2"):
-        script_main(SCRIPT)([*argv, "--loss_name", "ce"])
+        run_pipeline(TASK, tmp_path / "out", *flags, "--loss_name", "ce")
 
 
 def test_undecodable_image_is_named_or_skipped_with_a_count(tmp_path):
-    argv = _bad_data(tmp_path, broken_image=3)
+    flags = _bad_data(tmp_path, broken_image=3)
     with pytest.raises(UndecodableImageError, match="ADE_00003.jpg"):
-        script_main(SCRIPT)([*argv, "--loss_name", "ce"])
-    assert script_main(SCRIPT)([*argv, "--skip_bad_examples", "true"]) == 0
+        run_pipeline(TASK, tmp_path / "out", *flags, "--loss_name", "ce")
+    run_pipeline(TASK, tmp_path / "out", *flags, "--skip_bad_examples", "true")
     results = json.loads((tmp_path / "out" / "all_results.json").read_text())
     assert results["train_skipped_examples"] == 1 and results["eval_skipped_examples"] == 0
     assert results["train_samples"] == 5
@@ -338,8 +329,6 @@ def test_bad_arguments_are_rejected(capsys):
 
 # ------------------------------------------------------------------------------------------------ trainer and cards
 def test_hem_trainer_writes_the_hem_card_for_segmenters_and_keeps_the_token_out_of_its_args(tmp_path, monkeypatch):
-    from transformers import BertConfig, BertForMaskedLM
-
     monkeypatch.setenv("HF_TOKEN", "restored-after-the-test")
     args = hem_args(tmp_path / "segformer", margin=0.5, hub_token="hf_secret")
     trainer = HEMTrainer(model=tiny_segformer(num_labels=3), args=args, card_kwargs={"dataset_name": "d"})
@@ -352,9 +341,7 @@ def test_hem_trainer_writes_the_hem_card_for_segmenters_and_keeps_the_token_out_
     assert "Margin μ" in card.text
 
     # A model the HEM card cannot describe (no classification head) gets the stock card.
-    bert = BertForMaskedLM(
-        BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8)
-    )
+    bert = tiny_bert("MaskedLM", vocab_size=50, hidden_size=8, num_attention_heads=1, intermediate_size=8)
     other = HEMTrainer(model=bert, args=hem_args(tmp_path / "bert", margin=0.5))
     assert other.model_card_kwargs({}) is None
     other.create_model_card()
@@ -378,12 +365,15 @@ def test_one_pixel_histogram_behind_both_names():
 
 
 # ------------------------------------------------------------------------------------------------ compare
+@pytest.mark.slow
 def test_compare_segmentation_writes_report_and_mask_pictures(tmp_path, monkeypatch, capsys):
     from hf_hem.cli import main as cli_main
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     output_dir = tmp_path / "compare"
-    flags = [flag for flag in TINY if flag not in ("--disable_tqdm", "true", "--log_level", "error")]
+    flags = [
+        flag for flag in TINY_PIPELINE_FLAGS[TASK] if flag not in ("--disable_tqdm", "true", "--log_level", "error")
+    ]
     assert (
         cli_main(
             [
@@ -429,12 +419,10 @@ def test_script_subprocess_pushes_the_hem_card_to_a_loopback_hub(tmp_path):
     with LoopbackHub(tmp_path / "hub") as hub:
         env = hub_client_env(hub.endpoint, hf_home=tmp_path / "hf_home", base_env=offline_env())
         env.pop("HF_TOKEN")
-        command = [
-            sys.executable, str(SCRIPT), *TINY, "--output_dir", str(output_dir),
-            "--push_to_hub", "true", "--hub_model_id", "user/digits-seg-hem", "--hub_token", token,
-        ]  # fmt: skip
-        completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-        assert completed.returncode == 0, completed.stderr[-4000:]
+        run_pipeline_process(
+            TASK, output_dir, "--push_to_hub", "true", "--hub_model_id", "user/digits-seg-hem", "--hub_token", token,
+            env=env,
+        )  # fmt: skip
         pushed = hub.files("user/digits-seg-hem")
         assert hub.unhandled_requests == [] and hub.server_errors == []
     readme = pushed["README.md"].decode()
@@ -454,12 +442,7 @@ def test_script_subprocess_pushes_the_hem_card_to_a_loopback_hub(tmp_path):
 @pytest.mark.slow
 def test_accelerate_launch_two_cpu_processes(tmp_path):
     output_dir = tmp_path / "out"
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CPU_CONFIG),
-        str(SCRIPT), *TINY, "--loss_name", "hem+", "--output_dir", str(output_dir),
-    ]  # fmt: skip
-    completed = subprocess.run(command, env=offline_env(), capture_output=True, text=True, timeout=400)
-    assert completed.returncode == 0, completed.stderr[-4000:]
+    run_pipeline_process(TASK, output_dir, "--loss_name", "hem+", two_processes=True)
     state = json.loads((output_dir / "trainer_state.json").read_text())
     assert state["global_step"] == 2  # 32 training images, 2 processes x batch 8 per step
     card = ModelCard.load(output_dir / "README.md")

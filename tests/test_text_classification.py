@@ -19,10 +19,26 @@ from huggingface_hub import ModelCard
 
 
 try:  # tests/ may or may not become a package
-    from .helpers import REPO_ROOT, hem_args, offline_env, script_main
+    from .helpers import (
+        hem_args,
+        offline_env,
+        pipeline_script,
+        run_pipeline,
+        run_pipeline_process,
+        script_main,
+        tiny_bert,
+    )
     from .hub_server import LoopbackHub, hub_client_env
 except ImportError:
-    from helpers import REPO_ROOT, hem_args, offline_env, script_main
+    from helpers import (
+        hem_args,
+        offline_env,
+        pipeline_script,
+        run_pipeline,
+        run_pipeline_process,
+        script_main,
+        tiny_bert,
+    )
     from hub_server import LoopbackHub, hub_client_env
 
 from hf_hem.data.embedded_text import SENTIMENT_NAMES, load_embedded_sentiment_dataset
@@ -32,22 +48,8 @@ from hf_hem.pipelines import text_classification as text_module
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
-SCRIPT = REPO_ROOT / "scripts" / "run_text_classification.py"
-TINY = [
-    "--max_train_samples", "32",
-    "--max_eval_samples", "16",
-    "--num_train_epochs", "1",
-    "--per_device_train_batch_size", "16",
-    "--per_device_eval_batch_size", "16",
-    "--max_seq_length", "32",
-    "--tokenizer_vocab_size", "300",
-    "--config_overrides", "hidden_size=16,num_hidden_layers=1,intermediate_size=32",
-    "--logging_steps", "1",
-    "--disable_tqdm", "true",
-    "--report_to", "none",
-    "--eval_strategy", "no",
-    "--save_strategy", "no",
-]  # fmt: skip
+TASK = "text_classification"  # scripts/run_text_classification.py on helpers.TINY_PIPELINE_FLAGS[TASK]
+SCRIPT = pipeline_script(TASK)
 
 
 GLUE_README = textwrap.dedent(
@@ -117,11 +119,7 @@ def glue_repo_files():
 # ------------------------------------------------------------------------------------------------ the script
 @pytest.fixture(scope="module")
 def embedded_run(tmp_path_factory):
-    output_dir = tmp_path_factory.mktemp("sentiment") / "bert-hem"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HF_HUB_OFFLINE", "1")
-        assert script_main(SCRIPT)([*TINY, "--output_dir", str(output_dir)]) == 0
-    return output_dir
+    return run_pipeline(TASK, tmp_path_factory.mktemp("sentiment") / "bert-hem")
 
 
 def test_embedded_run_saves_a_plain_checkpoint_margins_and_card(embedded_run):
@@ -167,10 +165,9 @@ def test_sentence_pairs_from_local_files_train_and_load_back(tmp_path, suffix):
         path = tmp_path / f"{split}.{suffix}"
         {"json": frame.to_json, "parquet": frame.to_parquet, "csv": frame.to_csv}[suffix](str(path))
     output_dir = tmp_path / "out"
-    argv = [*TINY, "--train_file", str(tmp_path / f"train.{suffix}"), "--validation_file"]
-    argv += [str(tmp_path / f"validation.{suffix}"), "--text_column_names", "premise,hypothesis"]
-    argv += ["--label_column_name", "verdict", "--output_dir", str(output_dir)]
-    assert script_main(SCRIPT)(argv) == 0
+    flags = ["--train_file", str(tmp_path / f"train.{suffix}"), "--validation_file"]
+    flags += [str(tmp_path / f"validation.{suffix}"), "--text_column_names", "premise,hypothesis"]
+    run_pipeline(TASK, output_dir, *flags, "--label_column_name", "verdict")
     model = AutoModelForSequenceClassification.from_pretrained(output_dir)
     tokenizer = AutoTokenizer.from_pretrained(output_dir)
     assert model.config.id2label == {0: "negative", 1: "positive"}  # sorted class names
@@ -186,26 +183,20 @@ def test_bad_inputs_name_the_column_and_the_expected_shape(tmp_path):
     path = tmp_path / "train.json"
     datasets.Dataset.from_dict({"sentence": ["a b", "c"], "label": [[0, 1], [1]]}).to_json(str(path))
     with pytest.raises(ValueError, match=r"'label' holds a list of labels per row.*\(num_rows,\)"):
-        script_main(SCRIPT)([*TINY, "--train_file", str(path), "--output_dir", str(tmp_path / "a")])
+        run_pipeline(TASK, tmp_path / "a", "--train_file", str(path))
     datasets.Dataset.from_dict({"sentence": ["a b", "c"], "label": [0.5, 1.5]}).to_json(str(path))
     with pytest.raises(ValueError, match="'label' holds floats"):
-        script_main(SCRIPT)([*TINY, "--train_file", str(path), "--output_dir", str(tmp_path / "b")])
+        run_pipeline(TASK, tmp_path / "b", "--train_file", str(path))
     with pytest.raises(ValueError, match=r"text column\(s\) \['body'\] not found"):
-        script_main(SCRIPT)(
-            [*TINY, "--train_file", str(path), "--text_column_names", "body", "--output_dir", str(tmp_path / "c")]
-        )
+        run_pipeline(TASK, tmp_path / "c", "--train_file", str(path), "--text_column_names", "body")
     with pytest.raises(ValueError, match="one column or two"):
         text_module.parse_text_classification_args(["--text_column_names", "a,b,c", "--output_dir", "x"])
 
 
 def test_trainer_rejects_list_labels_and_labels_beyond_num_labels():
-    from transformers import BertConfig, BertForSequenceClassification
-
     from hf_hem.trainer import HEMTrainer
 
-    model = BertForSequenceClassification(
-        BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
-    )
+    model = tiny_bert("SequenceClassification", num_labels=2)
     lists = datasets.Dataset.from_dict({"input_ids": [[5, 6], [7]], "label": [[0, 1], [1]]})
     with pytest.raises(ValueError, match=r"column 'label' holds a list of labels per row.*\(num_rows,\)"):
         HEMTrainer(model=model, args=hem_args("unused"), train_dataset=lists)
@@ -252,13 +243,10 @@ def test_glue_sst2_from_the_loopback_hub_trains_pushes_and_downloads(glue_repo_f
         # HF_HOME and HF_DATASETS_CACHE under tmp_path: nothing reaches the user's caches.
         env = hub_client_env(hub.endpoint, hf_home=hf_home, base_env=offline_env())
         env["HF_DATASETS_CACHE"] = str(hf_home / "datasets")
-        command = [
-            sys.executable, str(SCRIPT), *TINY,
-            "--dataset_name", "glue", "--dataset_config_name", "sst2", "--output_dir", str(output_dir),
-            "--push_to_hub", "true", "--hub_model_id", "user/bert-hem-sst2",
-        ]  # fmt: skip
-        trained = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-        assert trained.returncode == 0, trained.stderr[-4000:]
+        run_pipeline_process(
+            TASK, output_dir, "--dataset_name", "glue", "--dataset_config_name", "sst2",
+            "--push_to_hub", "true", "--hub_model_id", "user/bert-hem-sst2", env=env,
+        )  # fmt: skip
         download_env = hub_client_env(hub.endpoint, hf_home=tmp_path / "hf_home_2", base_env=offline_env())
         downloaded = subprocess.run(
             [sys.executable, "-c", _DOWNLOAD, "user/bert-hem-sst2"],
@@ -363,21 +351,7 @@ def test_hem_trainer_trains_an_audio_classifier(tmp_path, loss_name):
 
 def tiny_multiple_choice(num_labels: int = 2):
     """A `BertForMultipleChoice` with BERT's default `num_labels=2`, whatever the number of choices of the data."""
-    from transformers import BertConfig, BertForMultipleChoice
-
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=32,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=16,
-        num_labels=num_labels,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    return BertForMultipleChoice(config)
+    return tiny_bert("MultipleChoice", num_labels=num_labels, vocab_size=32, max_position_embeddings=16)
 
 
 def multiple_choice_dataset(num_choices: int = 4, num_rows: int = 24, labels=None):

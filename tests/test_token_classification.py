@@ -20,10 +20,30 @@ from huggingface_hub import CommitOperationAdd, HfApi, ModelCard
 
 
 try:  # tests/ may or may not become a package
-    from .helpers import ACCELERATE_CPU_CONFIG, REPO_ROOT, hem_args, launch_two_processes, offline_env, script_main
+    from .helpers import (
+        TESTS_DIR,
+        hem_args,
+        launch_two_processes,
+        offline_env,
+        pipeline_script,
+        run_pipeline,
+        run_pipeline_process,
+        script_main,
+        tiny_bert,
+    )
     from .hub_server import DUMMY_TOKEN, LoopbackHub, hub_client_env
 except ImportError:
-    from helpers import ACCELERATE_CPU_CONFIG, REPO_ROOT, hem_args, launch_two_processes, offline_env, script_main
+    from helpers import (
+        TESTS_DIR,
+        hem_args,
+        launch_two_processes,
+        offline_env,
+        pipeline_script,
+        run_pipeline,
+        run_pipeline_process,
+        script_main,
+        tiny_bert,
+    )
     from hub_server import DUMMY_TOKEN, LoopbackHub, hub_client_env
 
 from hf_hem import hem_loss
@@ -42,23 +62,9 @@ from hf_hem.pipelines.token_classification import align_labels_with_tokens
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
-SCRIPT = REPO_ROOT / "scripts" / "run_token_classification.py"
-DDP_SCRIPT = REPO_ROOT / "tests" / "scripts" / "ddp_token_check.py"
-TINY = [
-    "--max_train_samples", "32",
-    "--max_eval_samples", "16",
-    "--num_train_epochs", "1",
-    "--per_device_train_batch_size", "16",
-    "--per_device_eval_batch_size", "16",
-    "--max_seq_length", "32",
-    "--tokenizer_vocab_size", "300",
-    "--config_overrides", "hidden_size=16,num_hidden_layers=1,intermediate_size=32",
-    "--logging_steps", "1",
-    "--disable_tqdm", "true",
-    "--report_to", "none",
-    "--eval_strategy", "no",
-    "--save_strategy", "no",
-]  # fmt: skip
+TASK = "token_classification"  # scripts/run_token_classification.py on helpers.TINY_PIPELINE_FLAGS[TASK]
+SCRIPT = pipeline_script(TASK)
+DDP_SCRIPT = TESTS_DIR / "scripts" / "ddp_token_check.py"
 POS_NAMES = ["NN", "VB", "DT", "."]
 CHUNK_NAMES = ["O", "B-NP", "I-NP"]
 
@@ -118,24 +124,6 @@ def conll_repo_files():
         sizes[split] = len(buffer.getvalue())
     files["README.md"] = conll_readme(sizes).encode()
     return files
-
-
-def tiny_bert_token_model(num_labels: int, vocab_size: int = 64, seed: int = 0):
-    from transformers import BertConfig, BertForTokenClassification
-
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=vocab_size,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=32,
-        num_labels=num_labels,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    return BertForTokenClassification(config)
 
 
 def token_batch_dataset(num_rows: int = 8, length: int = 10, num_labels: int = 5, seed: int = 0):
@@ -227,6 +215,7 @@ def test_wordpiece_tokenizer_splits_rare_words_and_round_trips(tmp_path):
     assert reloaded("Paris", "Berlin")["token_type_ids"][-2:] == [1, 1]
 
 
+@pytest.mark.slow  # three fresh Python processes
 def test_wordpiece_tokenizer_is_the_same_in_every_process():
     """A seeded run must repeat: the vocabulary may not depend on a process's hash seeds (the `tokenizers` trainer's
     tie-breaking did, so three processes gave three vocabularies of the same texts)."""
@@ -261,7 +250,9 @@ def test_nested_label_counts_equal_a_hand_count():
     np.testing.assert_array_equal(counted.counts, hand)
     from hf_hem.trainer import HEMTrainer
 
-    trainer = HEMTrainer(model=tiny_bert_token_model(5), args=hem_args("unused"), train_dataset=dataset)
+    trainer = HEMTrainer(
+        model=tiny_bert("TokenClassification", num_labels=5), args=hem_args("unused"), train_dataset=dataset
+    )
     np.testing.assert_array_equal(trainer.class_counts, hand)
     # S = labelled tokens: every token is one sample of the loss.
     torch.testing.assert_close(trainer.margins, margins_from_counts(hand, per_class=False))
@@ -274,7 +265,7 @@ def test_trainer_loss_equals_per_token_hem_on_the_labelled_tokens(tmp_path):
 
     dataset = token_batch_dataset(num_rows=8, num_labels=5).with_format("torch")
     batch = default_data_collator([dataset[index] for index in range(8)])
-    model = tiny_bert_token_model(5)
+    model = tiny_bert("TokenClassification", num_labels=5)
     args = hem_args(
         tmp_path,
         margin_scale=20.0,
@@ -328,7 +319,9 @@ def test_labels_with_more_classes_than_num_labels_name_the_column():
 
     dataset = token_batch_dataset(num_rows=4, num_labels=7)
     with pytest.raises(ValueError, match=r"token labels of column 'labels'.*outside \[0, 5\).*num_labels=5"):
-        HEMTrainer(model=tiny_bert_token_model(5), args=hem_args("unused"), train_dataset=dataset)
+        HEMTrainer(
+            model=tiny_bert("TokenClassification", num_labels=5), args=hem_args("unused"), train_dataset=dataset
+        )
 
 
 def test_scalar_label_column_for_a_token_model_is_rejected_by_the_trainer():
@@ -336,17 +329,15 @@ def test_scalar_label_column_for_a_token_model_is_rejected_by_the_trainer():
 
     dataset = datasets.Dataset.from_dict({"input_ids": [[5, 6], [7, 8]], "label": [0, 1]})
     with pytest.raises(ValueError, match=r"column 'label' holds one label per row.*\(num_rows, num_tokens\)"):
-        HEMTrainer(model=tiny_bert_token_model(5), args=hem_args("unused"), train_dataset=dataset)
+        HEMTrainer(
+            model=tiny_bert("TokenClassification", num_labels=5), args=hem_args("unused"), train_dataset=dataset
+        )
 
 
 # ------------------------------------------------------------------------------------------------ the script
 @pytest.fixture(scope="module")
 def embedded_run(tmp_path_factory):
-    output_dir = tmp_path_factory.mktemp("ner") / "bert-hem"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HF_HUB_OFFLINE", "1")
-        assert script_main(SCRIPT)([*TINY, "--output_dir", str(output_dir)]) == 0
-    return output_dir
+    return run_pipeline(TASK, tmp_path_factory.mktemp("ner") / "bert-hem")
 
 
 def test_embedded_run_saves_a_plain_checkpoint_with_token_margins_and_card(embedded_run):
@@ -402,9 +393,9 @@ def test_local_files_train_and_load_back(tmp_path, suffix):
         path = tmp_path / f"{split}.{suffix}"
         {"json": frame.to_json, "parquet": frame.to_parquet, "csv": frame.to_csv}[suffix](str(path))
     output_dir = tmp_path / "out"
-    argv = [*TINY, "--train_file", str(tmp_path / f"train.{suffix}"), "--validation_file"]
-    argv += [str(tmp_path / f"validation.{suffix}"), "--label_all_tokens", "true", "--output_dir", str(output_dir)]
-    assert script_main(SCRIPT)(argv) == 0
+    flags = ["--train_file", str(tmp_path / f"train.{suffix}"), "--validation_file"]
+    flags += [str(tmp_path / f"validation.{suffix}"), "--label_all_tokens", "true"]
+    run_pipeline(TASK, output_dir, *flags)
     model = AutoModelForTokenClassification.from_pretrained(output_dir)
     # The files hold tag names, not ids: the model's tags are the names that occur, sorted.
     tags = list(model.config.label2id)
@@ -418,11 +409,9 @@ def test_scalar_tag_column_and_missing_columns_are_rejected(tmp_path):
     path = tmp_path / "train.json"
     datasets.Dataset.from_dict({"tokens": [["a", "b"], ["c"]], "ner_tags": [0, 1]}).to_json(str(path))
     with pytest.raises(ValueError, match=r"'ner_tags' holds one label per row.*\(num_rows, num_words\)"):
-        script_main(SCRIPT)([*TINY, "--train_file", str(path), "--output_dir", str(tmp_path / "out")])
+        run_pipeline(TASK, tmp_path / "out", "--train_file", str(path))
     with pytest.raises(ValueError, match=r"tag column 'tags' not found.*'ner_tags'"):
-        script_main(SCRIPT)(
-            [*TINY, "--train_file", str(path), "--label_column_name", "tags", "--output_dir", str(tmp_path / "o")]
-        )
+        run_pipeline(TASK, tmp_path / "o", "--train_file", str(path), "--label_column_name", "tags")
 
 
 # ------------------------------------------------------------------------------------------------ Hub round trip
@@ -472,13 +461,11 @@ def test_conll2003_from_the_loopback_hub_on_two_processes_pushes_a_plain_checkpo
         # HF_HOME and HF_DATASETS_CACHE under tmp_path: nothing reaches the user's caches.
         env = hub_client_env(hub.endpoint, hf_home=hf_home, base_env=offline_env())
         env["HF_DATASETS_CACHE"] = str(hf_home / "datasets")
-        command = [
-            sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CPU_CONFIG),
-            str(SCRIPT), *TINY, "--dataset_name", "eriktks/conll2003", "--loss_name", "hem+",
-            "--output_dir", str(output_dir), "--push_to_hub", "true", "--hub_model_id", "user/bert-hem-conll2003",
-        ]  # fmt: skip
-        trained = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-        assert trained.returncode == 0, trained.stderr[-4000:]
+        run_pipeline_process(
+            TASK, output_dir, "--dataset_name", "eriktks/conll2003", "--loss_name", "hem+",
+            "--push_to_hub", "true", "--hub_model_id", "user/bert-hem-conll2003", env=env, two_processes=True,
+            timeout=300,
+        )  # fmt: skip
         download_env = hub_client_env(hub.endpoint, hf_home=tmp_path / "hf_home_2", base_env=offline_env())
         downloaded = subprocess.run(
             [sys.executable, "-c", _DOWNLOAD, "user/bert-hem-conll2003"],
@@ -525,7 +512,7 @@ def test_conll2003_from_the_loopback_hub_on_two_processes_pushes_a_plain_checkpo
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="needs torch.distributed with gloo")
 def test_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path):
-    model = tiny_bert_token_model(5)
+    model = tiny_bert("TokenClassification", num_labels=5)
     model.config.to_json_file(tmp_path / "config.json")
     torch.save(model.state_dict(), tmp_path / "weights.pt")
     # Rows of different numbers of labelled tokens, so the ranks' counts differ and only the global count is right.
@@ -563,12 +550,7 @@ def test_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path):
 @pytest.mark.slow
 def test_accelerate_launch_runs_the_script_on_two_cpu_processes(tmp_path):
     output_dir = tmp_path / "out"
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CPU_CONFIG),
-        str(SCRIPT), *TINY, "--output_dir", str(output_dir),
-    ]  # fmt: skip
-    completed = subprocess.run(command, env=offline_env(), capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, completed.stderr[-4000:]
+    run_pipeline_process(TASK, output_dir, two_processes=True, timeout=300)
     # Two processes share the 32 sentences: 1 step of 2 x 16, not 2 steps of 16.
     assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 1
     results = json.loads((output_dir / "all_results.json").read_text())

@@ -13,8 +13,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import datasets  # noqa: E402
 from transformers import (  # noqa: E402
-    BertConfig,
-    BertForSequenceClassification,
     HfArgumentParser,
     Trainer,
     TrainerCallback,
@@ -32,10 +30,26 @@ from hf_hem.trainer import hem_trainer as hem_trainer_module  # noqa: E402
 
 
 try:  # tests/ may or may not become a package
-    from .helpers import NUM_CLASSES, image_dataset, segmentation_dataset, tiny_resnet, tiny_segformer, tiny_vit
+    from .helpers import (
+        NUM_CLASSES,
+        image_dataset,
+        segmentation_dataset,
+        tiny_bert,
+        tiny_resnet,
+        tiny_segformer,
+        tiny_vit,
+    )
     from .step_recording import GradientRecorder
 except ImportError:
-    from helpers import NUM_CLASSES, image_dataset, segmentation_dataset, tiny_resnet, tiny_segformer, tiny_vit
+    from helpers import (
+        NUM_CLASSES,
+        image_dataset,
+        segmentation_dataset,
+        tiny_bert,
+        tiny_resnet,
+        tiny_segformer,
+        tiny_vit,
+    )
     from step_recording import GradientRecorder
 
 # Tiny models: one intra-op thread is faster, and far steadier when other jobs share the cores.
@@ -403,18 +417,7 @@ def test_segmentation_pixels_out_of_range_are_named(tmp_path):
 
 
 def test_text_classification_with_tiny_bert(tmp_path):
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(
-        BertConfig(
-            vocab_size=50,
-            hidden_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=32,
-            max_position_embeddings=16,
-            num_labels=NUM_CLASSES,
-        )
-    )
+    model = tiny_bert("SequenceClassification", num_labels=NUM_CLASSES, vocab_size=50, max_position_embeddings=16)
     rng = np.random.default_rng(0)
     labels = rng.integers(0, NUM_CLASSES, 24)
     input_ids = rng.integers(5, 50, (24, 8))

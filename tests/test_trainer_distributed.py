@@ -84,6 +84,7 @@ def reference_gradients(model, pixel_values, labels, loss_name):
     return {n: p.grad.detach().clone() for n, p in model.named_parameters()}, float(loss.detach()), margins
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_on_the_concatenated_batch(tmp_path):
     model = tiny_vit()
     model.config.to_json_file(tmp_path / "config.json")
@@ -114,6 +115,7 @@ def test_two_processes_match_one_process_on_the_concatenated_batch(tmp_path):
 ACCUMULATION_SCRIPT = REPO_ROOT / "tests" / "scripts" / "ddp_accumulation_check.py"
 
 
+@pytest.mark.slow
 def test_two_processes_with_accumulation_and_skipping_are_exact(tmp_path):
     """2 processes x 2 micro-batches x 16 = one process on the batch of 64, for HEM, HEM+, CE, exact skipping and
     exact skipping with the window's violating samples gathered (`skip_gather_window`).
