@@ -10,7 +10,6 @@ import pytest
 import torch
 import transformers
 from transformers import (
-    BertConfig,
     BertForMaskedLM,
     BertForMultipleChoice,
     BertForSequenceClassification,
@@ -30,17 +29,12 @@ from hf_hem.trainer.loss_setup import LossSetup
 
 
 try:  # tests/ may or may not become a package
-    from .helpers import hem_args, tiny_segformer, tiny_vit
+    from .helpers import hem_args, tiny_bert, tiny_segformer, tiny_vit
 except ImportError:
-    from helpers import hem_args, tiny_segformer, tiny_vit
+    from helpers import hem_args, tiny_bert, tiny_segformer, tiny_vit
 
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
-
-
-def bert_config(**config) -> BertConfig:
-    settings = {"vocab_size": 50, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 1}
-    return BertConfig(**{**settings, "intermediate_size": 8, **config})
 
 
 def tiny_llama(cls=LlamaForCausalLM):
@@ -63,9 +57,9 @@ def tiny_wav2vec2_classifier():
 MODELS = {
     "image-classification": tiny_vit,
     "semantic-segmentation": tiny_segformer,
-    "token-classification": lambda: BertForTokenClassification(bert_config(num_labels=5)),
-    "sequence-classification": lambda: BertForSequenceClassification(bert_config(num_labels=3)),
-    "multiple-choice": lambda: BertForMultipleChoice(bert_config()),
+    "token-classification": lambda: tiny_bert(BertForTokenClassification, num_labels=5),
+    "sequence-classification": lambda: tiny_bert(BertForSequenceClassification, num_labels=3),
+    "multiple-choice": lambda: tiny_bert(BertForMultipleChoice),
     "causal-lm": tiny_llama,
     "audio-classification": tiny_wav2vec2_classifier,
 }
@@ -97,14 +91,14 @@ def test_each_head_is_found_from_a_model_built_from_its_config(name):
 
 def test_audio_classifiers_named_for_sequence_classification_are_audio_heads():
     assert find_head(tiny_wav2vec2_classifier()).name == "audio-classification"
-    assert find_head(BertForSequenceClassification(bert_config())).name == "sequence-classification"
+    assert find_head(tiny_bert(BertForSequenceClassification)).name == "sequence-classification"
 
 
 def test_a_subclass_and_a_saved_architecture_keep_their_head():
     class MyTagger(BertForTokenClassification):  # a user's subclass: its own name says nothing
         pass
 
-    assert find_head(MyTagger(bert_config(num_labels=3))).name == "token-classification"
+    assert find_head(tiny_bert(MyTagger, num_labels=3)).name == "token-classification"
     saved = SimpleNamespace(config=SimpleNamespace(architectures=["BertForMultipleChoice"]))
     assert find_head(saved).name == "multiple-choice"
 
@@ -141,7 +135,7 @@ def test_class_name_endings_are_the_last_resort_for_plain_modules():
 def test_peft_wrapped_models_have_their_base_models_head():
     peft = pytest.importorskip("peft")
     tagger = peft.get_peft_model(
-        BertForTokenClassification(bert_config(num_labels=3)),
+        tiny_bert(BertForTokenClassification, num_labels=3),
         peft.LoraConfig(r=2, target_modules=["query", "value"], task_type="TOKEN_CLS"),
     )
     assert type(tagger).__name__ == "PeftModelForTokenClassification"
@@ -151,9 +145,9 @@ def test_peft_wrapped_models_have_their_base_models_head():
 
 
 def test_unknown_heads_and_names():
-    assert find_head(BertForMaskedLM(bert_config())) is None
+    assert find_head(tiny_bert(BertForMaskedLM)) is None
     assert find_head(None) is None
-    assert card_task_for_model(BertForMaskedLM(bert_config())) is None
+    assert card_task_for_model(tiny_bert(BertForMaskedLM)) is None
     assert head_named("image-segmentation") is head_named("semantic-segmentation")
     assert head_named("text-generation") is head_named("causal-lm")
     with pytest.raises(ValueError, match=r"no head named 'fill-mask'; expected one of .*token-classification"):
@@ -199,7 +193,7 @@ def test_a_subclassed_token_classifier_gets_token_logits_in_the_loss(tmp_path):
     class MyTagger(BertForTokenClassification):
         pass
 
-    setup = LossSetup(hem_args(tmp_path, margin=0.5), MyTagger(bert_config(num_labels=3)), None)
+    setup = LossSetup(hem_args(tmp_path, margin=0.5), tiny_bert(MyTagger, num_labels=3), None)
     assert setup.class_dim == -1 and setup.token_labels
 
 
