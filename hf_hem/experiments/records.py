@@ -84,9 +84,11 @@ def write_json(path: str | os.PathLike, payload) -> None:
     os.replace(temporary, path)
 
 
-def _metric_value(value) -> float:
-    # Strict JSON has no NaN: an undefined metric was written as null and reads back as NaN.
-    return float("nan") if value is None else float(value)
+def _metric_value(value) -> float | int:
+    # Strict JSON has no NaN: an undefined metric was written as null and reads back as NaN. Counts stay integers.
+    if value is None:
+        return float("nan")
+    return value if isinstance(value, int) and not isinstance(value, bool) else float(value)
 
 
 def _now() -> str:

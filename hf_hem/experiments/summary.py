@@ -60,20 +60,26 @@ class Summary:
         decided = [result for result in self.convergence.get(label, []) if result.converged is not None]
         return sum(not result.converged for result in decided), len(decided)
 
+    def undecided(self, label: str) -> int:
+        """Runs of `label` whose curve was too short to judge (or absent)."""
+        return sum(result.converged is None for result in self.convergence.get(label, []))
+
     def converged(self, label: str) -> bool:
-        """Whether every decided run of `label` converged (and at least one was decided)."""
+        """Whether every run of `label` was judged and converged."""
         failed, decided = self.unconverged(label)
-        return decided > 0 and failed == 0
+        return decided > 0 and failed == 0 and self.undecided(label) == 0
 
     def display(self, label: str) -> str:
-        """`label` as verdicts and rankings name it: with `" (unconverged k/n)"` when k of its n runs did not
-        converge, `" (convergence undecided)"` when no run could be judged."""
-        failed, decided = self.unconverged(label)
+        """`label` as verdicts and rankings name it: `"hem (unconverged 1/3)"` when 1 of its 3 runs did not
+        converge, `"hem (convergence undecided 2/2)"` when runs could not be judged (too few evaluations)."""
+        failed, _ = self.unconverged(label)
+        undecided, total = self.undecided(label), len(self.convergence.get(label, []))
+        notes = []
         if failed:
-            return f"{label} (unconverged {failed}/{decided})"
-        if not decided:
-            return f"{label} (convergence undecided)"
-        return label
+            notes.append(f"unconverged {failed}/{total}")
+        if undecided:
+            notes.append(f"convergence undecided {undecided}/{total}")
+        return f"{label} ({', '.join(notes)})" if notes else label
 
     def convergence_cell(self, label: str) -> str:
         """The table cell of `label`'s convergence: `"yes (3/3; spread ≤ 0.0040)"`, `"no (1/3; ...)"` or `"n/a"`."""
@@ -81,19 +87,25 @@ class Summary:
 
     @property
     def unconverged_labels(self) -> list[str]:
-        """The labels with at least one unconverged run."""
+        """The labels with at least one run that did not converge."""
         return [label for label in self.labels if self.unconverged(label)[0]]
 
+    @property
+    def unjudged_labels(self) -> list[str]:
+        """The labels not known to have converged in every run: unconverged or undecided runs."""
+        return [label for label in self.labels if self.unconverged(label)[0] or self.undecided(label)]
+
     def smoke_line(self) -> str | None:
-        """The first line of a report that has unconverged runs (which ones), else `None`."""
-        parts = [f"`{label}` {self.unconverged(label)[0]}/{self.unconverged(label)[1]}" for label in self.labels]
-        parts = [part for label, part in zip(self.labels, parts) if self.unconverged(label)[0]]
-        if not parts:
+        """The first line of a report in which some run did not converge or could not be judged (naming them), else
+        `None`."""
+        labels = self.unjudged_labels
+        if not labels:
             return None
         return (
-            "> **Smoke run, not a verdict**: runs did not converge (" + ", ".join(parts) + " seeds); the numbers "
-            "below compare unfinished training. Rerun with `--until_converged` or more epochs before reading a "
-            "difference between losses from them."
+            "> **Smoke run, not a verdict**: not every run converged ("
+            + ", ".join(f"`{self.display(label)}`" for label in labels)
+            + "); the numbers below compare unfinished training. Train longer (`--until_converged`, more epochs) "
+            "before reading a difference between losses from them."
         )
 
     def ranking(self, metric: Metric) -> str:

@@ -737,12 +737,10 @@ def run_image_classification(
         run.save_eval_metrics(eval_metrics)
         card_state["per_class_accuracy"] = per_class_accuracy_table(known_logits, known_labels, known_names)
         if trainer.is_world_process_zero() and training_args.output_dir:
-            np.savez(
-                os.path.join(training_args.output_dir, "predictions.npz"),
-                class_names=np.asarray(known_names),
-                unknown_class_names=np.asarray(unknown_names),
-                **arrays,
+            run.results.arrays.update(
+                class_names=np.asarray(known_names), unknown_class_names=np.asarray(unknown_names), **arrays
             )
+            np.savez(os.path.join(training_args.output_dir, "predictions.npz"), **run.results.arrays)
 
     return run.finish(
         dataset_name,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
 
 __all__ = ["KNOWN_COLOR", "OOD_COLOR", "PALETTE", "UNKNOWN_COLOR", "color", "new_canvas", "new_figure"]
 
@@ -18,9 +21,6 @@ def color(index: int) -> str:
 
 def new_canvas(width: float, height: float):
     """A bare `Figure` with an Agg canvas: no pyplot, so no global backend state and no display needed."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     figure = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(figure)
     return figure

@@ -7,12 +7,24 @@ offers the tasks whose `front_door` is `"compare"`, `hf-hem benchmark` those who
 from __future__ import annotations
 
 from ..task import Task
+from .image import ImageTask
+from .segmentation import SegmentationTask
+from .text import TextTask
+from .token import TokenTask
 
 
 __all__ = ["TASKS", "get_task", "task_names"]
 
 #: Every task by its canonical name.
-TASKS: dict[str, Task] = {}
+TASKS: dict[str, Task] = {
+    task.name: task
+    for task in (
+        ImageTask(),
+        SegmentationTask(),
+        TextTask(),
+        TokenTask(),
+    )
+}
 
 
 def task_names(front_door: str | None = None) -> dict[str, str]:
