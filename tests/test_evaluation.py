@@ -8,11 +8,19 @@ import pytest
 import torch
 from torch import nn
 
-from hf_hem.evaluation.adversarial import fgsm, model_logits, pgd
-from hf_hem.evaluation.continual import average_accuracy, class_incremental_splits, forgetting
-from hf_hem.evaluation.corruptions import CORRUPTIONS, corrupt
-from hf_hem.evaluation.imbalance import long_tailed_counts, long_tailed_indices, shot_thresholds
-from hf_hem.evaluation.ood_sets import (
+from hf_hem.evaluation.stats import (
+    comparison_table,
+    format_mean_std,
+    markdown_table,
+    mean_std,
+    summarize,
+    welch_t_test,
+)
+from hf_hem.experiments.suite.adversarial import fgsm, model_logits, pgd
+from hf_hem.experiments.suite.continual import average_accuracy, class_incremental_splits, forgetting
+from hf_hem.experiments.suite.corruptions import CORRUPTIONS, corrupt
+from hf_hem.experiments.suite.imbalance import long_tailed_counts, long_tailed_indices, shot_thresholds
+from hf_hem.experiments.suite.ood_sets import (
     SYNTHETIC_OOD_KINDS,
     blobs,
     gaussian_smooth,
@@ -23,14 +31,7 @@ from hf_hem.evaluation.ood_sets import (
     synthetic_ood_sets,
     uniform_noise,
 )
-from hf_hem.evaluation.stats import (
-    comparison_table,
-    format_mean_std,
-    markdown_table,
-    mean_std,
-    summarize,
-    welch_t_test,
-)
+from hf_hem.models import tiny_resnet
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -333,11 +334,7 @@ def test_pgd_breaks_a_trained_model():
 
 
 def test_attacks_on_transformers_model_restore_mode_and_leave_grads():
-    from transformers import ResNetConfig, ResNetForImageClassification
-
-    torch.manual_seed(0)
-    config = ResNetConfig(num_channels=1, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3)
-    model = ResNetForImageClassification(config).train()
+    model = tiny_resnet(3, 1, seed=0, embedding_size=8, hidden_sizes=(8, 16)).train()
     inputs = torch.rand((4, 1, 16, 16))
     labels = torch.tensor([0, 1, 2, 0])
     assert model_logits(model, inputs).shape == (4, 3)
@@ -454,7 +451,7 @@ def test_dataset_to_arrays_from_an_in_memory_dataset():
     from datasets import Dataset
     from PIL import Image
 
-    from hf_hem.evaluation.benchmark_data import dataset_to_arrays
+    from hf_hem.experiments.suite.benchmark_data import dataset_to_arrays
 
     pixels = [np.full((4, 6, 3), value, dtype=np.uint8) for value in (0, 255, 51)]
     dataset = Dataset.from_dict({"img": [Image.fromarray(p) for p in pixels], "fine_label": [2, 0, 1]})
@@ -469,7 +466,7 @@ def test_dataset_to_arrays_from_an_in_memory_dataset():
 
 
 def test_train_model_learns_and_uses_count_based_losses():
-    from hf_hem.evaluation.training import build_resnet, loss_for_training, predict_logits, train_model
+    from hf_hem.experiments.suite.training import loss_for_training, predict_logits, train_model
 
     generator = torch.Generator().manual_seed(0)
     labels = torch.arange(60) % 3
@@ -482,7 +479,7 @@ def test_train_model_learns_and_uses_count_based_losses():
         assert not trained.training
         accuracy = (predict_logits(trained, images).argmax(1) == labels.numpy()).mean()
         assert accuracy > 0.9, (loss_name, accuracy)
-    resnet = build_resnet(3, 1, seed=0, embedding_size=8, hidden_sizes=(8,), depths=(1,))
+    resnet = tiny_resnet(3, 1, seed=0, embedding_size=8, hidden_sizes=(8,), depths=(1,))
     assert predict_logits(train_model(resnet, (images, labels), "hem", seed=0, epochs=1), images).shape == (60, 3)
     hem_plus = loss_for_training("hem+", [100, 25, 4])
     # The paper's tasks keep the paper's rule, uncapped (the trainer's default caps it below S = 2000).
@@ -492,14 +489,14 @@ def test_train_model_learns_and_uses_count_based_losses():
 
 
 def test_train_with_hem_trainer_learns_with_the_same_recipe():
-    from hf_hem.evaluation.training import build_resnet, get_train_fn, predict_logits, train_with_hem_trainer
+    from hf_hem.experiments.suite.training import get_train_fn, predict_logits, train_with_hem_trainer
 
     generator = torch.Generator().manual_seed(0)
     labels = torch.arange(60) % 3
     images = 0.1 * torch.rand((60, 1, 8, 8), generator=generator)
     for label in range(3):
         images[labels == label, :, 2 * label : 2 * label + 2] += 0.9
-    model = build_resnet(3, 1, seed=0, embedding_size=8, hidden_sizes=(8,), depths=(1,))
+    model = tiny_resnet(3, 1, seed=0, embedding_size=8, hidden_sizes=(8,), depths=(1,))
     trained = train_with_hem_trainer(
         model, (images, labels), "hem", seed=0, epochs=20, batch_size=20, learning_rate=0.1
     )
@@ -513,14 +510,14 @@ def test_train_with_hem_trainer_learns_with_the_same_recipe():
 @pytest.mark.parametrize("backend", ["torch", "hf"])
 def test_train_model_records_learning_curves_with_both_backends(backend):
     from hf_hem.evaluation.curves import check_convergence, curves_from_history
-    from hf_hem.evaluation.training import _violating_count, build_resnet, predict_logits, train_model
+    from hf_hem.experiments.suite.training import _violating_count, predict_logits, train_model
 
     generator = torch.Generator().manual_seed(0)
     labels = torch.arange(60) % 3
     images = 0.1 * torch.rand((60, 1, 8, 8), generator=generator)
     for label in range(3):
         images[labels == label, :, 2 * label : 2 * label + 2] += 0.9
-    model = build_resnet(3, 1, seed=0, embedding_size=8, hidden_sizes=(8,), depths=(1,))
+    model = tiny_resnet(3, 1, seed=0, embedding_size=8, hidden_sizes=(8,), depths=(1,))
     calls, history = [], []
 
     def eval_fn(model):
@@ -553,7 +550,7 @@ def test_train_model_records_learning_curves_with_both_backends(backend):
 def test_loss_kwargs_mean_hem_config_fields_for_both_backends():
     import dataclasses
 
-    from hf_hem.evaluation.training import LOSS_KWARGS, build_resnet, loss_for_training, train_model
+    from hf_hem.experiments.suite.training import LOSS_KWARGS, loss_for_training, train_model
     from hf_hem.trainer import HEMConfig
 
     assert set(LOSS_KWARGS) <= {field.name for field in dataclasses.fields(HEMConfig)}
@@ -573,7 +570,7 @@ def test_loss_kwargs_mean_hem_config_fields_for_both_backends():
 
     labels = torch.arange(12) % 3
     images = torch.rand((12, 1, 8, 8), generator=torch.Generator().manual_seed(0))
-    model = build_resnet(3, 1, seed=0, embedding_size=8, hidden_sizes=(8,), depths=(1,))
+    model = tiny_resnet(3, 1, seed=0, embedding_size=8, hidden_sizes=(8,), depths=(1,))
     trained = train_model(
         model, (images, labels), "hem", seed=0, epochs=1, batch_size=6, backend="hf", loss_kwargs={"margin": 0.25}
     )
@@ -585,7 +582,7 @@ def test_loss_kwargs_mean_hem_config_fields_for_both_backends():
 
 
 def test_settings_validation():
-    from hf_hem.evaluation.tasks import BenchmarkSettings
+    from hf_hem.experiments.suite.settings import BenchmarkSettings
 
     assert BenchmarkSettings.from_overrides({"hidden_sizes": [8, 16]}).hidden_sizes == (8, 16)
     with pytest.raises(ValueError, match="unknown benchmark settings"):
@@ -620,7 +617,7 @@ def test_run_benchmark_end_to_end_and_resumes(task, tmp_path):
 
     from hf_hem.evaluation.runner import _jsonable, run_benchmark
     from hf_hem.evaluation.tasks import get_task
-    from hf_hem.evaluation.training import train_model
+    from hf_hem.experiments.suite.training import train_model
 
     calls = []
 
@@ -668,8 +665,8 @@ def test_run_benchmark_end_to_end_and_resumes(task, tmp_path):
 
 @pytest.mark.slow
 def test_run_benchmark_default_trainer_is_hem_trainer_and_resumes(tmp_path, monkeypatch):
-    from hf_hem.evaluation import training
     from hf_hem.evaluation.runner import run_benchmark
+    from hf_hem.experiments.suite import training
 
     calls = []
     original = training.train_with_hem_trainer

@@ -8,11 +8,18 @@ Building blocks (plain NumPy / torch, usable on their own): synthetic far-OOD se
 Importing this package is cheap: transformers, datasets and matplotlib load only when a benchmark runs.
 """
 
-from .adversarial import fgsm, model_logits, pgd
-from .continual import IncrementalTask, average_accuracy, class_incremental_splits, forgetting
-from .corruptions import CORRUPTIONS, contrast, corrupt, gaussian_blur, gaussian_noise, jpeg_compression
-from .imbalance import long_tailed_counts, long_tailed_indices, shot_thresholds
-from .ood_sets import (
+from ..experiments.suite.adversarial import fgsm, model_logits, pgd
+from ..experiments.suite.continual import IncrementalTask, average_accuracy, class_incremental_splits, forgetting
+from ..experiments.suite.corruptions import (
+    CORRUPTIONS,
+    contrast,
+    corrupt,
+    gaussian_blur,
+    gaussian_noise,
+    jpeg_compression,
+)
+from ..experiments.suite.imbalance import long_tailed_counts, long_tailed_indices, shot_thresholds
+from ..experiments.suite.ood_sets import (
     SYNTHETIC_OOD_KINDS,
     KnownUnknownSplit,
     blobs,
@@ -23,10 +30,11 @@ from .ood_sets import (
     synthetic_ood_sets,
     uniform_noise,
 )
+from ..experiments.suite.training import predict_logits, train_model, train_with_hem_trainer
+from ..models import tiny_resnet as build_resnet
 from .runner import run_benchmark
 from .stats import comparison_table, markdown_table, mean_std, summarize, welch_t_test
 from .tasks import TASKS, BenchmarkSettings, get_task
-from .training import build_resnet, predict_logits, train_model, train_with_hem_trainer
 
 
 __all__ = [

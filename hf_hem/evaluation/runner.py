@@ -79,10 +79,10 @@ def _resolve_losses(losses) -> list[str]:
 
 def default_model_fn(settings: BenchmarkSettings):
     """`model_fn(num_labels, num_channels, seed)` building the tiny ResNet sized by `settings`."""
-    from .training import build_resnet
+    from ..models import tiny_resnet
 
     return functools.partial(
-        build_resnet,
+        tiny_resnet,
         embedding_size=settings.embedding_size,
         hidden_sizes=settings.hidden_sizes,
         depths=settings.depths,
@@ -324,7 +324,7 @@ def _run_benchmark(task, losses, seeds, output_dir, settings, baseline, train_fn
     from tqdm.auto import tqdm
 
     from .. import __version__
-    from .training import get_train_fn
+    from ..experiments.suite.training import get_train_fn
 
     task = get_task(task) if isinstance(task, str) else task
     losses, seeds = _resolve_losses(losses), _resolve_seeds(seeds)
