@@ -8,6 +8,7 @@ recipe itself (another optimiser, a bigger model) means passing another function
 
 from __future__ import annotations
 
+import functools
 import math
 import tempfile
 from collections.abc import Callable, Sequence
@@ -20,6 +21,7 @@ from transformers import PrinterCallback, TrainerCallback
 
 from ...losses.registry import LOSS_SPECS, build_loss, loss_spec
 from ...margins import resolve_margins
+from ...models import tiny_resnet
 from ...trainer import HEMConfig, HEMTrainer
 from .adversarial import model_logits
 
@@ -124,6 +126,26 @@ def get_train_fn(backend: str):
     if backend not in TRAINING_BACKENDS:
         raise ValueError(f"unknown training backend {backend!r}; expected one of {TRAINING_BACKENDS}.")
     return train_with_hem_trainer if backend == "hf" else train_model
+
+
+def default_model_fn(settings):
+    """`model_fn(num_labels, num_channels, seed)` building the tiny ResNet sized by `settings` (a
+    [`BenchmarkSettings`]): [`~hf_hem.models.tiny_resnet`] with its `embedding_size`, `hidden_sizes` and `depths`."""
+    return functools.partial(
+        tiny_resnet,
+        embedding_size=settings.embedding_size,
+        hidden_sizes=settings.hidden_sizes,
+        depths=settings.depths,
+    )
+
+
+def run_options(settings, train_fn: Callable | None = None, model_fn: Callable | None = None) -> dict:
+    """What the benchmark hands its tasks besides the settings (`RunContext.options`): `train_fn` (by default the
+    backend `settings.trainer` names, see [`get_train_fn`]) and `model_fn` (by default [`default_model_fn`])."""
+    return {
+        "train_fn": train_fn or get_train_fn(settings.trainer),
+        "model_fn": model_fn or default_model_fn(settings),
+    }
 
 
 def train_model(
