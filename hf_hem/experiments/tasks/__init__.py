@@ -7,7 +7,12 @@ offers the tasks whose `front_door` is `"compare"`, `hf-hem benchmark` those who
 from __future__ import annotations
 
 from ..task import Task
+from .adversarial import AdversarialTask
+from .continual import ContinualTask
+from .corruptions import CorruptionsTask
 from .image import ImageTask
+from .imbalance import ImbalanceTask
+from .ood import OODTask
 from .segmentation import SegmentationTask
 from .text import TextTask
 from .token import TokenTask
@@ -23,6 +28,11 @@ TASKS: dict[str, Task] = {
         SegmentationTask(),
         TextTask(),
         TokenTask(),
+        OODTask(),
+        ImbalanceTask(),
+        ContinualTask(),
+        AdversarialTask(),
+        CorruptionsTask(),
     )
 }
 
