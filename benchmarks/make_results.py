@@ -49,7 +49,7 @@ SWEEP_MARGINS = "0.1,0.2,0.5,1.0"
 
 def _compare(name: str, flags: list[str], output_dir: Path) -> tuple[dict, str]:
     """One `hf-hem compare` run (reused when its compare_results.json exists); returns its results and command."""
-    from hf_hem.compare import add_compare_parser, run_compare_command
+    from hf_hem.experiments.cli import add_compare_parser, run_compare_command
 
     folder = output_dir / name
     command = ["compare", "--task", "segmentation", *flags, "--output_dir", str(folder)]

@@ -620,7 +620,8 @@ class PipelineRun:
         trainer.save_metrics("train", metrics)
         trainer.save_state()
         self.results.update(metrics)
-        self.results.log_history = trainer.state.log_history
+        # A copy: the final evaluation logged afterwards repeats the last epoch's and is no point of a curve.
+        self.results.log_history = list(trainer.state.log_history)
 
     def save_eval_metrics(self, eval_metrics: dict[str, Any], logged: bool = False) -> None:
         """Logs and saves the final `eval_*` metrics, records them, and makes them the ones the model card shows.

@@ -55,7 +55,7 @@ def plot_segmentation_masks(records: Sequence[RunRecord], path: Path) -> Path:
                 axis.set_title(titles[column], fontsize=10)
     present = sorted(
         {int(v) for v in np.unique(labels) if v != 255}
-        | {int(v) for r in records for v in np.unique(r.predictions["predictions"])}
+        | {int(v) for r in records for v in np.unique(r.arrays["predictions"])}
     )
     handles = [
         Patch(color=colors[index] / 255, label=class_names[index] if index < len(class_names) else str(index))
