@@ -29,7 +29,7 @@ def plot_score_histograms(records: Sequence[RunRecord], path: Path, kind: str = 
     """Histograms of the MSP (`kind="msp"`) or max-logit (`"mls"`) score, known vs unknown images, one panel per record.
 
     Args:
-        records (`list[CompareRun]`): One record per loss.
+        records (`list[RunRecord]`): One record per loss.
         path (`Path`): PNG to write.
         kind (`str`, *optional*, defaults to `"msp"`): `"msp"` or `"mls"`.
 
