@@ -1,14 +1,16 @@
-"""Tests for hf_hem.evaluation: building blocks against hand-computed values, then the benchmark runner end to end."""
+"""Tests for the benchmark suite (`hf-hem benchmark`, `hf_hem.experiments.suite` and its tasks): building blocks against
+hand-computed values, the training recipe, then the benchmark front door end to end."""
 
 import math
 import os
+import re
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from hf_hem.evaluation.stats import (
+from hf_hem.experiments.stats import (
     comparison_table,
     format_mean_std,
     markdown_table,
@@ -509,7 +511,8 @@ def test_train_with_hem_trainer_learns_with_the_same_recipe():
 
 @pytest.mark.parametrize("backend", ["torch", "hf"])
 def test_train_model_records_learning_curves_with_both_backends(backend):
-    from hf_hem.evaluation.curves import check_convergence, curves_from_history
+    from hf_hem.experiments.convergence import check_convergence
+    from hf_hem.experiments.curves import curves_from_history
     from hf_hem.experiments.suite.training import _violating_count, predict_logits, train_model
 
     generator = torch.Generator().manual_seed(0)
@@ -594,7 +597,10 @@ def test_settings_validation():
 
 
 def test_runner_helpers():
-    from hf_hem.evaluation.runner import _jsonable, _resolve_losses, _resolve_seeds, run_file_name
+    from hf_hem.experiments.benchmark import run_file_name
+    from hf_hem.experiments.records import jsonable as _jsonable
+    from hf_hem.experiments.runner import check_losses as _resolve_losses
+    from hf_hem.experiments.runner import check_seeds as _resolve_seeds
 
     assert run_file_name("hem+", 2) == "hem-plus_seed2.json"
     assert _jsonable({"a": np.float32(0.5), "b": [float("nan"), np.int64(3)], "c": np.arange(2)}) == {
@@ -615,9 +621,10 @@ def test_runner_helpers():
 def test_run_benchmark_end_to_end_and_resumes(task, tmp_path):
     import json
 
-    from hf_hem.evaluation.runner import _jsonable, run_benchmark
-    from hf_hem.evaluation.tasks import get_task
+    from hf_hem.experiments.benchmark import run_benchmark
+    from hf_hem.experiments.records import jsonable
     from hf_hem.experiments.suite.training import train_model
+    from hf_hem.experiments.tasks import get_task
 
     calls = []
 
@@ -640,23 +647,25 @@ def test_run_benchmark_end_to_end_and_resumes(task, tmp_path):
         "hem_seed1.json",
     ]
     results = json.loads((task_dir / "results.json").read_text(), parse_constant=lambda c: pytest.fail(c))
-    headline = [m for m in get_task(task).headline_metrics if m in results["summary"]["ce"]]
+    headline = [m.key for m in get_task(task).metrics if m.key in results["summary"]["ce"]]
     assert headline and len(results["runs"]) == 4
     for metric in headline:
         assert results["summary"]["hem"][metric]["n"] == 2
     report = (task_dir / "report.md").read_text()
-    assert first["table"] in report and "Welch" in report and "hem vs ce" in report
+    assert first["table"] in report and "Welch" in report
+    # The verdict line of hem against the baseline (naming runs that did not converge, or could not be judged).
+    assert re.search(r"\* \*\*hem( \([^)]*\))? vs ce( \([^)]*\))?\*\* — better", report)
     pngs = list(task_dir.glob("*.png"))
     assert pngs and all(f"]({png.name})" in report for png in pngs)
     # Every run recorded its learning curve; the headline table says whether each loss converged.
     assert (task_dir / "learning_curves.png").is_file() and " | converged |" in report
-    assert all(run["details"]["curves"][get_task(task).curve_metric]["value"] for run in results["runs"])
-    assert results["convergence"]["criterion"]["metric"] == get_task(task).curve_metric
+    assert all(run["details"]["curves"][get_task(task).curve_key]["value"] for run in results["runs"])
+    assert results["convergence"]["criterion"]["metric"] == get_task(task).curve_key
     assert set(results["convergence"]["losses"]) == {"ce", "hem"}
 
     second = run()  # everything finished: nothing is retrained, numbers are identical
     assert len(calls) == 4 * trainings_per_run and second["num_reused"] == 4
-    assert _jsonable(second["summary"]) == _jsonable(first["summary"])
+    assert jsonable(second["summary"]) == jsonable(first["summary"])
 
     (task_dir / "runs" / "hem_seed1.json").unlink()  # an interrupted benchmark: only the missing run is redone
     third = run()
@@ -665,7 +674,7 @@ def test_run_benchmark_end_to_end_and_resumes(task, tmp_path):
 
 @pytest.mark.slow
 def test_run_benchmark_default_trainer_is_hem_trainer_and_resumes(tmp_path, monkeypatch):
-    from hf_hem.evaluation.runner import run_benchmark
+    from hf_hem.experiments.benchmark import run_benchmark
     from hf_hem.experiments.suite import training
 
     calls = []
@@ -688,7 +697,7 @@ def test_run_benchmark_default_trainer_is_hem_trainer_and_resumes(tmp_path, monk
 
 @pytest.mark.slow
 def test_changed_settings_or_rerun_redo_finished_runs(tmp_path):
-    from hf_hem.evaluation.runner import run_benchmark
+    from hf_hem.experiments.benchmark import run_benchmark
 
     calls = []
 
@@ -709,10 +718,68 @@ def test_changed_settings_or_rerun_redo_finished_runs(tmp_path):
     assert calls == [("ce", 5, 2), ("ce", 5, 3), ("ce", 5, 3)]
 
 
+def test_margin_sweep_trains_each_margin_and_old_run_files_are_reused(tmp_path):
+    import json
+
+    from hf_hem.experiments.benchmark import run_benchmark
+
+    calls = []
+
+    def fake_train_fn(model, train_dataset, loss_name, seed, **kwargs):
+        calls.append((loss_name, seed, kwargs.get("loss_kwargs")))
+        return model.eval()
+
+    settings = {**TINY_SETTINGS, "ood_sets": ("uniform_noise",)}
+
+    def run(**kwargs):
+        return run_benchmark(
+            "ood", "ce,hem", [0], tmp_path, settings, train_fn=fake_train_fn, progress=False, **kwargs
+        )
+
+    results = run(margins=[0.5, 2.0])
+    # The margin reaches the training as HEMConfig's `margin`; losses without a margin train once.
+    assert calls == [("ce", 0, None), ("hem", 0, {"margin": 0.5}), ("hem", 0, {"margin": 2.0})]
+    runs = tmp_path / "ood" / "runs"
+    assert sorted(path.name for path in runs.iterdir()) == [
+        "ce_seed0.json",
+        "hem-m0.5_seed0.json",
+        "hem-m2_seed0.json",
+    ]
+    assert results["margins"] == [0.5, 2.0] and set(results["summary"]) == {"ce", "hem μ=0.5", "hem μ=2"}
+    assert json.loads((runs / "hem-m2_seed0.json").read_text())["margin"] == 2.0
+    assert (tmp_path / "ood" / "margin_sweep.png").is_file()
+    assert "(margin_sweep.png)" in (tmp_path / "ood" / "report.md").read_text()
+
+    # A run file written before the experiments layer (no `margin`, no `attempts`) is read back, not retrained.
+    path = runs / "ce_seed0.json"
+    old = json.loads(path.read_text())
+    del old["margin"], old["attempts"]
+    path.write_text(json.dumps(old))
+    again = run()
+    assert len(calls) == 4 and calls[-1] == ("hem", 0, None) and again["num_reused"] == 1
+
+
+def test_suite_tasks_grow_their_own_epochs_for_until_converged():
+    from hf_hem.experiments.suite.settings import BenchmarkSettings
+    from hf_hem.experiments.tasks import get_task
+
+    settings = BenchmarkSettings(epochs=30, continual_epochs=4)
+    grown = get_task("ood").with_epochs(settings, 45.0)
+    assert grown.epochs == 45 and settings.epochs == 30 and get_task("ood").epochs(grown) == 45
+    continual = get_task("continual")
+    assert continual.epochs(settings) == 4 and continual.with_epochs(settings, 4 * 1.5).continual_epochs == 6
+    assert continual.with_epochs(settings, 4.2).continual_epochs == 5  # whole epochs, rounded up
+    # The fingerprint names the settings that change a task's numbers, and only those.
+    assert "imbalance_ratio" not in get_task("ood").fingerprint(settings)
+    assert get_task("imbalance").fingerprint(settings)["imbalance_ratio"] == 10.0
+
+
 def test_benchmark_cli_parser_and_main(tmp_path, capsys, monkeypatch):
     import argparse
 
-    from hf_hem.evaluation import cli
+    from hf_hem.experiments import cli
+    from hf_hem.experiments.task import BENCHMARK
+    from hf_hem.experiments.tasks import task_names
 
     parser = argparse.ArgumentParser(prog="hf-hem")
     cli.add_benchmark_parser(parser.add_subparsers(dest="command"))
@@ -722,7 +789,14 @@ def test_benchmark_cli_parser_and_main(tmp_path, capsys, monkeypatch):
     assert args.task == ["ood", "imbalance"] and args.seeds == [0, 4] and args.handler is cli.run_benchmark_command
     settings = cli.settings_from_args(args)
     assert settings.hidden_sizes == (8, 16) and settings.epochs == 3 and settings.image_size == 32
-    assert parser.parse_args(["benchmark", "--task", "all"]).task == list(cli.TASKS)
+    assert parser.parse_args(["benchmark", "--task", "all"]).task == [
+        "ood",
+        "imbalance",
+        "continual",
+        "adversarial",
+        "corruptions",
+    ]
+    assert set(task_names(BENCHMARK)) == {"ood", "imbalance", "continual", "adversarial", "corruptions"}
     with pytest.raises(SystemExit):
         parser.parse_args(["benchmark", "--task", "segmentation"])
     capsys.readouterr()
@@ -733,7 +807,7 @@ def test_benchmark_cli_parser_and_main(tmp_path, capsys, monkeypatch):
         recorded.update(task=task, losses=losses, seeds=seeds, settings=settings, **kwargs)
         return {"title": "T", "seeds": [0, 1, 2], "num_reused": 0, "table": "| loss |", "output_dir": str(output_dir)}
 
-    monkeypatch.setattr("hf_hem.evaluation.runner.run_benchmark", fake_run_benchmark)
+    monkeypatch.setattr("hf_hem.experiments.cli.run_benchmark", fake_run_benchmark)
     assert (
         cli.main(
             ["--task", "adversarial", "--losses", "ce,hem+", "--output_dir", str(tmp_path), "--linf_epsilon", "0.1"]
