@@ -54,10 +54,10 @@ def loss_for_training(loss_name: str, class_counts, margin_scale: float = 2000.0
 
     The one place where the suite turns its loss settings into a loss: margins come from
     [`~hf_hem.margins.resolve_margins`] (a fixed `margin`, or the paper's rule `sqrt(M / S)` on the counts, per class
-    for `hem+` or with `per_class_margins`; uncapped: these tasks reproduce the paper's recipe), and the loss from the
-    registry's [`~hf_hem.losses.registry.build_loss`], which reads the baselines' options through each loss's
-    `config_arguments` (a field of another loss is ignored, as HEMConfig ignores it). `la` gets its priors from the
-    counts.
+    for `hem+` or with `per_class_margins`; uncapped, unlike the `"hf"` backend, which keeps `HEMConfig`'s default cap
+    `max_margin=1.0`), and the loss from the registry's [`~hf_hem.losses.registry.build_loss`], which reads the
+    baselines' options through each loss's `config_arguments` (a field of another loss is ignored, as HEMConfig
+    ignores it). `la` gets its priors from the counts.
 
     Args:
         loss_name (`str`): a registry name (`ce`, `hem`, `hem+`, `la`, ...).
@@ -175,8 +175,10 @@ def train_model(
     SGD with momentum and weight decay; the learning rate drops 10x at each of `lr_decay_fractions` of the epochs
     (the paper's drops at epochs 100 and 105 of 110 are fractions 0.91 and 0.955), which matters for HEM: its
     accuracy rises most after the late drop. Both backends run this recipe with the same optimiser, schedule and
-    loss settings; batch order comes from a seeded permutation (`"torch"`) or the Trainer's seeded sampler
-    (`"hf"`), so their numbers differ run for run but not in distribution.
+    `loss_kwargs`; batch order comes from a seeded permutation (`"torch"`) or the Trainer's seeded sampler
+    (`"hf"`), so their numbers differ run for run. One loss setting differs: the rule's margin `sqrt(M / S)` is
+    capped at `HEMConfig`'s default `max_margin=1.0` by `"hf"` and uncapped by `"torch"` (see
+    [`loss_for_training`]); they differ where `S < M`, e.g. on the embedded digits.
 
     Args:
         model: an image classifier called as in [`model_logits`] (a transformers model or an `nn.Module`; the `"hf"`
