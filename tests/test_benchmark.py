@@ -817,3 +817,8 @@ def test_benchmark_cli_parser_and_main(tmp_path, capsys, monkeypatch):
     assert recorded["task"] == "adversarial" and recorded["losses"] == "ce,hem+" and recorded["seeds"] == 3
     assert recorded["settings"].linf_epsilon == 0.1 and recorded["command"].startswith("hf-hem benchmark --task")
     assert "| loss |" in capsys.readouterr().out
+    assert recorded["margins"] is None and recorded["until_converged"] is None
+    # `--margins` sweeps and `--until_converged` reach the benchmark through the shared runner's arguments.
+    cli.main(["--task", "ood", "--margins", "0.5,1,2", "--until_converged", "--max_epochs", "60", "--epochs", "20"])
+    assert recorded["task"] == "ood" and recorded["margins"] == [0.5, 1.0, 2.0]
+    assert recorded["until_converged"].max_epochs == 60 and recorded["settings"].epochs == 20
