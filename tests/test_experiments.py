@@ -166,7 +166,7 @@ def test_verdicts_and_rankings_name_unconverged_losses(tmp_path):
         ]
     )
     records[4].curves = {"eval_accuracy": _curve(RISING)}  # hem, seed 1
-    summary = summarize_records(get_task("image"), records)
+    summary = summarize_records(get_task("image"), records, "ce")
     assert summary.display("hem") == "hem (unconverged 1/3)" and summary.display("ce") == "ce"
     accuracy = Metric("eval_rejection_auroc_msp", "AUROC")
     assert summary.ranking(accuracy) == "`logitnorm` > `hem (unconverged 1/3)` > `ce`"

@@ -102,7 +102,7 @@ def run_benchmark(
         num_threads=num_threads,
         description=f"benchmark {task.name}",
     )
-    summary = summarize_records(task, records, baseline=baseline if baseline is not None else "")
+    summary = summarize_records(task, records, baseline)
     finished_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     results = {
         "task": task.name,

@@ -194,7 +194,7 @@ def write_compare_report(
     if setup is None:
         setup = task.describe(records, settings) if settings is not None else {}
     setup = {**setup, **({"command": command} if command else {})}
-    summary = summarize_records(task, records)
+    summary = summarize_records(task, records, task.baseline)
     plots = draw_plots(task, records, summary, output_dir, settings, setup)
     context = ReportContext(task, settings, records, summary, plots, output_dir, setup, setup.get("command"))
     report = write_report(context, COMPARE_SECTIONS)

@@ -17,6 +17,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from tqdm.auto import tqdm
+
 from .. import __version__
 from ..losses.registry import LOSS_NAMES, MARGIN_LOSS_NAMES
 from .convergence import DEFAULT_CRITERION, ConvergenceCriterion, run_convergence
@@ -175,9 +178,6 @@ def run_plan(
         num_threads (`int`, *optional*): PyTorch CPU threads while the plan runs (restored afterwards).
         description (`str`, *optional*): The progress bar's title (defaults to the task's name).
     """
-    import torch
-    from tqdm.auto import tqdm
-
     if num_threads is not None and (
         isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
     ):

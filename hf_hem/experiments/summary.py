@@ -168,7 +168,7 @@ def _per_seed_values(records: Sequence[RunRecord], labels: Sequence[str]) -> dic
 def summarize_records(
     task: Task,
     records: Sequence[RunRecord],
-    baseline: str | None = None,
+    baseline: str | None,
     criterion: ConvergenceCriterion = DEFAULT_CRITERION,
 ) -> Summary:
     """The [`Summary`] of `records` (one task): statistics per label and metric, and each run's convergence on the
@@ -178,13 +178,13 @@ def summarize_records(
     Args:
         task ([`~hf_hem.experiments.task.Task`]): The task of the records.
         records (`Sequence[RunRecord]`): Every run, all seeds.
-        baseline (`str`, *optional*): The baseline label; defaults to `task.baseline`. Ignored when not run.
+        baseline (`str`, *optional*): The label every other is tested against (usually `task.baseline`); `None`,
+            or a label that was not run: no tests.
         criterion (`ConvergenceCriterion`, *optional*): The convergence criterion.
     """
     if not records:
         raise ValueError("summarize_records needs at least one run record.")
     labels = list(dict.fromkeys(record.label for record in records))
-    baseline = task.baseline if baseline is None else baseline
     baseline = baseline if baseline in labels else None
     stats = summarize(_per_seed_values(records, labels), baseline=baseline)
     convergence = {

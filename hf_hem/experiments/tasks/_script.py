@@ -190,7 +190,12 @@ class ScriptTask(Task):
         return self.pipeline.parse_args([*settings.args, *extra])
 
     def epochs(self, settings: ScriptSettings) -> float:
-        return float(self.parse(settings)[2].num_train_epochs)
+        # Parsed once per set of flags: building the training arguments sets up devices, and the runner asks after
+        # every run.
+        cache = self.__dict__.setdefault("_epochs_by_args", {})
+        if settings.args not in cache:
+            cache[settings.args] = float(self.parse(settings)[2].num_train_epochs)
+        return cache[settings.args]
 
     def with_epochs(self, settings: ScriptSettings, epochs: float) -> ScriptSettings:
         args = [*_without_flag(settings.args, "--num_train_epochs"), "--num_train_epochs", f"{epochs:g}"]
