@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from hf_hem.evaluation.runner import run_benchmark
+from hf_hem.experiments.benchmark import run_benchmark
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ SWEEP_MARGINS = "0.1,0.2,0.5,1.0"
 
 def _compare(name: str, flags: list[str], output_dir: Path) -> tuple[dict, str]:
     """One `hf-hem compare` run (reused when its compare_results.json exists); returns its results and command."""
-    from hf_hem.compare import add_compare_parser, run_compare_command
+    from hf_hem.experiments.cli import add_compare_parser, run_compare_command
 
     folder = output_dir / name
     command = ["compare", "--task", "segmentation", *flags, "--output_dir", str(folder)]
@@ -77,13 +77,13 @@ def _final(results: dict, key: str) -> dict:
 
 
 def _cell(values) -> str:
-    from hf_hem.evaluation.stats import format_mean_std, mean_std
+    from hf_hem.experiments.stats import format_mean_std, mean_std
 
     return format_mean_std(*mean_std(values, omit_nonfinite=True), digits=3)
 
 
 def segmentation_results(output_dir: Path, docs: Path) -> None:
-    from hf_hem.evaluation.curves import Convergence, convergence_cell
+    from hf_hem.experiments.convergence import Convergence, convergence_cell
     from hf_hem.pipelines.semantic_segmentation import EMBEDDED_SEGMENTATION_TRAINING_DEFAULTS
 
     epochs = EMBEDDED_SEGMENTATION_TRAINING_DEFAULTS["num_train_epochs"]
@@ -106,7 +106,7 @@ def segmentation_results(output_dir: Path, docs: Path) -> None:
     def convergence(results, loss):
         return convergence_cell([Convergence(**entry) for entry in results["convergence"]["losses"][loss]])
 
-    from hf_hem.evaluation.curves import DEFAULT_CRITERION
+    from hf_hem.experiments.convergence import DEFAULT_CRITERION
 
     miou, longer_miou = _final(default, "eval_mean_iou"), _final(longer, "eval_mean_iou")
     pixel = _final(default, "eval_overall_accuracy")

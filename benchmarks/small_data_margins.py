@@ -64,7 +64,7 @@ IGNORE_INDEX = 255
 
 def classification_arrays(image_size: int = 32):
     """The embedded digits' train / validation splits as `(N, 1, H, W)` float tensors in [-1, 1] and int64 labels."""
-    from hf_hem.evaluation.benchmark_data import load_benchmark_data
+    from hf_hem.experiments.suite.benchmark_data import load_benchmark_data
 
     splits = load_benchmark_data("digits", image_size, 1, 0, 0.3)
     to_tensor = lambda images: torch.tensor(images) * 2.0 - 1.0  # noqa: E731
@@ -129,9 +129,9 @@ def class_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 def build_model(task: str, num_labels: int, seed: int):
     torch.manual_seed(seed)
     if task == "cls":
-        from hf_hem.evaluation.training import build_resnet
+        from hf_hem.models import tiny_resnet
 
-        return build_resnet(num_labels, num_channels=1, seed=seed)
+        return tiny_resnet(num_labels, num_channels=1, seed=seed)
     from transformers import SegformerForSemanticSegmentation
 
     from hf_hem.pipelines.semantic_segmentation import scratch_segformer_config

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .compare import add_compare_parser
-from .evaluation.cli import add_benchmark_parser
+from .experiments.cli import add_benchmark_parser, add_compare_parser
 
 
 def _add_demo_parser(subparsers) -> None:
@@ -36,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    # `compare` passes every flag it does not know itself on to the image classification script's parser.
+    # `compare` passes every flag it does not know itself on to the task's script parser.
     args, extra_args = parser.parse_known_args(argv)
     if extra_args and not getattr(args, "accepts_extra_args", False):
         parser.error(f"unrecognized arguments: {' '.join(extra_args)}")

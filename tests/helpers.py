@@ -252,19 +252,12 @@ def tiny_vit(num_labels: int = NUM_CLASSES, seed: int = 0, **config):
 
 
 def tiny_resnet(num_labels: int = NUM_CLASSES, seed: int = 0, **config):
-    """A `ResNetForImageClassification` with two basic stages of width 8 and 16."""
-    from transformers import ResNetConfig, ResNetForImageClassification
+    """A `ResNetForImageClassification` with two basic stages of width 8 and 16 (the library's one tiny-ResNet
+    builder, [`hf_hem.models.tiny_resnet`], at test size)."""
+    from hf_hem.models import tiny_resnet as build_tiny_resnet
 
-    torch.manual_seed(seed)
-    settings = {
-        "num_channels": 3,
-        "embedding_size": 8,
-        "hidden_sizes": [8, 16],
-        "depths": [1, 1],
-        "layer_type": "basic",
-        "num_labels": num_labels,
-    }
-    return ResNetForImageClassification(ResNetConfig(**{**settings, **config}))
+    settings = {"num_channels": 3, "embedding_size": 8, "hidden_sizes": (8, 16), "depths": (1, 1)}
+    return build_tiny_resnet(num_labels, seed=seed, **{**settings, **config})
 
 
 def tiny_segformer(num_labels: int = 4, seed: int = 0, **config):

@@ -521,6 +521,22 @@ def use_callbacks(trainer, callbacks: Sequence | None) -> None:
         trainer.add_callback(callback)
 
 
+class PipelineResults(dict):
+    """The metrics a pipeline returns (a plain `dict` of `train_*` and `eval_*` values), carrying in memory what the
+    experiments layer draws from without reading files back.
+
+    Attributes:
+        arrays (`dict[str, np.ndarray]`): Arrays of the final evaluation (what `predictions.npz` holds: validation
+            logits and labels, predicted masks...); empty for pipelines that keep none.
+        log_history (`list[dict]`): The trainer's `state.log_history` (the learning curves); empty without training.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.arrays: dict[str, np.ndarray] = {}
+        self.log_history: list[dict] = []
+
+
 class PipelineRun:
     """The steps every pipeline run takes around its own data, model and metrics, and the state they share.
 
@@ -538,7 +554,8 @@ class PipelineRun:
     Attributes:
         do_train (`bool`), do_eval (`bool`): As [`prepare_training_args`] returns them.
         trainer ([`~hf_hem.HEMTrainer`]): Set by [`~PipelineRun.build_trainer`].
-        results (`dict[str, float]`): The `train_*` and `eval_*` metrics recorded so far.
+        results ([`PipelineResults`]): The `train_*` and `eval_*` metrics recorded so far (a `dict`), with the
+            arrays and learning curves of the run.
     """
 
     def __init__(self, model_args, training_args, callbacks: Sequence | None = None, *loggers: logging.Logger):
@@ -557,7 +574,7 @@ class PipelineRun:
         self.training_args = training_args
         self.callbacks = callbacks
         self.trainer: HEMTrainer | None = None
-        self.results: dict[str, float] = {}
+        self.results = PipelineResults()
 
     def build_trainer(self, model, processing_class, train_dataset, eval_dataset, **trainer_kwargs) -> HEMTrainer:
         """The [`~hf_hem.HEMTrainer`] of the run, batching with [`~hf_hem.data.collate_fn`] unless told otherwise.
@@ -603,6 +620,8 @@ class PipelineRun:
         trainer.save_metrics("train", metrics)
         trainer.save_state()
         self.results.update(metrics)
+        # A copy: the final evaluation logged afterwards repeats the last epoch's and is no point of a curve.
+        self.results.log_history = list(trainer.state.log_history)
 
     def save_eval_metrics(self, eval_metrics: dict[str, Any], logged: bool = False) -> None:
         """Logs and saves the final `eval_*` metrics, records them, and makes them the ones the model card shows.
@@ -630,7 +649,8 @@ class PipelineRun:
             details: What else `hem_run.json` says about the run (the classes, …).
 
         Returns:
-            `dict[str, float]`: `results`, the metrics the pipeline returns.
+            [`PipelineResults`]: `results`, the metrics the pipeline returns (a `dict`, with `arrays` and
+            `log_history`).
 
         Raises:
             [`PushToHubError`]: `--push_to_hub` failed; the model is saved locally and the message says where.

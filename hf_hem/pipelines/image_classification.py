@@ -36,7 +36,6 @@ from datasets import Image as ImageFeature
 from transformers import (
     AutoModelForImageClassification,
     ConvNextConfig,
-    ResNetConfig,
     SwinConfig,
     ViTConfig,
 )
@@ -45,6 +44,7 @@ from ..cards import HEMModelCardCallback
 from ..counting import count_labels
 from ..data import build_classification_transforms, load_digits_dataset
 from ..metrics import rejection_metrics
+from ..models import tiny_resnet_config
 from ..trainer.hem_trainer import HEMTrainer
 from ._common import (
     BaseModelArguments,
@@ -451,14 +451,7 @@ def scratch_model_config(model_type: str, image_size: int, num_labels: int, id2l
     common = {"num_labels": num_labels, "id2label": id2label, "label2id": label2id, "num_channels": 3}
     if model_type == "resnet":
         # Stride-4 stem, then 3 stages: 32 px inputs end at 2x2 before pooling.
-        return ResNetConfig(
-            embedding_size=32,
-            hidden_sizes=[32, 64, 128],
-            depths=[1, 1, 1],
-            layer_type="basic",
-            downsample_in_first_stage=False,
-            **common,
-        )
+        return tiny_resnet_config(embedding_size=32, hidden_sizes=(32, 64, 128), depths=(1, 1, 1), **common)
     if model_type == "convnext":
         return ConvNextConfig(patch_size=2, num_stages=3, hidden_sizes=[32, 64, 128], depths=[1, 1, 1], **common)
     if model_type == "vit":
@@ -737,12 +730,10 @@ def run_image_classification(
         run.save_eval_metrics(eval_metrics)
         card_state["per_class_accuracy"] = per_class_accuracy_table(known_logits, known_labels, known_names)
         if trainer.is_world_process_zero() and training_args.output_dir:
-            np.savez(
-                os.path.join(training_args.output_dir, "predictions.npz"),
-                class_names=np.asarray(known_names),
-                unknown_class_names=np.asarray(unknown_names),
-                **arrays,
+            run.results.arrays.update(
+                class_names=np.asarray(known_names), unknown_class_names=np.asarray(unknown_names), **arrays
             )
+            np.savez(os.path.join(training_args.output_dir, "predictions.npz"), **run.results.arrays)
 
     return run.finish(
         dataset_name,

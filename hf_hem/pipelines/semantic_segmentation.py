@@ -435,12 +435,12 @@ def run_semantic_segmentation(
             with open(os.path.join(training_args.output_dir, "per_class_iou.json"), "w", encoding="utf-8") as handle:
                 json.dump(per_class, handle, indent=2)
             pictured = _pictured_examples(trainer, eval_dataset, image_processor, _NUM_PICTURED_EXAMPLES)
-            np.savez(
-                os.path.join(training_args.output_dir, "predictions.npz"),
+            run.results.arrays.update(
                 class_names=np.asarray(class_names),
                 confusion_matrix=compute_metrics.last_result["confusion_matrix"],
                 **pictured,
             )
+            np.savez(os.path.join(training_args.output_dir, "predictions.npz"), **run.results.arrays)
     elif skipped:
         run.results.update(skipped)
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
+from scipy import stats
 
 
 def _finite_values(values, name: str = "values") -> np.ndarray:
@@ -69,8 +70,6 @@ def welch_t_test(values, baseline_values) -> WelchResult:
     Returns:
         [`WelchResult`].
     """
-    from scipy import stats
-
     first, second = _finite_values(values, "values"), _finite_values(baseline_values, "baseline_values")
     if first.size < 2 or second.size < 2:
         return WelchResult(

@@ -1,18 +1,28 @@
-"""Tests for hf_hem.evaluation: building blocks against hand-computed values, then the benchmark runner end to end."""
+"""Tests for the benchmark suite (`hf-hem benchmark`, `hf_hem.experiments.suite` and its tasks): building blocks against
+hand-computed values, the training recipe, then the benchmark front door end to end."""
 
 import math
 import os
+import re
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from hf_hem.evaluation.adversarial import fgsm, model_logits, pgd
-from hf_hem.evaluation.continual import average_accuracy, class_incremental_splits, forgetting
-from hf_hem.evaluation.corruptions import CORRUPTIONS, corrupt
-from hf_hem.evaluation.imbalance import long_tailed_counts, long_tailed_indices, shot_thresholds
-from hf_hem.evaluation.ood_sets import (
+from hf_hem.experiments.stats import (
+    comparison_table,
+    format_mean_std,
+    markdown_table,
+    mean_std,
+    summarize,
+    welch_t_test,
+)
+from hf_hem.experiments.suite.adversarial import fgsm, model_logits, pgd
+from hf_hem.experiments.suite.continual import average_accuracy, class_incremental_splits, forgetting
+from hf_hem.experiments.suite.corruptions import CORRUPTIONS, corrupt
+from hf_hem.experiments.suite.imbalance import long_tailed_counts, long_tailed_indices, shot_thresholds
+from hf_hem.experiments.suite.ood_sets import (
     SYNTHETIC_OOD_KINDS,
     blobs,
     gaussian_smooth,
@@ -23,14 +33,7 @@ from hf_hem.evaluation.ood_sets import (
     synthetic_ood_sets,
     uniform_noise,
 )
-from hf_hem.evaluation.stats import (
-    comparison_table,
-    format_mean_std,
-    markdown_table,
-    mean_std,
-    summarize,
-    welch_t_test,
-)
+from hf_hem.models import tiny_resnet
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -333,11 +336,7 @@ def test_pgd_breaks_a_trained_model():
 
 
 def test_attacks_on_transformers_model_restore_mode_and_leave_grads():
-    from transformers import ResNetConfig, ResNetForImageClassification
-
-    torch.manual_seed(0)
-    config = ResNetConfig(num_channels=1, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3)
-    model = ResNetForImageClassification(config).train()
+    model = tiny_resnet(3, 1, seed=0, embedding_size=8, hidden_sizes=(8, 16)).train()
     inputs = torch.rand((4, 1, 16, 16))
     labels = torch.tensor([0, 1, 2, 0])
     assert model_logits(model, inputs).shape == (4, 3)
@@ -454,7 +453,7 @@ def test_dataset_to_arrays_from_an_in_memory_dataset():
     from datasets import Dataset
     from PIL import Image
 
-    from hf_hem.evaluation.benchmark_data import dataset_to_arrays
+    from hf_hem.experiments.suite.benchmark_data import dataset_to_arrays
 
     pixels = [np.full((4, 6, 3), value, dtype=np.uint8) for value in (0, 255, 51)]
     dataset = Dataset.from_dict({"img": [Image.fromarray(p) for p in pixels], "fine_label": [2, 0, 1]})
@@ -469,7 +468,7 @@ def test_dataset_to_arrays_from_an_in_memory_dataset():
 
 
 def test_train_model_learns_and_uses_count_based_losses():
-    from hf_hem.evaluation.training import build_resnet, loss_for_training, predict_logits, train_model
+    from hf_hem.experiments.suite.training import loss_for_training, predict_logits, train_model
 
     generator = torch.Generator().manual_seed(0)
     labels = torch.arange(60) % 3
@@ -482,7 +481,7 @@ def test_train_model_learns_and_uses_count_based_losses():
         assert not trained.training
         accuracy = (predict_logits(trained, images).argmax(1) == labels.numpy()).mean()
         assert accuracy > 0.9, (loss_name, accuracy)
-    resnet = build_resnet(3, 1, seed=0, embedding_size=8, hidden_sizes=(8,), depths=(1,))
+    resnet = tiny_resnet(3, 1, seed=0, embedding_size=8, hidden_sizes=(8,), depths=(1,))
     assert predict_logits(train_model(resnet, (images, labels), "hem", seed=0, epochs=1), images).shape == (60, 3)
     hem_plus = loss_for_training("hem+", [100, 25, 4])
     # The paper's tasks keep the paper's rule, uncapped (the trainer's default caps it below S = 2000).
@@ -492,14 +491,14 @@ def test_train_model_learns_and_uses_count_based_losses():
 
 
 def test_train_with_hem_trainer_learns_with_the_same_recipe():
-    from hf_hem.evaluation.training import build_resnet, get_train_fn, predict_logits, train_with_hem_trainer
+    from hf_hem.experiments.suite.training import get_train_fn, predict_logits, train_with_hem_trainer
 
     generator = torch.Generator().manual_seed(0)
     labels = torch.arange(60) % 3
     images = 0.1 * torch.rand((60, 1, 8, 8), generator=generator)
     for label in range(3):
         images[labels == label, :, 2 * label : 2 * label + 2] += 0.9
-    model = build_resnet(3, 1, seed=0, embedding_size=8, hidden_sizes=(8,), depths=(1,))
+    model = tiny_resnet(3, 1, seed=0, embedding_size=8, hidden_sizes=(8,), depths=(1,))
     trained = train_with_hem_trainer(
         model, (images, labels), "hem", seed=0, epochs=20, batch_size=20, learning_rate=0.1
     )
@@ -512,15 +511,16 @@ def test_train_with_hem_trainer_learns_with_the_same_recipe():
 
 @pytest.mark.parametrize("backend", ["torch", "hf"])
 def test_train_model_records_learning_curves_with_both_backends(backend):
-    from hf_hem.evaluation.curves import check_convergence, curves_from_history
-    from hf_hem.evaluation.training import _violating_count, build_resnet, predict_logits, train_model
+    from hf_hem.experiments.convergence import check_convergence
+    from hf_hem.experiments.curves import curves_from_history
+    from hf_hem.experiments.suite.training import _violating_count, predict_logits, train_model
 
     generator = torch.Generator().manual_seed(0)
     labels = torch.arange(60) % 3
     images = 0.1 * torch.rand((60, 1, 8, 8), generator=generator)
     for label in range(3):
         images[labels == label, :, 2 * label : 2 * label + 2] += 0.9
-    model = build_resnet(3, 1, seed=0, embedding_size=8, hidden_sizes=(8,), depths=(1,))
+    model = tiny_resnet(3, 1, seed=0, embedding_size=8, hidden_sizes=(8,), depths=(1,))
     calls, history = [], []
 
     def eval_fn(model):
@@ -553,7 +553,7 @@ def test_train_model_records_learning_curves_with_both_backends(backend):
 def test_loss_kwargs_mean_hem_config_fields_for_both_backends():
     import dataclasses
 
-    from hf_hem.evaluation.training import LOSS_KWARGS, build_resnet, loss_for_training, train_model
+    from hf_hem.experiments.suite.training import LOSS_KWARGS, loss_for_training, train_model
     from hf_hem.trainer import HEMConfig
 
     assert set(LOSS_KWARGS) <= {field.name for field in dataclasses.fields(HEMConfig)}
@@ -573,7 +573,7 @@ def test_loss_kwargs_mean_hem_config_fields_for_both_backends():
 
     labels = torch.arange(12) % 3
     images = torch.rand((12, 1, 8, 8), generator=torch.Generator().manual_seed(0))
-    model = build_resnet(3, 1, seed=0, embedding_size=8, hidden_sizes=(8,), depths=(1,))
+    model = tiny_resnet(3, 1, seed=0, embedding_size=8, hidden_sizes=(8,), depths=(1,))
     trained = train_model(
         model, (images, labels), "hem", seed=0, epochs=1, batch_size=6, backend="hf", loss_kwargs={"margin": 0.25}
     )
@@ -585,7 +585,7 @@ def test_loss_kwargs_mean_hem_config_fields_for_both_backends():
 
 
 def test_settings_validation():
-    from hf_hem.evaluation.tasks import BenchmarkSettings
+    from hf_hem.experiments.suite.settings import BenchmarkSettings
 
     assert BenchmarkSettings.from_overrides({"hidden_sizes": [8, 16]}).hidden_sizes == (8, 16)
     with pytest.raises(ValueError, match="unknown benchmark settings"):
@@ -597,7 +597,10 @@ def test_settings_validation():
 
 
 def test_runner_helpers():
-    from hf_hem.evaluation.runner import _jsonable, _resolve_losses, _resolve_seeds, run_file_name
+    from hf_hem.experiments.benchmark import run_file_name
+    from hf_hem.experiments.records import jsonable as _jsonable
+    from hf_hem.experiments.runner import check_losses as _resolve_losses
+    from hf_hem.experiments.runner import check_seeds as _resolve_seeds
 
     assert run_file_name("hem+", 2) == "hem-plus_seed2.json"
     assert _jsonable({"a": np.float32(0.5), "b": [float("nan"), np.int64(3)], "c": np.arange(2)}) == {
@@ -618,9 +621,10 @@ def test_runner_helpers():
 def test_run_benchmark_end_to_end_and_resumes(task, tmp_path):
     import json
 
-    from hf_hem.evaluation.runner import _jsonable, run_benchmark
-    from hf_hem.evaluation.tasks import get_task
-    from hf_hem.evaluation.training import train_model
+    from hf_hem.experiments.benchmark import run_benchmark
+    from hf_hem.experiments.records import jsonable
+    from hf_hem.experiments.suite.training import train_model
+    from hf_hem.experiments.tasks import get_task
 
     calls = []
 
@@ -643,23 +647,25 @@ def test_run_benchmark_end_to_end_and_resumes(task, tmp_path):
         "hem_seed1.json",
     ]
     results = json.loads((task_dir / "results.json").read_text(), parse_constant=lambda c: pytest.fail(c))
-    headline = [m for m in get_task(task).headline_metrics if m in results["summary"]["ce"]]
+    headline = [m.key for m in get_task(task).metrics if m.key in results["summary"]["ce"]]
     assert headline and len(results["runs"]) == 4
     for metric in headline:
         assert results["summary"]["hem"][metric]["n"] == 2
     report = (task_dir / "report.md").read_text()
-    assert first["table"] in report and "Welch" in report and "hem vs ce" in report
+    assert first["table"] in report and "Welch" in report
+    # The verdict line of hem against the baseline (naming runs that did not converge, or could not be judged).
+    assert re.search(r"\* \*\*hem( \([^)]*\))? vs ce( \([^)]*\))?\*\* — better", report)
     pngs = list(task_dir.glob("*.png"))
     assert pngs and all(f"]({png.name})" in report for png in pngs)
     # Every run recorded its learning curve; the headline table says whether each loss converged.
     assert (task_dir / "learning_curves.png").is_file() and " | converged |" in report
-    assert all(run["details"]["curves"][get_task(task).curve_metric]["value"] for run in results["runs"])
-    assert results["convergence"]["criterion"]["metric"] == get_task(task).curve_metric
+    assert all(run["details"]["curves"][get_task(task).curve_key]["value"] for run in results["runs"])
+    assert results["convergence"]["criterion"]["metric"] == get_task(task).curve_key
     assert set(results["convergence"]["losses"]) == {"ce", "hem"}
 
     second = run()  # everything finished: nothing is retrained, numbers are identical
     assert len(calls) == 4 * trainings_per_run and second["num_reused"] == 4
-    assert _jsonable(second["summary"]) == _jsonable(first["summary"])
+    assert jsonable(second["summary"]) == jsonable(first["summary"])
 
     (task_dir / "runs" / "hem_seed1.json").unlink()  # an interrupted benchmark: only the missing run is redone
     third = run()
@@ -668,8 +674,8 @@ def test_run_benchmark_end_to_end_and_resumes(task, tmp_path):
 
 @pytest.mark.slow
 def test_run_benchmark_default_trainer_is_hem_trainer_and_resumes(tmp_path, monkeypatch):
-    from hf_hem.evaluation import training
-    from hf_hem.evaluation.runner import run_benchmark
+    from hf_hem.experiments.benchmark import run_benchmark
+    from hf_hem.experiments.suite import training
 
     calls = []
     original = training.train_with_hem_trainer
@@ -680,7 +686,7 @@ def test_run_benchmark_default_trainer_is_hem_trainer_and_resumes(tmp_path, monk
 
     monkeypatch.setattr(training, "train_with_hem_trainer", counting)
     first = run_benchmark("imbalance", "ce,hem+", 2, tmp_path, TINY_SETTINGS, progress=False)
-    assert calls == ["ce", "ce", "hem+", "hem+"] and first["settings"]["trainer"] == "hf"
+    assert calls == ["ce", "hem+", "ce", "hem+"] and first["settings"]["trainer"] == "hf"  # the plan goes seed by seed
     second = run_benchmark("imbalance", "ce,hem+", 2, tmp_path, TINY_SETTINGS, progress=False)
     assert len(calls) == 4 and second["num_reused"] == 4 and second["table"] == first["table"]
     third = run_benchmark("imbalance", "ce,hem+", 2, tmp_path, {**TINY_SETTINGS, "trainer": "torch"}, progress=False)
@@ -691,7 +697,7 @@ def test_run_benchmark_default_trainer_is_hem_trainer_and_resumes(tmp_path, monk
 
 @pytest.mark.slow
 def test_changed_settings_or_rerun_redo_finished_runs(tmp_path):
-    from hf_hem.evaluation.runner import run_benchmark
+    from hf_hem.experiments.benchmark import run_benchmark
 
     calls = []
 
@@ -712,10 +718,68 @@ def test_changed_settings_or_rerun_redo_finished_runs(tmp_path):
     assert calls == [("ce", 5, 2), ("ce", 5, 3), ("ce", 5, 3)]
 
 
+def test_margin_sweep_trains_each_margin_and_old_run_files_are_reused(tmp_path):
+    import json
+
+    from hf_hem.experiments.benchmark import run_benchmark
+
+    calls = []
+
+    def fake_train_fn(model, train_dataset, loss_name, seed, **kwargs):
+        calls.append((loss_name, seed, kwargs.get("loss_kwargs")))
+        return model.eval()
+
+    settings = {**TINY_SETTINGS, "ood_sets": ("uniform_noise",)}
+
+    def run(**kwargs):
+        return run_benchmark(
+            "ood", "ce,hem", [0], tmp_path, settings, train_fn=fake_train_fn, progress=False, **kwargs
+        )
+
+    results = run(margins=[0.5, 2.0])
+    # The margin reaches the training as HEMConfig's `margin`; losses without a margin train once.
+    assert calls == [("ce", 0, None), ("hem", 0, {"margin": 0.5}), ("hem", 0, {"margin": 2.0})]
+    runs = tmp_path / "ood" / "runs"
+    assert sorted(path.name for path in runs.iterdir()) == [
+        "ce_seed0.json",
+        "hem-m0.5_seed0.json",
+        "hem-m2_seed0.json",
+    ]
+    assert results["margins"] == [0.5, 2.0] and set(results["summary"]) == {"ce", "hem μ=0.5", "hem μ=2"}
+    assert json.loads((runs / "hem-m2_seed0.json").read_text())["margin"] == 2.0
+    assert (tmp_path / "ood" / "margin_sweep.png").is_file()
+    assert "(margin_sweep.png)" in (tmp_path / "ood" / "report.md").read_text()
+
+    # A run file written before the experiments layer (no `margin`, no `attempts`) is read back, not retrained.
+    path = runs / "ce_seed0.json"
+    old = json.loads(path.read_text())
+    del old["margin"], old["attempts"]
+    path.write_text(json.dumps(old))
+    again = run()
+    assert len(calls) == 4 and calls[-1] == ("hem", 0, None) and again["num_reused"] == 1
+
+
+def test_suite_tasks_grow_their_own_epochs_for_until_converged():
+    from hf_hem.experiments.suite.settings import BenchmarkSettings
+    from hf_hem.experiments.tasks import get_task
+
+    settings = BenchmarkSettings(epochs=30, continual_epochs=4)
+    grown = get_task("ood").with_epochs(settings, 45.0)
+    assert grown.epochs == 45 and settings.epochs == 30 and get_task("ood").epochs(grown) == 45
+    continual = get_task("continual")
+    assert continual.epochs(settings) == 4 and continual.with_epochs(settings, 4 * 1.5).continual_epochs == 6
+    assert continual.with_epochs(settings, 4.2).continual_epochs == 5  # whole epochs, rounded up
+    # The fingerprint names the settings that change a task's numbers, and only those.
+    assert "imbalance_ratio" not in get_task("ood").fingerprint(settings)
+    assert get_task("imbalance").fingerprint(settings)["imbalance_ratio"] == 10.0
+
+
 def test_benchmark_cli_parser_and_main(tmp_path, capsys, monkeypatch):
     import argparse
 
-    from hf_hem.evaluation import cli
+    from hf_hem.experiments import cli
+    from hf_hem.experiments.task import BENCHMARK
+    from hf_hem.experiments.tasks import task_names
 
     parser = argparse.ArgumentParser(prog="hf-hem")
     cli.add_benchmark_parser(parser.add_subparsers(dest="command"))
@@ -725,7 +789,14 @@ def test_benchmark_cli_parser_and_main(tmp_path, capsys, monkeypatch):
     assert args.task == ["ood", "imbalance"] and args.seeds == [0, 4] and args.handler is cli.run_benchmark_command
     settings = cli.settings_from_args(args)
     assert settings.hidden_sizes == (8, 16) and settings.epochs == 3 and settings.image_size == 32
-    assert parser.parse_args(["benchmark", "--task", "all"]).task == list(cli.TASKS)
+    assert parser.parse_args(["benchmark", "--task", "all"]).task == [
+        "ood",
+        "imbalance",
+        "continual",
+        "adversarial",
+        "corruptions",
+    ]
+    assert set(task_names(BENCHMARK)) == {"ood", "imbalance", "continual", "adversarial", "corruptions"}
     with pytest.raises(SystemExit):
         parser.parse_args(["benchmark", "--task", "segmentation"])
     capsys.readouterr()
@@ -736,7 +807,7 @@ def test_benchmark_cli_parser_and_main(tmp_path, capsys, monkeypatch):
         recorded.update(task=task, losses=losses, seeds=seeds, settings=settings, **kwargs)
         return {"title": "T", "seeds": [0, 1, 2], "num_reused": 0, "table": "| loss |", "output_dir": str(output_dir)}
 
-    monkeypatch.setattr("hf_hem.evaluation.runner.run_benchmark", fake_run_benchmark)
+    monkeypatch.setattr("hf_hem.experiments.cli.run_benchmark", fake_run_benchmark)
     assert (
         cli.main(
             ["--task", "adversarial", "--losses", "ce,hem+", "--output_dir", str(tmp_path), "--linf_epsilon", "0.1"]
@@ -746,3 +817,8 @@ def test_benchmark_cli_parser_and_main(tmp_path, capsys, monkeypatch):
     assert recorded["task"] == "adversarial" and recorded["losses"] == "ce,hem+" and recorded["seeds"] == 3
     assert recorded["settings"].linf_epsilon == 0.1 and recorded["command"].startswith("hf-hem benchmark --task")
     assert "| loss |" in capsys.readouterr().out
+    assert recorded["margins"] is None and recorded["until_converged"] is None
+    # `--margins` sweeps and `--until_converged` reach the benchmark through the shared runner's arguments.
+    cli.main(["--task", "ood", "--margins", "0.5,1,2", "--until_converged", "--max_epochs", "60", "--epochs", "20"])
+    assert recorded["task"] == "ood" and recorded["margins"] == [0.5, 1.0, 2.0]
+    assert recorded["until_converged"].max_epochs == 60 and recorded["settings"].epochs == 20

@@ -1,4 +1,4 @@
-"""Learning curves and the convergence criterion (`hf_hem.evaluation.curves`)."""
+"""Learning curves and the convergence criterion (`hf_hem.experiments.convergence`, `curves`, `plots.curves`)."""
 
 import json
 import math
@@ -6,18 +6,15 @@ import math
 import numpy as np
 import pytest
 
-from hf_hem.evaluation.curves import (
+from hf_hem.experiments.convergence import (
     Convergence,
     ConvergenceCriterion,
     check_convergence,
     convergence_cell,
-    curves_from_history,
-    curves_from_log_history,
-    mean_curve,
-    plot_learning_curves,
-    read_trainer_curves,
     run_convergence,
 )
+from hf_hem.experiments.curves import curves_from_history, curves_from_log_history, read_trainer_curves
+from hf_hem.experiments.plots.curves import mean_curve, plot_learning_curves
 
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -1,4 +1,4 @@
-"""Models, training and inference for the benchmark: a tiny transformers ResNet and one `train_model` entry point.
+"""Training and inference for the benchmark suite: one `train_model` entry point.
 
 Every task trains through [`train_model`]: one recipe, one meaning of `loss_kwargs` (HEMConfig's loss fields), and
 two backends, a plain PyTorch loop (`backend="torch"`) and the library's `HEMTrainer` (`backend="hf"`). Swapping the
@@ -8,79 +8,37 @@ recipe itself (another optimiser, a bigger model) means passing another function
 
 from __future__ import annotations
 
+import functools
 import math
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
+from transformers import PrinterCallback, TrainerCallback
 
-from ..losses import get_loss
-from ..losses.registry import COUNT_LOSS_NAMES, LOSS_NAMES, MARGIN_LOSS_NAMES
-from ..margins import margins_from_counts
+from ...losses.registry import LOSS_SPECS, build_loss, loss_spec
+from ...margins import resolve_margins
+from ...models import tiny_resnet
+from ...trainer import HEMConfig, HEMTrainer
 from .adversarial import model_logits
 
 
-def build_resnet(
-    num_labels: int,
-    num_channels: int = 1,
-    seed: int = 0,
-    embedding_size: int = 16,
-    hidden_sizes: Sequence[int] = (16, 32),
-    depths: Sequence[int] = (1, 1),
-):
-    """A tiny `ResNetForImageClassification` built from its config (no download), seeded.
-
-    With the defaults it has about 25k parameters and trains on 32x32 digits at roughly 100 images per millisecond
-    on two CPU cores.
-
-    Args:
-        num_labels (`int`): number of classes.
-        num_channels (`int`, defaults to 1): input channels.
-        seed (`int`, defaults to 0): seed of the weight initialisation.
-        embedding_size (`int`, defaults to 16): channels of the stem convolution.
-        hidden_sizes (`Sequence[int]`, defaults to `(16, 32)`): channels of each stage.
-        depths (`Sequence[int]`, defaults to `(1, 1)`): basic blocks per stage.
-
-    Returns:
-        `transformers.ResNetForImageClassification`.
-    """
-    from transformers import ResNetConfig, ResNetForImageClassification
-
-    if len(hidden_sizes) != len(depths):
-        raise ValueError(f"hidden_sizes {list(hidden_sizes)} and depths {list(depths)} must have the same length.")
-    config = ResNetConfig(
-        num_channels=num_channels,
-        embedding_size=embedding_size,
-        hidden_sizes=list(hidden_sizes),
-        depths=list(depths),
-        layer_type="basic",
-        num_labels=num_labels,
-    )
-    torch.manual_seed(seed)
-    return ResNetForImageClassification(config)
+#: The `loss_kwargs` a run accepts: [`HEMConfig`]'s loss fields, the margin settings and, read from the registry,
+#: every baseline option that becomes a constructor argument (`la_tau`, `focal_gamma`, ...).
+LOSS_KWARGS = (
+    "margin",
+    "num_margin_samples",
+    "per_class_margins",
+    "loss_ignore_index",
+    *dict.fromkeys(field for spec in LOSS_SPECS.values() for field in spec.config_arguments),
+)
 
 
-#: HEMConfig's loss fields, the one meaning of `loss_kwargs` for both backends: the `"hf"` backend passes them to
-#: [`HEMConfig`] as they are; the `"torch"` backend sets the loss constructor argument named here, for the losses
-#: named here (`None`: every loss) and, like HEMConfig, ignores a field of another loss.
-_LOSS_FIELDS = {
-    "margin": ("margin", MARGIN_LOSS_NAMES),
-    "num_margin_samples": ("num_samples", MARGIN_LOSS_NAMES),
-    "logitnorm_temperature": ("temperature", ("logitnorm",)),
-    "la_tau": ("tau", ("la",)),
-    "focal_gamma": ("gamma", ("focal",)),
-    "dice_smooth": ("smooth", ("dice",)),
-    "loss_ignore_index": ("ignore_index", None),
-}
-#: The keys `loss_kwargs` accepts.
-LOSS_KWARGS = (*_LOSS_FIELDS, "per_class_margins")
-
-
-def _check_loss_kwargs(loss_name: str, loss_kwargs: dict | None) -> dict:
-    """`loss_kwargs` as a dict, after the checks HEMConfig makes too (so the torch backend rejects what it rejects)."""
-    if loss_name not in LOSS_NAMES:
-        raise ValueError(f"unknown loss {loss_name!r}; valid names are: {', '.join(LOSS_NAMES)}.")
+def _loss_fields(loss_kwargs: dict | None) -> dict:
+    """`loss_kwargs` as a dict; names that are no loss field of `HEMConfig` raise (both backends)."""
     fields = dict(loss_kwargs or {})
     unknown = sorted(set(fields) - set(LOSS_KWARGS))
     if unknown:
@@ -88,23 +46,18 @@ def _check_loss_kwargs(loss_name: str, loss_kwargs: dict | None) -> dict:
             f"loss_kwargs {unknown} are not HEMConfig loss fields; expected some of {', '.join(LOSS_KWARGS)} "
             "(margin_scale and class_counts are arguments of their own)."
         )
-    per_class = fields.get("per_class_margins")
-    if loss_name == "hem+" and per_class is False:
-        raise ValueError("per_class_margins=False contradicts loss_name='hem+'; use loss_name='hem' for one margin.")
-    if fields.get("margin") is not None and (loss_name == "hem+" or per_class):
-        raise ValueError(
-            f"margin={fields['margin']} with per-class margins (loss_name={loss_name!r}, per_class_margins="
-            f"{per_class}): per-class margins come from the class counts; leave margin unset."
-        )
     return fields
 
 
 def loss_for_training(loss_name: str, class_counts, margin_scale: float = 2000.0, loss_kwargs: dict | None = None):
     """The loss module for `loss_name`, given the training set's class counts, as the torch backend trains with it.
 
-    Margin losses get margins from the counts with the paper's rule (`sqrt(M / S)`, per class for `hem+` or with
-    `per_class_margins`; uncapped: these tasks reproduce the paper's recipe, see [`margins_from_counts`]), `la` gets its priors from them;
-    other losses ignore them.
+    The one place where the suite turns its loss settings into a loss: margins come from
+    [`~hf_hem.margins.resolve_margins`] (a fixed `margin`, or the paper's rule `sqrt(M / S)` on the counts, per class
+    for `hem+` or with `per_class_margins`; uncapped, unlike the `"hf"` backend, which keeps `HEMConfig`'s default cap
+    `max_margin=1.0`), and the loss from the registry's [`~hf_hem.losses.registry.build_loss`], which reads the
+    baselines' options through each loss's `config_arguments` (a field of another loss is ignored, as HEMConfig
+    ignores it). `la` gets its priors from the counts.
 
     Args:
         loss_name (`str`): a registry name (`ce`, `hem`, `hem+`, `la`, ...).
@@ -113,25 +66,39 @@ def loss_for_training(loss_name: str, class_counts, margin_scale: float = 2000.0
         loss_kwargs (`dict`, *optional*): [`HEMConfig`] loss fields (see `LOSS_KWARGS`), e.g. `{"margin": 0.5}`,
             `{"la_tau": 1.5}` or `{"per_class_margins": True}`.
     """
-    fields = _check_loss_kwargs(loss_name, loss_kwargs)
-    kwargs = {
-        argument: fields[name]
-        for name, (argument, losses) in _LOSS_FIELDS.items()
-        if name in fields and (losses is None or loss_name in losses)
-    }
+    spec = loss_spec(loss_name)
+    fields = _loss_fields(loss_kwargs)
+    per_class = fields.get("per_class_margins")
+    # HEMConfig's two contradictions, so that the torch backend rejects what the "hf" backend rejects.
+    if spec.per_class_margins and per_class is False:
+        raise ValueError(f"per_class_margins=False contradicts loss_name={spec.name!r}; use 'hem' for one margin.")
+    per_class = spec.per_class_margins if per_class is None else bool(per_class)
+    if fields.get("margin") is not None and per_class:
+        raise ValueError(
+            f"margin={fields['margin']} with per-class margins (loss_name={spec.name!r}, per_class_margins="
+            f"{per_class}): per-class margins come from the class counts; leave margin unset."
+        )
     counts = torch.as_tensor(np.asarray(class_counts), dtype=torch.float64)
-    if loss_name in MARGIN_LOSS_NAMES:
-        if kwargs.get("margin") is None and fields.get("per_class_margins") and loss_name != "hem+":
-            # get_loss derives per-class margins for `hem+` only; the other margin losses take them as a tensor.
-            num_samples = kwargs.pop("num_samples", None)
-            kwargs["margin"] = margins_from_counts(
-                counts, scale=margin_scale, per_class=True, num_samples=num_samples, max_margin=None
-            )
-        else:
-            kwargs.update(class_counts=counts, scale=margin_scale, max_margin=None)
-    elif loss_name in COUNT_LOSS_NAMES:
-        kwargs["class_counts"] = counts
-    return get_loss(loss_name, **kwargs)
+    margins = None
+    if spec.margin_loss:
+        margins = resolve_margins(
+            counts.numel(),
+            margin=fields.get("margin"),
+            class_counts=counts,
+            scale=margin_scale,
+            per_class=per_class,
+            num_samples=fields.get("num_margin_samples"),
+            max_margin=None,
+        )
+    ignore_index = fields.get("loss_ignore_index")
+    return build_loss(
+        spec.name,
+        margins=margins,
+        per_class_margins=per_class,
+        class_counts=counts,
+        ignore_index=-100 if ignore_index is None else ignore_index,
+        options=fields,
+    )
 
 
 def _as_training_tensors(train_dataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,6 +128,26 @@ def get_train_fn(backend: str):
     return train_with_hem_trainer if backend == "hf" else train_model
 
 
+def default_model_fn(settings):
+    """`model_fn(num_labels, num_channels, seed)` building the tiny ResNet sized by `settings` (a
+    [`BenchmarkSettings`]): [`~hf_hem.models.tiny_resnet`] with its `embedding_size`, `hidden_sizes` and `depths`."""
+    return functools.partial(
+        tiny_resnet,
+        embedding_size=settings.embedding_size,
+        hidden_sizes=settings.hidden_sizes,
+        depths=settings.depths,
+    )
+
+
+def run_options(settings, train_fn: Callable | None = None, model_fn: Callable | None = None) -> dict:
+    """What the benchmark hands its tasks besides the settings (`RunContext.options`): `train_fn` (by default the
+    backend `settings.trainer` names, see [`get_train_fn`]) and `model_fn` (by default [`default_model_fn`])."""
+    return {
+        "train_fn": train_fn or get_train_fn(settings.trainer),
+        "model_fn": model_fn or default_model_fn(settings),
+    }
+
+
 def train_model(
     model,
     train_dataset,
@@ -188,8 +175,10 @@ def train_model(
     SGD with momentum and weight decay; the learning rate drops 10x at each of `lr_decay_fractions` of the epochs
     (the paper's drops at epochs 100 and 105 of 110 are fractions 0.91 and 0.955), which matters for HEM: its
     accuracy rises most after the late drop. Both backends run this recipe with the same optimiser, schedule and
-    loss settings; batch order comes from a seeded permutation (`"torch"`) or the Trainer's seeded sampler
-    (`"hf"`), so their numbers differ run for run but not in distribution.
+    `loss_kwargs`; batch order comes from a seeded permutation (`"torch"`) or the Trainer's seeded sampler
+    (`"hf"`), so their numbers differ run for run. One loss setting differs: the rule's margin `sqrt(M / S)` is
+    capped at `HEMConfig`'s default `max_margin=1.0` by `"hf"` and uncapped by `"torch"` (see
+    [`loss_for_training`]); they differ where `S < M`, e.g. on the embedded digits.
 
     Args:
         model: an image classifier called as in [`model_logits`] (a transformers model or an `nn.Module`; the `"hf"`
@@ -231,7 +220,7 @@ def train_model(
         raise ValueError(f"`epochs` must be an integer >= 1, got {epochs!r}.")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")
-    loss_fields = _check_loss_kwargs(loss_name, loss_kwargs)
+    loss_fields = _loss_fields(loss_kwargs)
     if num_classes is None:
         config = getattr(model, "config", None)
         num_classes = getattr(config, "num_labels", None) or int(labels.max()) + 1
@@ -308,8 +297,6 @@ class _TrainingRun:
 
 
 def _run_torch_loop(run: _TrainingRun, criterion, seed: int, epochs: int, batch_size: int) -> None:
-    from tqdm.auto import tqdm
-
     model, images, labels, optimizer = run.model, run.images, run.labels, run.optimizer
     # Stepped once per epoch, so the drops fall on the epochs themselves.
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=run.decay_epochs, gamma=0.1)
@@ -338,12 +325,6 @@ def _run_torch_loop(run: _TrainingRun, criterion, seed: int, epochs: int, batch_
 
 
 def _run_hem_trainer(run: _TrainingRun, config: dict, output_dir) -> None:
-    import tempfile
-
-    from transformers import PrinterCallback
-
-    from ..trainer import HEMConfig, HEMTrainer
-
     # The Trainer steps the scheduler after every optimiser step: the drops are counted in steps.
     steps_per_epoch = math.ceil(run.labels.numel() / config["per_device_train_batch_size"])
     milestones = [epoch * steps_per_epoch for epoch in run.decay_epochs]
@@ -369,24 +350,23 @@ def _run_hem_trainer(run: _TrainingRun, config: dict, output_dir) -> None:
         )
         trainer.remove_callback(PrinterCallback)  # it prints the end-of-training summary of every run
         if run.progress:
-            trainer.add_callback(_epoch_progress_callback(config["num_train_epochs"], run.description))
+            trainer.add_callback(_EpochProgress(config["num_train_epochs"], run.description))
         if run.history is not None:
-            trainer.add_callback(_history_callback(run))
+            trainer.add_callback(_EpochHistory(run))
         trainer.train()
 
 
-def _history_callback(run: _TrainingRun):
-    """A `TrainerCallback` that turns each epoch's training log into an entry of `history` (see [`train_model`])."""
-    from transformers import TrainerCallback
+class _EpochHistory(TrainerCallback):
+    """Turns each epoch's training log into an entry of the run's `history` (see [`train_model`])."""
 
-    class EpochHistory(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if not logs or "loss" not in logs or "train_runtime" in logs:
-                return
-            values = {key: float(logs[key]) for key in ("loss", "hem/violating_fraction") if key in logs}
-            run.record_epoch(round(state.epoch or 0), values)
+    def __init__(self, run: _TrainingRun):
+        self.run = run
 
-    return EpochHistory()
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "loss" not in logs or "train_runtime" in logs:
+            return
+        values = {key: float(logs[key]) for key in ("loss", "hem/violating_fraction") if key in logs}
+        self.run.record_epoch(round(state.epoch or 0), values)
 
 
 @torch.no_grad()
@@ -406,22 +386,20 @@ def predict_logits(model, pixel_values, batch_size: int = 512) -> np.ndarray:
     return torch.cat(chunks).numpy()
 
 
-def _epoch_progress_callback(epochs: int, description: str):
-    """A `TrainerCallback` showing a tqdm bar over epochs, like [`train_model`]'s (imports transformers lazily)."""
-    from tqdm.auto import tqdm
-    from transformers import TrainerCallback
+class _EpochProgress(TrainerCallback):
+    """A tqdm bar over epochs, like [`train_model`]'s torch loop shows."""
 
-    class EpochProgress(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.bar = tqdm(total=epochs, desc=description, leave=False)
+    def __init__(self, epochs: int, description: str):
+        self.epochs, self.description = epochs, description
 
-        def on_epoch_end(self, args, state, control, **kwargs):
-            self.bar.update(1)
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.bar = tqdm(total=self.epochs, desc=self.description, leave=False)
 
-        def on_train_end(self, args, state, control, **kwargs):
-            self.bar.close()
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.bar.update(1)
 
-    return EpochProgress()
+    def on_train_end(self, args, state, control, **kwargs):
+        self.bar.close()
 
 
 class _PixelDataset(torch.utils.data.Dataset):

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ...data.columns import pick_column
+from ...data.embedded import DIGIT_NAMES, load_digits_dataset
+
 
 _IMAGE_COLUMNS = ("image", "img", "pixel_values")
 _LABEL_COLUMNS = ("label", "labels", "fine_label")
@@ -66,9 +69,6 @@ def dataset_to_arrays(
     """
     if num_channels not in (1, 3):
         raise ValueError(f"`num_channels` must be 1 or 3, got {num_channels!r}.")
-    # Imported on use, like the embedded digits below: `hf_hem.data` pulls in datasets and torch.
-    from ..data.columns import pick_column
-
     image_column = pick_column(dataset.column_names, image_column, _IMAGE_COLUMNS, "image")
     label_column = pick_column(dataset.column_names, label_column, _LABEL_COLUMNS, "label")
     if max_samples is not None and max_samples < len(dataset):
@@ -107,16 +107,12 @@ def load_benchmark_data(
         [`ArraySplits`].
     """
     if dataset == "digits":
-        from ..data.embedded import DIGIT_NAMES, load_digits_dataset
-
         splits = load_digits_dataset(
             image_size=image_size, num_channels=num_channels, seed=split_seed, test_fraction=test_fraction
         )
         train_split, test_split, class_names = splits["train"], splits["validation"], DIGIT_NAMES
     else:
         from datasets import load_dataset
-
-        from ..data.columns import pick_column
 
         splits = load_dataset(dataset)
         test_name = next((name for name in _TEST_SPLITS if name in splits), None)
