@@ -19,8 +19,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PrinterCallback, TrainerCallback
 
-from ...losses.registry import LOSS_SPECS, build_loss, loss_spec
-from ...margins import resolve_margins
+from ...losses.registry import LOSS_SPECS
+from ...losses.settings import LossSettings, build_loss
 from ...models import tiny_resnet
 from ...trainer import HEMConfig, HEMTrainer
 from .adversarial import model_logits
@@ -52,12 +52,10 @@ def _loss_fields(loss_kwargs: dict | None) -> dict:
 def loss_for_training(loss_name: str, class_counts, margin_scale: float = 2000.0, loss_kwargs: dict | None = None):
     """The loss module for `loss_name`, given the training set's class counts, as the torch backend trains with it.
 
-    The one place where the suite turns its loss settings into a loss: margins come from
-    [`~hf_hem.margins.resolve_margins`] (a fixed `margin`, or the paper's rule `sqrt(M / S)` on the counts, per class
-    for `hem+` or with `per_class_margins`; uncapped, unlike the `"hf"` backend, which keeps `HEMConfig`'s default cap
-    `max_margin=1.0`), and the loss from the registry's [`~hf_hem.losses.registry.build_loss`], which reads the
-    baselines' options through each loss's `config_arguments` (a field of another loss is ignored, as HEMConfig
-    ignores it). `la` gets its priors from the counts.
+    The one place where the suite turns its loss settings into a loss: a [`~hf_hem.losses.LossSettings`] (checked
+    there, as for [`HEMConfig`]) and [`~hf_hem.losses.build_loss`]. Margins are a fixed `margin` or the paper's rule
+    `sqrt(M / S)` on the counts, per class for `hem+` or with `per_class_margins`; uncapped, unlike the `"hf"` backend,
+    which keeps `HEMConfig`'s default cap `max_margin=1.0`. `la` gets its priors from the counts.
 
     Args:
         loss_name (`str`): a registry name (`ce`, `hem`, `hem+`, `la`, ...).
@@ -66,39 +64,17 @@ def loss_for_training(loss_name: str, class_counts, margin_scale: float = 2000.0
         loss_kwargs (`dict`, *optional*): [`HEMConfig`] loss fields (see `LOSS_KWARGS`), e.g. `{"margin": 0.5}`,
             `{"la_tau": 1.5}` or `{"per_class_margins": True}`.
     """
-    spec = loss_spec(loss_name)
     fields = _loss_fields(loss_kwargs)
-    per_class = fields.get("per_class_margins")
-    # HEMConfig's two contradictions, so that the torch backend rejects what the "hf" backend rejects.
-    if spec.per_class_margins and per_class is False:
-        raise ValueError(f"per_class_margins=False contradicts loss_name={spec.name!r}; use 'hem' for one margin.")
-    per_class = spec.per_class_margins if per_class is None else bool(per_class)
-    if fields.get("margin") is not None and per_class:
-        raise ValueError(
-            f"margin={fields['margin']} with per-class margins (loss_name={spec.name!r}, per_class_margins="
-            f"{per_class}): per-class margins come from the class counts; leave margin unset."
-        )
-    counts = torch.as_tensor(np.asarray(class_counts), dtype=torch.float64)
-    margins = None
-    if spec.margin_loss:
-        margins = resolve_margins(
-            counts.numel(),
-            margin=fields.get("margin"),
-            class_counts=counts,
-            scale=margin_scale,
-            per_class=per_class,
-            num_samples=fields.get("num_margin_samples"),
-            max_margin=None,
-        )
-    ignore_index = fields.get("loss_ignore_index")
-    return build_loss(
-        spec.name,
-        margins=margins,
-        per_class_margins=per_class,
-        class_counts=counts,
+    ignore_index = fields.pop("loss_ignore_index", None)
+    # The paper's rule uncapped (max_margin=None): the suite reproduces the paper's benchmark tasks.
+    settings = LossSettings(
+        loss_name=loss_name,
+        margin_scale=margin_scale,
+        max_margin=None,
         ignore_index=-100 if ignore_index is None else ignore_index,
-        options=fields,
+        **fields,
     )
+    return build_loss(settings, class_counts=np.asarray(class_counts))
 
 
 def _as_training_tensors(train_dataset) -> tuple[torch.Tensor, torch.Tensor]:
