@@ -97,10 +97,13 @@ class LossSetup:
                 f"input_ids and of the logits), so labels must be choice indices in [0, {self.num_choices})."
             )
         )
-        # Only a per-pixel head takes the config's segmentation ignore index: BEiT's image classifiers carry the field
-        # too (255), and for them 255 is a class index, not "no label".
-        pixel_labels = self.head.label_unit == "pixel"
-        semantic = getattr(config, "semantic_loss_ignore_index", None) if pixel_labels else None
+        # A known head that is not per-pixel ignores the config's segmentation ignore index: BEiT's image classifiers
+        # carry the field too (255), and for them 255 is a class index, not "no label". A model of unknown head with
+        # that field is taken for a segmenter, as before the head table.
+        semantic = getattr(config, "semantic_loss_ignore_index", None)
+        if self.head is not FALLBACK_HEAD and self.head.label_unit != "pixel":
+            semantic = None
+        pixel_labels = semantic is not None
         default_ignore = int(semantic) if semantic is not None else -100
         self.ignore_index = default_ignore if args.loss_ignore_index is None else int(args.loss_ignore_index)
         #: The run's loss settings, with the ignore index and the class dimension of this model filled in.
