@@ -38,6 +38,7 @@ KNOWN_CLASSES = 8
 #: `--max_margin` of this run (a list so the training function reads what main() set).
 MAX_MARGIN = [math.inf]
 
+
 def digits_tensors(seed: int, image_size: int):
     """Known-class train/test tensors and unknown-class test images (digits 8, 9), 3 channels in [-1, 1]."""
     from sklearn.datasets import load_digits

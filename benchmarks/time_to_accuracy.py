@@ -73,6 +73,7 @@ QUICK = {
 #: `--max_margin` of this run (a list so the training function reads what main() set).
 MAX_MARGIN = [math.inf]
 
+
 def digits_split(seed: int, image_size: int, classes: int, shifts: bool, limit: int | None = None):
     """Train/test tensors of digits `0..classes-1` (80/20 split by `seed`), 3 channels in [-1, 1]; with `shifts`
     the training set also holds every image moved by one pixel left and right (edges replicated)."""
