@@ -113,8 +113,8 @@ def _window_text(epochs: int, fractions, criterion: dict) -> str:
     return f"last drop after epoch {last_drop} of {epochs}; window: epochs {first}-{epochs} ({where})"
 
 
-# One item of a verdict line of a report: `label (+0.028, p=0.004)`.
-_VERDICT_ITEM = re.compile(r"(.+?) \(([+-]\d+\.\d+), p=([^)]+)\)(?:, |$)")
+# One item of a verdict line of a report: `label (+0.028, p=0.004)` (or `p<0.001`, `p=n/a`).
+_VERDICT_ITEM = re.compile(r"(.+?) \(([+-]\d+\.\d+), (p[=<][^)]+)\)(?:, |$)")
 
 
 def _verdict(report: str, loss: str, baseline: str = "ce") -> dict | None:
@@ -135,7 +135,7 @@ def _verdict(report: str, loss: str, baseline: str = "ce") -> dict | None:
 
 
 def _worse_text(items) -> str:
-    return ", ".join(f"{label} ({difference:+.3f}, p={p})" for label, difference, p in items)
+    return ", ".join(f"{label} ({difference:+.3f}, {p})" for label, difference, p in items)
 
 
 def _where_hem_loses(title: str, report: str, losses: list) -> list:
