@@ -6,9 +6,9 @@
 Every number in docs/RESULTS.md comes from this script: it calls `hf-hem benchmark` once per task with the losses of
 `TASK_LOSSES` and the training flags of `SUITE_FLAGS` (resumable: finished runs are reused), then reads each task's
 `results.json` and `report.md` and copies its plots under docs/. With `--segmentation` it instead runs the
-segmentation comparisons of docs/semantic_segmentation.md (`hf-hem compare --task segmentation` with its defaults,
-the same with 1.5x the epochs, and a margin sweep; a comparison whose `compare_results.json` exists is reused) and
-rewrites the block between the `results` markers of that page from them.
+segmentation comparisons of docs/semantic_segmentation.md (benchmarks/segmentation_results.py: an encoder pretrained on
+the embedded digits, then `hf-hem compare --task segmentation` per seed, the same with 1.5x the epochs, and a margin
+sweep; finished runs are reused) and rewrites the block between the `results` markers of that page from them.
 """
 
 from __future__ import annotations
@@ -157,156 +157,6 @@ def _where_hem_loses(title: str, report: str, losses: list) -> list:
 
 def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
-
-
-_BEGIN, _END = "<!-- results:begin (python benchmarks/make_results.py --segmentation) -->", "<!-- results:end -->"
-SWEEP_MARGINS = "0.1,0.2,0.5,1.0"
-
-
-def _compare(name: str, flags: list[str], output_dir: Path) -> tuple[dict, str]:
-    """One `hf-hem compare` run (reused when its compare_results.json exists); returns its results and command."""
-    from hf_hem.compare import add_compare_parser, run_compare_command
-
-    folder = output_dir / name
-    command = ["compare", "--task", "segmentation", *flags, "--output_dir", str(folder)]
-    if not (folder / "compare_results.json").is_file():
-        parser = argparse.ArgumentParser(prog="hf-hem")
-        add_compare_parser(parser.add_subparsers())
-        args, extra = parser.parse_known_args(command)
-        args.extra_args = extra
-        run_compare_command(args)
-    results = json.loads((folder / "compare_results.json").read_text())
-    return results, " ".join(["hf-hem", "compare", "--task", "segmentation", *flags])
-
-
-def _final(results: dict, key: str) -> dict:
-    """`{label: [final value per seed]}` of metric `key`."""
-    values: dict = {}
-    for run in results["runs"]:
-        label = (
-            run["loss_name"]
-            if run.get("margin_override") is None
-            else f"{run['loss_name']} μ={run['margin_override']:g}"
-        )
-        values.setdefault(label, []).append(run["metrics"].get(key))
-    return values
-
-
-def _cell(values) -> str:
-    from hf_hem.evaluation.stats import format_mean_std, mean_std
-
-    return format_mean_std(*mean_std(values, omit_nonfinite=True), digits=3)
-
-
-def segmentation_results(output_dir: Path, docs: Path) -> None:
-    from hf_hem.evaluation.curves import Convergence, convergence_cell
-    from hf_hem.pipelines.semantic_segmentation import EMBEDDED_SEGMENTATION_TRAINING_DEFAULTS
-
-    epochs = EMBEDDED_SEGMENTATION_TRAINING_DEFAULTS["num_train_epochs"]
-    longer_epochs = 1.5 * epochs
-    default, default_command = _compare("default", [], output_dir)
-    longer, longer_command = _compare("longer", ["--num_train_epochs", f"{longer_epochs:g}"], output_dir)
-    sweep, sweep_command = _compare(
-        "sweep", ["--losses", "ce,hem", "--seeds", "0", "--margins", SWEEP_MARGINS], output_dir
-    )
-    figures = docs / "results" / "segmentation"
-    figures.mkdir(parents=True, exist_ok=True)
-    for folder, files in (
-        (output_dir / "default", ("learning_curves.png", "segmentation_masks.png")),
-        (output_dir / "longer", ("learning_curves.png",)),
-        (output_dir / "sweep", ("margin_sweep.png",)),
-    ):
-        for file in files:
-            shutil.copy(folder / file, figures / f"{folder.name}_{file}")
-
-    def convergence(results, loss):
-        return convergence_cell([Convergence(**entry) for entry in results["convergence"]["losses"][loss]])
-
-    from hf_hem.evaluation.curves import DEFAULT_CRITERION
-
-    miou, longer_miou = _final(default, "eval_mean_iou"), _final(longer, "eval_mean_iou")
-    pixel = _final(default, "eval_overall_accuracy")
-
-    def mean(values):
-        return sum(values) / len(values)
-
-    changes = {loss: mean(longer_miou[loss]) - mean(miou[loss]) for loss in miou}
-    tolerance = DEFAULT_CRITERION.tolerance
-    moved = [loss for loss, change in changes.items() if abs(change) > tolerance]
-    stable = [loss for loss in changes if loss not in moved]
-
-    def ranking(values):
-        return " > ".join(f"`{loss}`" for loss in sorted(values, key=lambda loss: -mean(values[loss])))
-
-    def names(losses):
-        return ", ".join(f"`{loss}`" for loss in losses) or "none"
-
-    findings = [
-        f"* **1.5x epochs**: moved the mean final mIoU by more than the tolerance ({tolerance:g}): {names(moved)}, "
-        "whose default runs had therefore not converged, whatever the convergence column says; stayed within it: "
-        f"{names(stable)}.",
-        f"* **Ranking by mean mIoU** (means only; the std is in the table): {ranking(miou)} with the default epochs; "
-        f"{ranking(longer_miou)} with 1.5x.",
-    ]
-    rows = [
-        "| loss | mIoU | pixel accuracy | converged | mIoU with 1.5x epochs | converged | change of the mean |",
-        "|---|---:|---:|---|---:|---|---:|",
-    ]
-    for loss in miou:
-        change = changes[loss]
-        rows.append(
-            f"| `{loss}` | {_cell(miou[loss])} | {_cell(pixel[loss])} | {convergence(default, loss)} | "
-            f"{_cell(longer_miou[loss])} | {convergence(longer, loss)} | {change:+.3f} |"
-        )
-    margins = {}
-    for run in default["runs"]:  # the first seed's, as in the report's table (HEM+ margins follow each seed's scenes)
-        if run.get("margins"):
-            margins.setdefault(run["loss_name"], run["margins"])
-    hem_margin = margins.get("hem", [float("nan")])[0]
-    plus = margins.get("hem+")
-    wall = sum(run["wall_time"] for run in default["runs"])
-    sweep_miou = _final(sweep, "eval_mean_iou")
-    swept = {label: values for label, values in sweep_miou.items() if "μ=" in label}
-    best = max(swept, key=lambda label: mean(swept[label])) if swept else None
-    sweep_rows = ["| run | mIoU (seed 0) |", "|---|---:|"] + [
-        f"| `{label}` | {_cell(values)} |" for label, values in sweep_miou.items()
-    ]
-    seeds = sorted({run["seed"] for run in default["runs"]})
-    block = f"""{_BEGIN}
-Produced by `python benchmarks/make_results.py --segmentation` on {platform.machine()}, torch {torch.__version__},
-CPU only. Default comparison: `{default_command}` ({epochs:g} epochs, seeds {", ".join(map(str, seeds))}); 1.5x check:
-`{longer_command}`. mIoU is the final evaluation's, mean ± std over seeds; *converged*: the validation mIoU varied by at
-most 0.01 over the last 25% of the evaluations (one per epoch). HEM's margin from the rule: μ = {hem_margin:.3f}
-(S = {default["setup"].get("num_train_samples")} training images); HEM+: {min(plus):.3f}–{max(plus):.3f} per class (seed {seeds[0]}).
-Training and evaluation of the {len(default["runs"])} default runs took {wall / 60:.1f} min in all (the sum of the runs'
-wall times in `compare_results.json`).
-
-{chr(10).join(rows)}
-
-{chr(10).join(findings)}
-
-![Learning curves of the default comparison](results/segmentation/default_learning_curves.png)
-
-![Learning curves with 1.5x the epochs](results/segmentation/longer_learning_curves.png)
-
-![Predicted masks of the default comparison](results/segmentation/default_segmentation_masks.png)
-
-Margin sweep, `{sweep_command}` (one seed; HEM with each fixed margin, CE as the reference line):
-
-{chr(10).join(sweep_rows)}
-
-{f"Best margin of the sweep: `{best}`; the rule's μ = {hem_margin:.3f} is the `hem` column of the default comparison." if best else ""}
-
-![mIoU and pixel accuracy against HEM's margin](results/segmentation/sweep_margin_sweep.png)
-{_END}"""
-    page = docs / "semantic_segmentation.md"
-    text = page.read_text()
-    if _BEGIN in text:
-        text = text[: text.index(_BEGIN)] + block + text[text.index(_END) + len(_END) :]
-    else:
-        raise SystemExit(f"{page} has no results markers ({_BEGIN} ... {_END}); add them where the block goes.")
-    page.write_text(text)
-    print(f"wrote {page}")
 
 
 def _run_suite_task(task: str, seeds: int, output_dir: Path) -> tuple[dict, str, str]:
@@ -463,11 +313,18 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--segmentation",
         action="store_true",
-        help="Run the segmentation comparisons of docs/semantic_segmentation.md.",
+        help="Run the segmentation comparisons of docs/semantic_segmentation.md (benchmarks/segmentation_results.py).",
+    )
+    parser.add_argument(
+        "--reuse_only",
+        action="store_true",
+        help="With --segmentation: start no run; write the block from the finished ones, naming those not run.",
     )
     args = parser.parse_args(argv)
     if args.segmentation:
-        segmentation_results(Path(args.output_dir) / "segmentation", Path(args.docs_dir))
+        from segmentation_results import write_segmentation_results  # benchmarks/, this script's folder
+
+        write_segmentation_results(Path(args.output_dir) / "segmentation", Path(args.docs_dir), args.reuse_only)
         return
     tasks = [task.strip() for task in args.tasks.split(",") if task.strip()]
     unknown = [task for task in tasks if task not in TASK_LOSSES]
