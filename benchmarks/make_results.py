@@ -195,6 +195,12 @@ def _where_hem_loses(title: str, report: str, losses: list) -> list:
     lines = []
     for loss in (loss for loss in losses if loss in _HEM_LOSSES):
         verdict = _verdict(report, loss)
+        if verdict is None and "ce" in losses:
+            # A silent skip would print "none" under "Where HEM loses": fail instead.
+            raise SystemExit(
+                f"the {title!r} report has no readable '* **{loss} vs ce** — better ...; worse ...; no clear "
+                "difference ...' line; its format changed, so update `_verdict` in benchmarks/make_results.py."
+            )
         if verdict is None:
             continue
         # A difference on a lower-is-better metric is reported as higher-is-worse.
