@@ -1,9 +1,10 @@
-"""Wall time of one `hf-hem benchmark` command in two checkouts of hf_hem, interleaved, and whether their numbers agree.
+"""Wall and CPU time of one `hf-hem benchmark` command in two checkouts of hf_hem, interleaved, and whether their numbers
+agree.
 
 Each round runs the command once per checkout (the order alternates from round to round, so a machine that gets
 busier or quieter favours neither), each into a fresh output folder, with that checkout first on `PYTHONPATH`. The
-script then compares every run file of the two checkouts (metrics and learning curves, exactly) and prints the wall
-times, their median ratio and the verdict.
+script then compares every run file of the two checkouts (metrics and learning curves, exactly) and prints the times,
+their median ratios and the verdict.
 
 Usage (the refactor of issue 20: `hf_hem.evaluation` -> `hf_hem.experiments`):
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -26,13 +28,21 @@ import time
 from pathlib import Path
 
 
-def run_once(checkout: Path, arguments: list[str], output_dir: Path) -> float:
-    """Seconds one `hf-hem benchmark` takes with `checkout` on `PYTHONPATH` (start-up, training, reports)."""
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_once(checkout: Path, arguments: list[str], output_dir: Path) -> tuple[float, float]:
+    """`(wall, CPU)` seconds of one `hf-hem benchmark` with `checkout` on `PYTHONPATH` (start-up, training, reports).
+
+    The CPU time (user + system, of the command and its children) is the steadier figure on a shared machine, where
+    the wall time also counts the time other processes held the cores."""
     environment = {**os.environ, "PYTHONPATH": str(checkout), "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "hf_hem.cli", "benchmark", *arguments, "--no_progress", "--output_dir"]
-    started = time.perf_counter()
+    cpu, started = _children_cpu_seconds(), time.perf_counter()
     subprocess.run([*command, str(output_dir)], env=environment, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, _children_cpu_seconds() - cpu
 
 
 def run_files(output_dir: Path) -> dict[str, dict]:
@@ -63,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--rounds must be >= 1, got {args.rounds}")
     checkouts = {"old": args.old.resolve(), "new": args.new.resolve()}
     times: dict[str, list[float]] = {"old": [], "new": []}
+    cpu_times: dict[str, list[float]] = {"old": [], "new": []}
     problems = []
     with tempfile.TemporaryDirectory() as scratch:
         for round_index in range(args.rounds):
@@ -70,17 +81,19 @@ def main(argv: list[str] | None = None) -> int:
             folders = {}
             for name in order:
                 folders[name] = Path(scratch) / f"{name}{round_index}"
-                seconds = run_once(checkouts[name], args.benchmark_args, folders[name])
+                seconds, cpu = run_once(checkouts[name], args.benchmark_args, folders[name])
                 times[name].append(seconds)
-                print(f"round {round_index + 1} {name}: {seconds:.1f} s", flush=True)
+                cpu_times[name].append(cpu)
+                print(f"round {round_index + 1} {name}: {seconds:.1f} s wall, {cpu:.1f} s CPU", flush=True)
             problems += differences(run_files(folders["old"]), run_files(folders["new"]))
             if not run_files(folders["new"]):
                 problems.append(f"round {round_index + 1}: no run files were written")
-    ratio = statistics.median(new / old for old, new in zip(times["old"], times["new"]))
     print(f"command: hf-hem benchmark {' '.join(args.benchmark_args)}")
-    print(f"old ({checkouts['old']}): " + ", ".join(f"{t:.1f}" for t in times["old"]) + " s")
-    print(f"new ({checkouts['new']}): " + ", ".join(f"{t:.1f}" for t in times["new"]) + " s")
-    print(f"new / old wall time, median over rounds: {ratio:.3f}")
+    for kind, measured in (("wall", times), ("CPU", cpu_times)):
+        for name in ("old", "new"):
+            print(f"{kind} {name} ({checkouts[name]}): " + ", ".join(f"{t:.1f}" for t in measured[name]) + " s")
+        ratio = statistics.median(new / old for old, new in zip(measured["old"], measured["new"]))
+        print(f"new / old {kind} time, median over rounds: {ratio:.3f}")
     print("numbers: " + ("identical run files (metrics and learning curves)" if not problems else "; ".join(problems)))
     return 0 if not problems else 1
 
