@@ -484,8 +484,12 @@ def test_train_model_learns_and_uses_count_based_losses():
     resnet = tiny_resnet(3, 1, seed=0, embedding_size=8, hidden_sizes=(8,), depths=(1,))
     assert predict_logits(train_model(resnet, (images, labels), "hem", seed=0, epochs=1), images).shape == (60, 3)
     hem_plus = loss_for_training("hem+", [100, 25, 4])
-    # The paper's tasks keep the paper's rule, uncapped (the trainer's default caps it below S = 2000).
-    torch.testing.assert_close(hem_plus.margin, torch.sqrt(2000 / (3 * torch.tensor([100.0, 25.0, 4.0]))))
+    # Capped as HEMConfig caps it (the "hf" backend): below S = 2000 the rule runs with M = max_margin**2 * S, so
+    # HEM+ keeps the rule's ratios and both backends train with the same margins.
+    counts = torch.tensor([100.0, 25.0, 4.0])
+    torch.testing.assert_close(hem_plus.margin, torch.sqrt(counts.sum() / (3 * counts)))
+    assert float(loss_for_training("hem", [100, 25, 4]).margin) == pytest.approx(1.0)
+    assert float(loss_for_training("hem", [1000, 1000, 1000]).margin) == pytest.approx((2000 / 3000) ** 0.5)
     with pytest.raises(ValueError, match="hinge.*not a known loss"):
         loss_for_training("hinge", [1, 1])
 
@@ -528,14 +532,15 @@ def test_train_model_records_learning_curves_with_both_backends(backend):
         return {"accuracy": float((predict_logits(model, images).argmax(1) == labels.numpy()).mean())}
 
     train_model(
-        model, (images, labels), "hem", 0, epochs=12, batch_size=20, learning_rate=0.1, backend=backend,
+        model, (images, labels), "hem", 0, epochs=12, batch_size=20, learning_rate=0.05, backend=backend,
         eval_fn=eval_fn, history=history,
     )  # fmt: skip
     assert [entry["epoch"] for entry in history] == list(range(1, 13)) and calls == [False] * 12
     assert all(0.0 <= entry["hem/violating_fraction"] <= 1.0 and entry["loss"] >= 0.0 for entry in history)
     curves = curves_from_history(history)
     assert set(curves) == {"loss", "hem/violating_fraction", "accuracy"}
-    assert curves["accuracy"]["value"][-1] > 0.9 and check_convergence(curves["accuracy"]["value"]).window == 3
+    # Learned and settled: every evaluation of the convergence window (the last 3 of 12) above 0.9.
+    assert min(curves["accuracy"]["value"][-3:]) > 0.9 and check_convergence(curves["accuracy"]["value"]).window == 3
     # Without `history` nothing is evaluated; without `eval_fn` only the training values are recorded.
     train_model(model, (images, labels), "ce", 0, epochs=1, eval_fn=eval_fn, backend=backend)
     assert len(calls) == 12

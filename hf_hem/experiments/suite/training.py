@@ -54,8 +54,9 @@ def loss_for_training(loss_name: str, class_counts, margin_scale: float = 2000.0
 
     The one place where the suite turns its loss settings into a loss: a [`~hf_hem.losses.LossSettings`] (checked
     there, as for [`HEMConfig`]) and [`~hf_hem.losses.build_loss`]. Margins are a fixed `margin` or the paper's rule
-    `sqrt(M / S)` on the counts, per class for `hem+` or with `per_class_margins`; uncapped, unlike the `"hf"` backend,
-    which keeps `HEMConfig`'s default cap `max_margin=1.0`. `la` gets its priors from the counts.
+    `sqrt(M / S)` on the counts, per class for `hem+` or with `per_class_margins`, capped at the library's default
+    `max_margin=1.0` below 2000 training samples, as `HEMConfig` caps it for the `"hf"` backend: both backends train
+    with the same margins. `la` gets its priors from the counts.
 
     Args:
         loss_name (`str`): a registry name (`ce`, `hem`, `hem+`, `la`, ...).
@@ -66,11 +67,9 @@ def loss_for_training(loss_name: str, class_counts, margin_scale: float = 2000.0
     """
     fields = _loss_fields(loss_kwargs)
     ignore_index = fields.pop("loss_ignore_index", None)
-    # The paper's rule uncapped (max_margin=None): the suite reproduces the paper's benchmark tasks.
     settings = LossSettings(
         loss_name=loss_name,
         margin_scale=margin_scale,
-        max_margin=None,
         ignore_index=-100 if ignore_index is None else ignore_index,
         **fields,
     )
@@ -151,10 +150,8 @@ def train_model(
     SGD with momentum and weight decay; the learning rate drops 10x at each of `lr_decay_fractions` of the epochs
     (the paper's drops at epochs 100 and 105 of 110 are fractions 0.91 and 0.955), which matters for HEM: its
     accuracy rises most after the late drop. Both backends run this recipe with the same optimiser, schedule and
-    `loss_kwargs`; batch order comes from a seeded permutation (`"torch"`) or the Trainer's seeded sampler
-    (`"hf"`), so their numbers differ run for run. One loss setting differs: the rule's margin `sqrt(M / S)` is
-    capped at `HEMConfig`'s default `max_margin=1.0` by `"hf"` and uncapped by `"torch"` (see
-    [`loss_for_training`]); they differ where `S < M`, e.g. on the embedded digits.
+    `loss_kwargs` and the same margins; batch order comes from a seeded permutation (`"torch"`) or the Trainer's
+    seeded sampler (`"hf"`), so their numbers differ run for run.
 
     Args:
         model: an image classifier called as in [`model_logits`] (a transformers model or an `nn.Module`; the `"hf"`
