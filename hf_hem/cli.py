@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .demo import format_results, run_demo
 from .experiments.cli import add_benchmark_parser, add_compare_parser
 
 
@@ -18,8 +19,6 @@ def _add_demo_parser(subparsers) -> None:
 
 
 def _run_demo(args) -> int:
-    from .demo import format_results, run_demo
-
     print(format_results(run_demo(tuple(args.losses.split(",")), seed=args.seed)))
     return 0
 
