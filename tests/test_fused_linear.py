@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import hf_hem
@@ -81,8 +81,10 @@ def assert_close(actual, expected, rtol):
     assert len(grads) == len(expected_grads)
     for grad, expected_grad in zip(grads, expected_grads):
         assert grad.dtype == expected_grad.dtype and grad.shape == expected_grad.shape
-        # Relative to the gradient's scale: entries that cancel to ~0 differ by rounding only.
-        scale = expected_grad.abs().max().clamp_min(1e-30)
+        # Relative to the gradient's scale: entries that cancel to ~0 differ by rounding only. The floor covers a
+        # gradient that cancels everywhere (e.g. 1.5e-8 against an exact 0): the terms it sums are >= ~1e-2 here
+        # (quantized inputs, at most a few dozen tokens), so float32 leaves ~1e-8 of them, far below 1e-2 * rtol.
+        scale = expected_grad.abs().max().clamp_min(1e-2)
         torch.testing.assert_close(grad / scale, expected_grad / scale, rtol=rtol, atol=rtol)
 
 
@@ -138,6 +140,8 @@ def test_equals_unfused(backend, dtype, bias, margin_kind, reduction):
     bias=st.booleans(),
     seed=st.integers(0, 2**16),
 )
+# Found by CI: the weight gradient cancels to an exact 0 (fused) against 1.5e-8 (float32 rounding, unfused).
+@example(num_tokens=7, hidden_size=1, vocab_size=2, chunk_size=1, ignored=0.0, per_class=False, bias=False, seed=0)
 def test_equals_unfused_on_random_shapes(
     num_tokens, hidden_size, vocab_size, chunk_size, ignored, per_class, bias, seed
 ):
