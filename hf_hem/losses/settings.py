@@ -94,7 +94,7 @@ class LossSettings:
                 "loss_name='hem' for one margin."
             )
         if self.margin is not None:
-            _check_number("margin", self.margin, minimum=0.0, inclusive=True)
+            check_number("margin", self.margin, minimum=0.0, inclusive=True)
             if spec.per_class_margins:
                 raise ValueError(
                     f"margin={self.margin} with loss_name={name!r}: HEM+ uses per-class margins from class counts "
@@ -105,7 +105,7 @@ class LossSettings:
                     f"margin={self.margin} with per_class_margins=True: per-class margins come from class counts; "
                     "leave margin unset or set per_class_margins=False."
                 )
-        _check_number("margin_scale", self.margin_scale, minimum=0.0)
+        check_number("margin_scale", self.margin_scale, minimum=0.0)
         if self.max_margin is not None and not (
             isinstance(self.max_margin, (int, float)) and not isinstance(self.max_margin, bool) and self.max_margin > 0
         ):
@@ -113,7 +113,7 @@ class LossSettings:
         if self.class_counts is not None:
             _set(self, "class_counts", _counts_tuple(self.class_counts))
         if self.num_margin_samples is not None:
-            _check_number("num_margin_samples", self.num_margin_samples, minimum=0.0)
+            check_number("num_margin_samples", self.num_margin_samples, minimum=0.0)
         if self.ignore_index is not None and (
             isinstance(self.ignore_index, bool) or not isinstance(self.ignore_index, numbers.Integral)
         ):
@@ -127,11 +127,11 @@ class LossSettings:
             )
         if not isinstance(self.upsample_logits_in_loss, bool):
             raise ValueError(f"upsample_logits_in_loss must be True or False, got {self.upsample_logits_in_loss!r}.")
-        _check_number("logitnorm_temperature", self.logitnorm_temperature, minimum=0.0)
-        _check_number("la_tau", self.la_tau)
-        _check_number("focal_gamma", self.focal_gamma, minimum=0.0, inclusive=True)
-        _check_number("dice_smooth", self.dice_smooth, minimum=0.0, inclusive=True)
-        _check_number("causal_lm_margin", self.causal_lm_margin, minimum=0.0, inclusive=True)
+        check_number("logitnorm_temperature", self.logitnorm_temperature, minimum=0.0)
+        check_number("la_tau", self.la_tau)
+        check_number("focal_gamma", self.focal_gamma, minimum=0.0, inclusive=True)
+        check_number("dice_smooth", self.dice_smooth, minimum=0.0, inclusive=True)
+        check_number("causal_lm_margin", self.causal_lm_margin, minimum=0.0, inclusive=True)
 
     @property
     def spec(self) -> LossSpec:
@@ -256,7 +256,8 @@ def _counts_tuple(counts) -> tuple[int, ...]:
     return tuple(int(c) for c in values)
 
 
-def _check_number(name: str, value, minimum: float | None = None, inclusive: bool = False) -> None:
+def check_number(name: str, value, minimum: float | None = None, inclusive: bool = False) -> None:
+    """Raises a ValueError naming `name` unless `value` is a finite real number (`> minimum`, or `>=` if `inclusive`)."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if ok and minimum is not None:
         ok = value >= minimum if inclusive else value > minimum

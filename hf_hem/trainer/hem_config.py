@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import warnings
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
 from ..losses.registry import LOSS_NAMES, MARGIN_LOSS_NAMES
-from ..losses.settings import LossSettings
+from ..losses.settings import LossSettings, check_number
 
 
 @dataclass
@@ -291,14 +290,14 @@ class HEMConfig(TrainingArguments):
                 f"skip_zero_loss={self.skip_zero_loss!r} with loss_name={self.loss_name!r}: only the margin losses "
                 f"({', '.join(MARGIN_LOSS_NAMES)}) have samples with exactly zero loss and gradient; use 'off'."
             )
-        _check_number("skip_backward_ratio", self.skip_backward_ratio, minimum=0.0)
+        check_number("skip_backward_ratio", self.skip_backward_ratio, minimum=0.0)
         if (
             isinstance(self.stale_revisit_epochs, bool)
             or not isinstance(self.stale_revisit_epochs, int)
             or (self.stale_revisit_epochs < 1)
         ):
             raise ValueError(f"stale_revisit_epochs must be an integer >= 1, got {self.stale_revisit_epochs!r}.")
-        _check_number("stale_final_fraction", self.stale_final_fraction, minimum=0.0, inclusive=True)
+        check_number("stale_final_fraction", self.stale_final_fraction, minimum=0.0, inclusive=True)
         if self.stale_final_fraction > 1:
             raise ValueError(f"stale_final_fraction must be in [0, 1], got {self.stale_final_fraction!r}.")
         if self.label_smoothing_factor != 0:
@@ -363,12 +362,3 @@ LOSS_SETTINGS_FIELDS = {
     "dice_smooth": "dice_smooth",
     "causal_lm_margin": "causal_lm_margin",
 }
-
-
-def _check_number(name: str, value, minimum: float | None = None, inclusive: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and minimum is not None:
-        ok = value >= minimum if inclusive else value > minimum
-    if not ok:
-        bound = "" if minimum is None else f" {'>=' if inclusive else '>'} {minimum:g}"
-        raise ValueError(f"{name} must be a finite number{bound}, got {value!r}.")
