@@ -449,10 +449,22 @@ comparison with 1.5x the epochs (seeds {", ".join(map(str, longer_seeds)) or "no
         f"epochs: {ranking(longer_fit, longer_seeds) if longer_fit else 'not run'}.",
         f"* **Where HEM loses** (mean mIoU, {EPOCHS} epochs): {loses(default_fit, default_seeds)}"
         + (f". With {LONGER_EPOCHS} epochs: {loses(longer_fit, longer_seeds)}." if longer_fit else "."),
+        f"* **Per seed** ({EPOCHS} epochs; mIoU / training pixel accuracy): "
+        + "; ".join(
+            f"`{loss}` "
+            + ", ".join(
+                f"seed {seed} {default_fit[(loss, seed)]['miou']:.3f} / "
+                f"{default_fit[(loss, seed)]['train_pixel_accuracy']:.3f}"
+                for seed in default_seeds
+                if (loss, seed) in default_fit
+            )
+            for loss in losses
+        )
+        + ". A run stuck near chance has a flat curve, which the curve criterion calls converged.",
         "* **Wall time** (sum of the runs' wall times, one thread each, on a 2-core machine shared with other jobs): "
-        f"encoder pretraining {pretrain_time / 60:.1f} min (training only), the {EPOCHS}-epoch comparison "
-        f"{default_wall / 60:.1f} min, the {LONGER_EPOCHS}-epoch rerun {longer_wall / 60:.1f} min, the margin sweep "
-        f"{sweep_wall / 60:.1f} min.",
+        f"{(pretrain_time + default_wall + longer_wall + sweep_wall) / 60:.1f} min in all: encoder pretraining "
+        f"{pretrain_time / 60:.1f} min (training only), the {EPOCHS}-epoch comparison {default_wall / 60:.1f} min, the "
+        f"{LONGER_EPOCHS}-epoch rerun {longer_wall / 60:.1f} min, the margin sweep {sweep_wall / 60:.1f} min.",
     ]
     if missing:
         findings.append(f"* **Not run** (out of time): {', '.join(missing)}.")
@@ -460,7 +472,7 @@ comparison with 1.5x the epochs (seeds {", ".join(map(str, longer_seeds)) or "no
     if sweep_rows:
         parts.append(
             _wrap(
-                f"Margin sweep on seed {SWEEP_SEED} (`hf-hem compare --losses hem --margins {SWEEP_MARGINS}` from "
+                f"Margin sweep on seed {SWEEP_SEED} (`--losses hem --margins {SWEEP_MARGINS}`, from "
                 f"the same encoder): HEM with fixed margins, next to CE and HEM with the rule's margin from the "
                 f"{EPOCHS}-epoch comparison."
             )
