@@ -24,8 +24,10 @@ import shlex
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -198,7 +200,8 @@ def training_pixel_accuracy(run_dir: Path, seed: int) -> tuple[float, float]:
         correct = labelled = 0
         for start in range(0, len(dataset), 64):
             batch = dataset[start : start + 64]
-            pixels, labels = torch.as_tensor(batch["pixel_values"]), torch.as_tensor(batch["labels"])
+            pixels = torch.as_tensor(np.stack(batch["pixel_values"]))
+            labels = torch.as_tensor(np.stack(batch["labels"]))
             predictions = upsample_and_argmax(model(pixel_values=pixels).logits, labels)
             keep = labels != model.config.semantic_loss_ignore_index
             correct += int((predictions[keep] == labels[keep]).sum())
@@ -235,6 +238,21 @@ def _fit_of(results: dict, folder: Path) -> dict:
         }
         fit[(_label(run), run["seed"])] = entry
     return fit
+
+
+def _wrap(text: str, width: int = 119) -> str:
+    """Fills the prose paragraphs of `text` (separated by blank lines) to the page's line length."""
+    return "\n\n".join(
+        textwrap.fill(" ".join(paragraph.split()), width, break_long_words=False, break_on_hyphens=False)
+        for paragraph in text.split("\n\n")
+    )
+
+
+def _wrap_item(item: str, width: int = 119) -> str:
+    """Fills a `* ` list item, continuation lines indented under its text."""
+    return textwrap.fill(
+        " ".join(item.split()), width, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False
+    )
 
 
 def _mean_std(values) -> str:
@@ -397,51 +415,76 @@ def write_segmentation_results(output_dir: Path, docs: Path, reuse_only: bool = 
         )
 
     pretrain_commands = "\n".join(_shown(plan.pretrain_command(seed), output_dir) for seed in SEEDS)
-    block = f"""{PAGE_BEGIN}
-{verdict_line} {fit_line}
 
-Produced by `python benchmarks/make_results.py --segmentation --output_dir <out>/..` on {platform.machine()}, torch
-{torch.__version__}, CPU only, one thread per run. Setting: SegFormer-tiny with stride-2 patch embeddings
-(`{SEGFORMER_CONFIG}`), its encoder first trained to classify the embedded digits at 16x16 pixels (validation
-accuracy {", ".join(f"{value:.3f}" for value in pretrain_accuracy)} for seeds {", ".join(map(str, sorted(pretrain)))}),
-then fine-tuned on the 32-pixel scenes (800 training, 200 validation images per seed) for {EPOCHS} epochs of AdamW at
-5e-3 with cosine decay, the same for every loss. mIoU and pixel accuracy are the final validation evaluation's, mean ±
-std over seeds {", ".join(map(str, default_seeds))}; *training pixel accuracy*: each saved model evaluated on its own
-training scenes without augmentation; *HEM's violating fraction*: the share of training pixels violating their
-margin, mean over the last epoch's logs; *converged*: the validation mIoU varied by at most {tolerance:g} over the
-last 25% of the evaluations (one per epoch); the {LONGER_EPOCHS}-epoch columns rerun the comparison with 1.5x the
-epochs (seeds {", ".join(map(str, longer_seeds)) or "none"}), and a change of the mean above {tolerance:g} means the
-{EPOCHS}-epoch runs had not finished learning. HEM's margin from the rule: μ = {margins.get("hem", [math.nan])[0]:.3f}
-(S = 800 training images, capped at 1.0 below S = 2000); HEM+: {min(plus):.3f}–{max(plus):.3f} per class (seed
-{default_seeds[0]}).
+    def loses(fit, seeds):
+        means = {loss: _mean(column(fit, loss, "miou", seeds)) for loss in losses}
+        parts = []
+        for hem in (loss for loss in losses if loss in _MARGIN_LOSSES):
+            above = [other for other in losses if other not in _MARGIN_LOSSES and means[other] > means[hem]]
+            if above:
+                gaps = ", ".join(f"`{other}` by {means[other] - means[hem]:.3f}" for other in above)
+                parts.append(f"`{hem}` is below {gaps}")
+        return "; ".join(parts) or "nowhere: no HEM variant is below a baseline"
 
-{chr(10).join(rows)}
+    seeds_text = ", ".join(map(str, default_seeds))
+    intro = f"""{verdict_line} {fit_line}
 
-* **Ranking by mean mIoU** ({EPOCHS} epochs): {ranking(default_fit, default_seeds)}; with {LONGER_EPOCHS} epochs:
-  {ranking(longer_fit, longer_seeds) if longer_fit else "not run"}.
-* **Wall time** (sum of the runs' wall times, one thread each, on a 2-core machine shared with other jobs): encoder
-  pretraining {pretrain_time / 60:.1f} min (training only), the {EPOCHS}-epoch comparison {default_wall / 60:.1f} min,
-  the {LONGER_EPOCHS}-epoch rerun {longer_wall / 60:.1f} min, the margin sweep {sweep_wall / 60:.1f} min.
-{f"* **Not run** (time): {', '.join(missing)}." + chr(10) if missing else ""}
-Commands (`<out>` is `--output_dir`/segmentation):
-
-```bash
-{pretrain_commands}
-{commands("default")}
-{commands("longer")}
-{commands("sweep")}
-```
-
-{chr(10).join(pictures)}
-"""
+Produced by `python benchmarks/make_results.py --segmentation --output_dir DIR` (`<out>` below is `DIR/segmentation`)
+on {platform.machine()}, torch {torch.__version__}, CPU only, one thread per run. Setting, the same for every loss:
+SegFormer-tiny with stride-2 patch embeddings (`{SEGFORMER_CONFIG}`), its encoder first trained with cross-entropy to
+classify the embedded digits at 16x16 pixels (validation accuracy {
+        ", ".join(f"{value:.3f}" for value in pretrain_accuracy)
+    } for seeds {", ".join(map(str, sorted(pretrain)))}), then fine-tuned on the 32-pixel scenes (800
+training, 200 validation images per seed) for {EPOCHS} epochs of AdamW at 5e-3 with cosine decay. mIoU and pixel
+accuracy are the final validation evaluation's, mean ± std over seeds {seeds_text}; *training pixel accuracy*: each
+saved model evaluated on its own training scenes without augmentation; *HEM's violating fraction*: the share of
+training pixels violating their margin, mean over the last epoch's logs; *converged*: the validation mIoU varied by at
+most {tolerance:g} over the last 25% of the evaluations (one per epoch). The {LONGER_EPOCHS}-epoch columns rerun the
+comparison with 1.5x the epochs (seeds {", ".join(map(str, longer_seeds)) or "none"}); a change of the mean above
+{tolerance:g} means the {EPOCHS}-epoch runs had not finished learning. HEM's margin from the rule: μ =
+{margins.get("hem", [math.nan])[0]:.3f} (S = 800 training images, capped at 1.0 below S = 2000); HEM+:
+{min(plus):.3f}–{max(plus):.3f} per class (seed {default_seeds[0]})."""
+    findings = [
+        f"* **Ranking by mean mIoU** ({EPOCHS} epochs): {ranking(default_fit, default_seeds)}; with {LONGER_EPOCHS} "
+        f"epochs: {ranking(longer_fit, longer_seeds) if longer_fit else 'not run'}.",
+        f"* **Where HEM loses** (mean mIoU, {EPOCHS} epochs): {loses(default_fit, default_seeds)}"
+        + (f". With {LONGER_EPOCHS} epochs: {loses(longer_fit, longer_seeds)}." if longer_fit else "."),
+        f"* **Per seed** ({EPOCHS} epochs; mIoU / training pixel accuracy): "
+        + "; ".join(
+            f"`{loss}` "
+            + ", ".join(
+                f"seed {seed} {default_fit[(loss, seed)]['miou']:.3f} / "
+                f"{default_fit[(loss, seed)]['train_pixel_accuracy']:.3f}"
+                for seed in default_seeds
+                if (loss, seed) in default_fit
+            )
+            for loss in losses
+        )
+        + ". A run stuck near chance has a flat curve, which the curve criterion calls converged.",
+        "* **Wall time** (sum of the runs' wall times, one thread each, on a 2-core machine shared with other jobs): "
+        f"{(pretrain_time + default_wall + longer_wall + sweep_wall) / 60:.1f} min in all: encoder pretraining "
+        f"{pretrain_time / 60:.1f} min (training only), the {EPOCHS}-epoch comparison {default_wall / 60:.1f} min, the "
+        f"{LONGER_EPOCHS}-epoch rerun {longer_wall / 60:.1f} min, the margin sweep {sweep_wall / 60:.1f} min.",
+    ]
+    if missing:
+        findings.append(f"* **Not run** (out of time): {', '.join(missing)}.")
+    parts = [PAGE_BEGIN + "\n" + _wrap(intro), "\n".join(rows), "\n".join(_wrap_item(item) for item in findings)]
     if sweep_rows:
-        block += f"""
-Margin sweep on seed {SWEEP_SEED}: HEM with fixed margins {SWEEP_MARGINS}, next to CE and HEM with the rule's margin
-from the {EPOCHS}-epoch comparison:
-
-{chr(10).join(sweep_rows)}
-"""
-    block += PAGE_END
+        parts.append(
+            _wrap(
+                f"Margin sweep on seed {SWEEP_SEED} (`--losses hem --margins {SWEEP_MARGINS}`, from "
+                f"the same encoder): HEM with fixed margins, next to CE and HEM with the rule's margin from the "
+                f"{EPOCHS}-epoch comparison."
+            )
+        )
+        parts.append("\n".join(sweep_rows))
+    parts.append(
+        "Commands:\n\n```bash\n"
+        + "\n".join([pretrain_commands, commands("default"), commands("longer"), commands("sweep")])
+        + "\n```"
+    )
+    parts += pictures
+    block = "\n\n".join(parts) + "\n" + PAGE_END
     page = docs / "semantic_segmentation.md"
     text = page.read_text()
     if PAGE_BEGIN not in text or PAGE_END not in text:
