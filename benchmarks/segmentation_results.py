@@ -256,7 +256,7 @@ def _wrap_item(item: str, width: int = 119) -> str:
 
 
 def _mean_std(values) -> str:
-    from hf_hem.evaluation.stats import format_mean_std, mean_std
+    from hf_hem.experiments.stats import format_mean_std, mean_std
 
     return format_mean_std(*mean_std(values, omit_nonfinite=True), digits=3)
 
@@ -268,7 +268,7 @@ def _mean(values) -> float:
 
 def write_segmentation_results(output_dir: Path, docs: Path, reuse_only: bool = False) -> None:
     """Runs what is missing (unless `reuse_only`), then rewrites the results block of docs/semantic_segmentation.md."""
-    from hf_hem.evaluation.curves import DEFAULT_CRITERION, Convergence, convergence_cell
+    from hf_hem.experiments.convergence import DEFAULT_CRITERION, Convergence, convergence_cell
 
     plan = _Plan(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
