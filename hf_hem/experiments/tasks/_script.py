@@ -260,11 +260,12 @@ class ScriptTask(Task):
             )
         else:
             dataset = self.local_dataset_text(data_args)
-        model = (
-            f"`{model_args.model_name_or_path}` (fine-tuned)"
-            if model_args.model_name_or_path
-            else self.model_from_config_text(model_args)
-        )
+        if model_args.model_name_or_path:
+            model = f"`{model_args.model_name_or_path}` (fine-tuned)"
+        elif getattr(model_args, "config_name", None):
+            model = f"built from the config `{model_args.config_name}` (random initialisation)"
+        else:
+            model = self.model_from_config_text(model_args)
         return {
             "dataset": dataset,
             "model": model,
