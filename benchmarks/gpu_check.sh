@@ -42,6 +42,7 @@ import torch
 from triton.testing import do_bench
 
 from hf_hem.losses.kernels import _triton
+from hf_hem.losses.kernels._inputs import KernelInputs
 
 for dtype in (torch.float32, torch.bfloat16):
     x = torch.randn(8, 150, 512 * 512, device="cuda").to(dtype)
@@ -49,15 +50,16 @@ for dtype in (torch.float32, torch.bfloat16):
     size_gb = x.numel() * x.element_size() / 1e9
     copy_ms = do_bench(lambda: x.clone())
     print(f"{dtype}: logits {size_gb:.2f} GB, clone {copy_ms:.3f} ms ({2 * size_gb / copy_ms:.2f} TB/s read+write)")
-    outputs = _triton.forward(x, labels, None, 0.04, -100, True, True)  # autotuned
+    inputs = KernelInputs(x, labels, None, 0.04, -100)
+    outputs = _triton.forward(inputs, True, True)  # autotuned
     weight = torch.rand(labels.shape, device="cuda")
-    _triton.backward(x, labels, None, 0.04, -100, outputs[1], outputs[2], weight)
+    _triton.backward(inputs, outputs[1], outputs[2], weight)
     print("  chosen:", {key[0]: value for key, value in _triton.tuned_configs().items() if key[3] == dtype and key[1] == 150})
     for config in _triton.candidates(150, 512 * 512):
         try:
-            forward_ms = do_bench(lambda: _triton.forward(x, labels, None, 0.04, -100, True, True, config))
+            forward_ms = do_bench(lambda: _triton.forward(inputs, True, True, config))
             backward_ms = do_bench(
-                lambda: _triton.backward(x, labels, None, 0.04, -100, outputs[1], outputs[2], weight, config)
+                lambda: _triton.backward(inputs, outputs[1], outputs[2], weight, config)
             )
         except Exception as error:  # a configuration the compiler rejects is reported, not fatal
             print(f"  {config}: failed ({type(error).__name__}: {str(error)[:120]})")
