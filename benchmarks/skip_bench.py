@@ -91,33 +91,43 @@ class EpochClock(TrainerCallback):
         self.times.append(time.perf_counter() - self._start)
 
 
+def recipe_config(output_dir, loss_name, skip, epochs, seed, learning_rate, max_margin, use_cpu=True):
+    """The recipe's `HEMConfig` (also `time_to_accuracy.py`'s): AdamW, weight decay 0.05, cosine schedule with 5%
+    warm-up, batch 64, one log per epoch, no evaluation or checkpoints."""
+    from hf_hem.trainer import HEMConfig
+
+    return HEMConfig(
+        output_dir=output_dir,
+        loss_name=loss_name,
+        skip_zero_loss=skip,
+        max_margin=max_margin,
+        num_train_epochs=epochs,
+        learning_rate=learning_rate,
+        weight_decay=0.05,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.05,
+        per_device_train_batch_size=64,
+        logging_strategy="epoch",
+        eval_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=use_cpu,
+        seed=seed,
+        dataloader_num_workers=0,
+    )
+
+
 def train_one(model_type, loss_name, skip, seed, epochs, data, image_size):
     from hf_hem.metrics import accuracy, rejection_metrics
-    from hf_hem.trainer import HEMConfig, HEMTrainer
+    from hf_hem.trainer import HEMTrainer
 
     (train_x, train_y), (test_x, test_y), unknown_x = data
     model = build_model(model_type, seed, image_size)
     clock = EpochClock()
     with tempfile.TemporaryDirectory() as output_dir:
-        args = HEMConfig(
-            output_dir=output_dir,
-            loss_name=loss_name,
-            skip_zero_loss=skip,
-            max_margin=MAX_MARGIN[0],
-            num_train_epochs=epochs,
-            learning_rate=3e-3,
-            weight_decay=0.05,
-            lr_scheduler_type="cosine",
-            warmup_steps=0.05,
-            per_device_train_batch_size=64,
-            logging_strategy="epoch",
-            eval_strategy="no",
-            save_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
-            use_cpu=not torch.cuda.is_available(),
-            seed=seed,
-            dataloader_num_workers=0,
+        args = recipe_config(
+            output_dir, loss_name, skip, epochs, seed, 3e-3, MAX_MARGIN[0], use_cpu=not torch.cuda.is_available()
         )
         trainer = HEMTrainer(
             model=model,

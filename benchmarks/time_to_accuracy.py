@@ -50,7 +50,7 @@ from transformers import PrinterCallback
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from skip_bench import TensorDataset  # noqa: E402
+from skip_bench import TensorDataset, recipe_config  # noqa: E402
 
 
 DEFAULT_MODES = ("ce/off", "hem/off", "hem/exact", "hem/stale")
@@ -124,32 +124,13 @@ def build_model(model_type: str, seed: int, image_size: int, classes: int):
 
 
 def train_one(setting: dict, mode: str, seed: int, epochs: int, data) -> dict:
-    from hf_hem.trainer import HEMConfig, HEMTrainer
+    from hf_hem.trainer import HEMTrainer
 
     loss_name, skip = mode.split("/")
     (train_x, train_y), (test_x, test_y) = data
     model = build_model(setting["model"], seed, setting["image_size"], setting["classes"])
     with tempfile.TemporaryDirectory() as output_dir:
-        args = HEMConfig(
-            output_dir=output_dir,
-            loss_name=loss_name,
-            skip_zero_loss=skip,
-            num_train_epochs=epochs,
-            max_margin=MAX_MARGIN[0],
-            learning_rate=setting["lr"],
-            weight_decay=0.05,
-            lr_scheduler_type="cosine",
-            warmup_steps=0.05,
-            per_device_train_batch_size=64,
-            logging_strategy="epoch",
-            eval_strategy="no",
-            save_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
-            use_cpu=True,
-            seed=seed,
-            dataloader_num_workers=0,
-        )
+        args = recipe_config(output_dir, loss_name, skip, epochs, seed, setting["lr"], MAX_MARGIN[0])
         trainer = HEMTrainer(
             model=model,
             args=args,

@@ -29,6 +29,7 @@ from transformers import TrainerCallback
 
 from .heads import Head, find_head, head_named
 from .losses.registry import LOSS_SPECS, CardText, loss_spec
+from .margins import Margins
 
 
 logger = logging.getLogger(__name__)
@@ -624,13 +625,13 @@ def card_worthy_metrics(metrics: Mapping | None) -> dict[str, float]:
 
 
 def card_loss_settings(
-    loss_name: str, *, margins, class_counts, num_margin_samples: float | None, options: Any
+    loss_name: str, *, margins: Margins | None, class_counts, num_margin_samples: float | None, options: Any
 ) -> dict[str, Any]:
     """What the card shows about the loss: the margins actually used, their scale and counts, the loss options.
 
     Args:
         loss_name (`str`): a registry name.
-        margins (`torch.Tensor`, *optional*): the margins in use.
+        margins ([`~hf_hem.margins.Margins`], *optional*): the margins in use, with whether they are per class.
         class_counts (*optional*): the counts behind them.
         num_margin_samples (`float`, *optional*): `S` of the margin formula.
         options: the `HEMConfig` (read: `margin`, `margin_scale`, `per_class_margins` and the spec's
@@ -640,10 +641,10 @@ def card_loss_settings(
     per_class = bool(getattr(options, "per_class_margins", False))
     settings: dict[str, Any] = {}
     if spec.margin_loss and margins is not None:
-        if per_class or bool((margins != margins[0]).any()):
-            settings["margins"] = [float(value) for value in margins]
+        if margins.per_class:
+            settings["margins"] = [float(value) for value in margins.values]
         else:
-            settings["margin"] = float(margins[0])
+            settings["margin"] = margins.shared
         if getattr(options, "margin", None) is None:
             settings["margin_scale"] = getattr(options, "margin_scale", 2000.0)
             if class_counts is not None:

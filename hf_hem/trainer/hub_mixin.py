@@ -84,7 +84,7 @@ class HEMCardHubMixin:
             "loss_name": args.loss_name,
             "loss_settings": card_loss_settings(
                 args.loss_name,
-                margins=setup.margins,
+                margins=setup.run_margins,
                 class_counts=setup.class_counts,
                 num_margin_samples=None if setup.counts is None else setup.counts.num_samples,
                 options=args,
