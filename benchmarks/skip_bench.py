@@ -181,6 +181,10 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     parser.add_argument("--plot", default=None)
     options = parser.parse_args()
+    if options.epochs < 3:
+        parser.error(
+            f"--epochs must be >= 3 (the report compares the last third of the epochs), got {options.epochs}."
+        )
     MAX_MARGIN[0] = options.max_margin
     torch.set_num_threads(options.threads)
     models = options.models.split(",")
