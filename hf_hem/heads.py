@@ -62,6 +62,10 @@ class Head:
             head names a metric differently from the card's defaults.
         entity_metrics (`bool`): Whether `<TYPE>_precision`-style keys are per-entity scores (`seqeval`).
         per_class_metric (`str`): The metric of the card's per-class table.
+        ignore_index_fields (`tuple[str, ...]`): Config fields that hold the label value the model's own loss ignores,
+            first found wins. Segmenters name it differently: SegFormer, BEiT, DPT and MobileViT
+            `semantic_loss_ignore_index`, UperNet `loss_ignore_index`. Empty where labels have no ignore value in
+            the config.
     """
 
     name: str
@@ -80,6 +84,15 @@ class Head:
     metric_names: Mapping[str, tuple[str, str]] = field(default_factory=lambda: MappingProxyType({}))
     entity_metrics: bool = False
     per_class_metric: str = "Accuracy"
+    ignore_index_fields: tuple[str, ...] = ()
+
+    def config_ignore_index(self, config) -> int | None:
+        """The ignore index the model's config declares for this head (see `ignore_index_fields`), or `None`."""
+        for name in self.ignore_index_fields:
+            value = getattr(config, name, None)
+            if value is not None:
+                return int(value)
+        return None
 
     @property
     def nested_labels(self) -> bool:
@@ -96,6 +109,7 @@ HEADS = (
         pipeline_tag="image-segmentation", task_name="semantic segmentation",
         auto_model_class="AutoModelForSemanticSegmentation", card_kind="segmentation",
         tags=("image-segmentation", "vision"), per_class_metric="IoU",
+        ignore_index_fields=("semantic_loss_ignore_index", "loss_ignore_index"),
     ),
     Head(
         "image-classification", "IMAGE_CLASSIFICATION", None, ("ForImageClassification",),
@@ -161,6 +175,8 @@ HEADS = (
 FALLBACK_HEAD = Head(
     "classification", None, None, (), class_dim=1, label_shift=0, classes="num_labels", label_unit="example",
     pipeline_tag=None, task_name="classification", auto_model_class=None, card_kind=None,
+    # A model of unknown head with SegFormer's field is taken for a segmenter (a custom one built on its config).
+    ignore_index_fields=("semantic_loss_ignore_index",),
 )  # fmt: skip
 
 

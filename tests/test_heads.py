@@ -227,3 +227,18 @@ def test_the_card_takes_head_names_and_the_heads_card_facts():
     assert card.data.pipeline_tag == "text-generation" and "AutoModelForCausalLM" in str(card)
     with pytest.raises(ValueError, match=r"`task`: no head named 'fill-mask'"):
         generate_model_card(model_name="m", task="fill-mask")
+
+
+def test_upernet_segmenters_give_their_ignore_index_under_their_own_field_name(tmp_path):
+    """UperNet names the field `loss_ignore_index`, not `semantic_loss_ignore_index`: its 255 once reached the loss as
+    a label outside the classes."""
+    from transformers import ConvNextConfig, UperNetConfig, UperNetForSemanticSegmentation
+
+    backbone = ConvNextConfig(hidden_sizes=[8, 8, 8, 8], depths=[1, 1, 1, 1], out_features=["stage1", "stage4"])
+    config = UperNetConfig(
+        backbone_config=backbone, hidden_size=8, use_auxiliary_head=False, num_labels=3, loss_ignore_index=200
+    )
+    assert not hasattr(config, "semantic_loss_ignore_index")
+    setup = LossSetup(hem_args(tmp_path, margin=0.5), UperNetForSemanticSegmentation(config), None)
+    assert setup.head is head_named("semantic-segmentation")
+    assert setup.ignore_index == 200

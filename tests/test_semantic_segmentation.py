@@ -317,6 +317,8 @@ def test_bad_arguments_are_rejected(capsys):
         parse_semantic_segmentation_args(["--dataset_name", "scene_parse_150", "--train_dir", "x"])
     with pytest.raises(ValueError, match="min_scale"):
         parse_semantic_segmentation_args(["--min_scale", "2", "--max_scale", "1"])
+    with pytest.raises(ValueError, match="max_embedded_digits must be an integer >= 1, got 0"):
+        parse_semantic_segmentation_args(["--max_embedded_digits", "0"])
     with pytest.raises(SystemExit):
         parse_semantic_segmentation_args(["--segformer_size", "b9"])
     assert "invalid choice" in capsys.readouterr().err
@@ -464,3 +466,18 @@ def test_help_lists_model_data_and_training_flags(capsys):
     text = capsys.readouterr().out
     for flag in ("--dataset_name", "--model_name_or_path", "--loss_name", "--learning_rate", "--output_dir"):
         assert flag in text, flag
+
+
+def test_max_embedded_digits_sets_the_most_digits_of_a_scene():
+    from hf_hem.pipelines._segmentation_data import load_semantic_segmentation_data
+
+    model_args, data_args, _ = parse_semantic_segmentation_args(
+        ["--max_embedded_digits", "1", "--num_embedded_images", "30", "--image_size", "32"]
+    )
+    scenes = load_semantic_segmentation_data(data_args, model_args, seed=0).dataset["train"]
+    assert set(scenes["scene_category"]) == {1}
+    digits_per_scene = [len(set(np.unique(np.asarray(mask)).tolist()) - {0}) for mask in scenes["annotation"]]
+    assert max(digits_per_scene) == 1
+    _, default_args, _ = parse_semantic_segmentation_args(["--num_embedded_images", "30", "--image_size", "32"])
+    default_scenes = load_semantic_segmentation_data(default_args, model_args, seed=0).dataset["train"]
+    assert max(default_scenes["scene_category"]) == 3

@@ -184,6 +184,13 @@ class SegmentationDataArguments:
     num_embedded_images: int = field(
         default=1000, metadata={"help": "Images of the embedded digit scenes (train and validation together)."}
     )
+    max_embedded_digits: int = field(
+        default=3,
+        metadata={
+            "help": "Most digits pasted into one embedded scene (1 to this many, later ones occluding earlier ones). "
+            "Fewer digits make an easier problem: less occlusion and fewer neighbouring digits to tell apart."
+        },
+    )
 
     def __post_init__(self):
         sources = {
@@ -204,6 +211,7 @@ class SegmentationDataArguments:
         if not (0.0 < low <= high):
             raise ValueError(f"need 0 < min_scale <= max_scale, got min_scale={low}, max_scale={high}.")
         check_integer(self, "num_embedded_images", 10)
+        check_integer(self, "max_embedded_digits", 1)
 
     @property
     def uses_embedded_dataset(self) -> bool:

@@ -101,7 +101,10 @@ def load_semantic_segmentation_data(
         reduce = True if data_args.do_reduce_labels is None else data_args.do_reduce_labels
         image_size = getattr(model_args, "image_size", None) or 64
         scenes = load_digits_segmentation_dataset(
-            num_images=data_args.num_embedded_images, image_size=image_size, seed=seed
+            num_images=data_args.num_embedded_images,
+            image_size=image_size,
+            seed=seed,
+            max_digits=data_args.max_embedded_digits,
         )
         scenes = DatasetDict(
             {name: split.add_column("example_index", np.arange(len(split))) for name, split in scenes.items()}

@@ -37,6 +37,7 @@ from transformers import AutoModelForSemanticSegmentation, SegformerConfig
 
 from ..counting import ClassCounts, resolve_class_counts
 from ..data import build_segmentation_transforms, collate_fn
+from ..heads import head_named
 from ..losses.registry import needs_class_counts
 from ..metrics import StreamingConfusionMatrix
 from ._common import PipelineRun, build_model_and_processor, pipeline_card_kwargs, truncate
@@ -345,7 +346,8 @@ def run_semantic_segmentation(
     )
     ignore_index = training_args.loss_ignore_index
     if ignore_index is None:
-        ignore_index = int(getattr(model.config, "semantic_loss_ignore_index", 255))
+        declared = head_named("semantic-segmentation").config_ignore_index(model.config)
+        ignore_index = 255 if declared is None else declared
     if not 0 <= ignore_index <= 255 or ignore_index < num_labels:
         raise ValueError(
             f"the ignore index {ignore_index} must lie in [num_labels={num_labels}, 255], where masks and padding "

@@ -97,12 +97,10 @@ class LossSetup:
                 f"input_ids and of the logits), so labels must be choice indices in [0, {self.num_choices})."
             )
         )
-        # A known head that is not per-pixel ignores the config's segmentation ignore index: BEiT's image classifiers
-        # carry the field too (255), and for them 255 is a class index, not "no label". A model of unknown head with
-        # that field is taken for a segmenter, as before the head table.
-        semantic = getattr(config, "semantic_loss_ignore_index", None)
-        if self.head is not FALLBACK_HEAD and self.head.label_unit != "pixel":
-            semantic = None
+        # Only a segmentation head reads an ignore index from the config (each segmenter names the field its own
+        # way): BEiT's image classifiers carry `semantic_loss_ignore_index` too (255), and for them 255 is a class
+        # index, not "no label". A model of unknown head with that field is taken for a segmenter.
+        semantic = self.head.config_ignore_index(config)
         pixel_labels = semantic is not None
         default_ignore = int(semantic) if semantic is not None else -100
         self.ignore_index = default_ignore if args.loss_ignore_index is None else int(args.loss_ignore_index)
