@@ -1,15 +1,15 @@
 """Runs the task suite on the embedded digits and writes docs/RESULTS.md from its reports.
 
     python benchmarks/make_results.py [--seeds 3] [--output_dir hem-benchmark]
-    python benchmarks/make_results.py --segmentation [--output_dir hem-benchmark]
+    python benchmarks/make_results.py --segmentation [--output_dir hem-benchmark] [--jobs 2]
 
 Every number in docs/RESULTS.md comes from this script: it calls `hf-hem benchmark` once per task with the losses of
 `TASK_LOSSES` and the training flags of `SUITE_FLAGS`, and once more with `LONGER_FLAGS` (the 1.5x check, one seed,
 into `<output_dir>/longer`; both resumable: finished runs are reused), then reads each task's `results.json` and
 `report.md` and copies its plots under docs/ (about 40 min of CPU for the whole suite with 3 seeds). With `--segmentation` it instead runs the
-segmentation comparisons of docs/semantic_segmentation.md (benchmarks/segmentation_results.py: an encoder pretrained on
-the embedded digits, then `hf-hem compare --task segmentation` per seed, the same with 1.5x the epochs, and a margin
-sweep; finished runs are reused) and rewrites the block between the `results` markers of that page from them.
+segmentation comparisons of docs/semantic_segmentation.md (benchmarks/segmentation_results.py: `hf-hem compare --task
+segmentation` per seed in a setting the model fits, the same with 1.5x the epochs, and a margin sweep; finished runs
+are reused) and rewrites the block between the `results` markers of that page from them.
 """
 
 from __future__ import annotations
@@ -246,7 +246,7 @@ def suite_results(seeds: int, output_dir: Path, tasks: list, docs: Path, invocat
     total_seconds, longer_seconds = 0.0, 0.0
     for task in tasks:
         results, report, command = _run_suite_task(task, seeds, output_dir)
-        commands.append(f"* `{command}`")
+        commands.append(f"* `{command.replace(str(output_dir), '<out>')}`")
         settings = settings or results["settings"]
         criterion = criterion or results["convergence"]["criterion"]
         (figures / task).mkdir(parents=True, exist_ok=True)
@@ -297,7 +297,7 @@ def suite_results(seeds: int, output_dir: Path, tasks: list, docs: Path, invocat
         )
 
         longer, _, longer_command = _run_suite_task(task, LONGER_SEEDS, output_dir / "longer", LONGER_FLAGS)
-        longer_commands.append(f"* `{longer_command}`")
+        longer_commands.append(f"* `{longer_command.replace(str(output_dir), '<out>')}`")
         longer_seconds += sum(run["elapsed_seconds"] for run in longer["runs"])
         if longer_rows is None:
             short_run, long_run = _flag_value(SUITE_FLAGS, "--epochs"), _flag_value(LONGER_FLAGS, "--epochs")
@@ -356,7 +356,7 @@ def suite_results(seeds: int, output_dir: Path, tasks: list, docs: Path, invocat
     )
     intro = f"""# Results of the task suite on the embedded digits
 
-Produced by `{invocation}`, on {platform.machine()}, torch {torch.__version__}, CPU only, one torch thread per run
+Produced by `{invocation.replace(str(output_dir), "<out>")}` (`<out>` below is its `--output_dir`), on {platform.machine()}, torch {torch.__version__}, CPU only, one torch thread per run
 and one run at a time, on a 2-core machine shared with other jobs. The {seeds}-seed comparison took
 {_minutes(total_seconds)} of training and evaluation, the 1.5x check {_minutes(longer_seconds)} more (the sums of the
 runs' wall times in the tasks' `results.json`). The script runs `hf-hem benchmark` twice per task (the commands are
@@ -456,11 +456,21 @@ def main(argv=None) -> None:
         action="store_true",
         help="With --segmentation: start no run; write the block from the finished ones, naming those not run.",
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="With --segmentation: comparisons of this many seeds run side by side (each one thread).",
+    )
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}.")
     if args.segmentation:
         from segmentation_results import write_segmentation_results  # benchmarks/, this script's folder
 
-        write_segmentation_results(Path(args.output_dir) / "segmentation", Path(args.docs_dir), args.reuse_only)
+        write_segmentation_results(
+            Path(args.output_dir) / "segmentation", Path(args.docs_dir), args.reuse_only, jobs=args.jobs
+        )
         return
     tasks = [task.strip() for task in args.tasks.split(",") if task.strip()]
     unknown = [task for task in tasks if task not in TASK_LOSSES]

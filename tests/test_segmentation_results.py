@@ -51,10 +51,6 @@ def build_tree(tmp_path: Path, change: float, train_accuracy: float, longer=True
     module = load_script()
     out = tmp_path / "out"
     for seed in module.SEEDS:
-        (out / f"pretrain-seed{seed}").mkdir(parents=True)
-        (out / f"pretrain-seed{seed}" / "all_results.json").write_text(
-            json.dumps({"eval_accuracy": 0.99, "train_runtime": 30.0})
-        )
         write_comparison(out / f"default-seed{seed}", seed, LOSSES, train_accuracy, mismatch=mismatch)
         if longer:
             longer_mious = {loss: miou + change for loss, miou in LOSSES.items()}
@@ -102,3 +98,22 @@ def test_fit_evaluation_must_reproduce_the_runs_pixel_accuracy(tmp_path):
     module, out, docs = build_tree(tmp_path, change=0.0, train_accuracy=0.97, mismatch=0.01)
     with pytest.raises(SystemExit, match="recomputed"):
         module.write_segmentation_results(out, docs, reuse_only=True)
+
+
+def test_missing_comparisons_run_in_one_lane_per_seed(tmp_path, monkeypatch):
+    """`--jobs 2` runs the seeds side by side; within a seed the plan's order holds, and finished folders are kept."""
+    module = load_script()
+    out = tmp_path / "out"
+    write_comparison(out / "default-seed0", 0, LOSSES, 0.97)
+    ran = []
+    monkeypatch.setattr(module, "_run", lambda command: ran.append(command[command.index("--output_dir") + 1]))
+    module._run_missing(module._Plan(out), jobs=2)
+    names = [Path(folder).name for folder in ran]
+    assert "default-seed0" not in names
+    assert sorted(names) == ["default-seed1", "longer-seed0", "longer-seed1", "sweep-seed0"]
+    assert names.index("longer-seed0") < names.index("sweep-seed0")
+    flags = " ".join(module._Plan(out).comparisons()[0][2])
+    assert f"--config_name {module.MODEL_CONFIG} --min_scale 1 --max_scale 1" in flags
+    assert (Path(__file__).resolve().parents[1] / module.MODEL_CONFIG / "config.json").is_file()
+    with pytest.raises(ValueError, match="jobs must be a positive integer, got 0"):
+        module.write_segmentation_results(out, tmp_path, jobs=0)

@@ -218,17 +218,21 @@ def test_two_machines_train_the_weights_of_one_process(tmp_path):
             str(TWO_MACHINE_SCRIPT), str(tmp_path),
         ]  # fmt: skip
 
-    machines = [
-        subprocess.Popen(launch_command(rank), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for rank in (0, 1)
-    ]
+    # Each machine writes to a file, not a pipe: waiting on one machine's pipe while the other's fills up would stall
+    # the other, and the first with it at the next collective (it once timed out at teardown that way).
+    logs = [tmp_path / f"machine{rank}.log" for rank in (0, 1)]
+    machines = []
     try:
-        outputs = [machine.communicate(timeout=300)[0] for machine in machines]
+        for rank, log in zip((0, 1), logs):
+            with log.open("w") as sink:
+                machines.append(subprocess.Popen(launch_command(rank), env=env, stdout=sink, stderr=subprocess.STDOUT))
+        for machine in machines:
+            machine.wait(timeout=300)
     finally:
         for machine in machines:
             machine.kill()
-    for machine, output in zip(machines, outputs):
-        assert machine.returncode == 0, output[-3000:]
+    for machine, log in zip(machines, logs):
+        assert machine.returncode == 0, log.read_text()[-3000:]
     # Two nodes of one process each: both processes are the first on their machine.
     placements = [json.loads((tmp_path / f"placement_rank{rank}.json").read_text()) for rank in (0, 1)]
     assert placements == [{"process_index": r, "local_process_index": 0, "world_size": 2} for r in (0, 1)]
