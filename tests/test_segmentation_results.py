@@ -3,9 +3,11 @@ fit line, where HEM loses, the check that the fit evaluation reproduces each run
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
+import torch
 
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "segmentation_results.py"
@@ -114,6 +116,29 @@ def test_missing_comparisons_run_in_one_lane_per_seed(tmp_path, monkeypatch):
     assert names.index("longer-seed0") < names.index("sweep-seed0")
     flags = " ".join(module._Plan(out).comparisons()[0][2])
     assert f"--config_name {module.MODEL_CONFIG} --min_scale 1 --max_scale 1" in flags
+    assert "--lr_scheduler_type warmup_stable_decay" in flags
     assert (Path(__file__).resolve().parents[1] / module.MODEL_CONFIG / "config.json").is_file()
     with pytest.raises(ValueError, match="jobs must be a positive integer, got 0"):
         module.write_segmentation_results(out, tmp_path, jobs=0)
+
+
+def test_the_schedule_ends_flat_over_the_convergence_window():
+    """The verdict's schedule: full rate to half-way, cosine decay to 5% by three quarters, then 5% to the end."""
+    from transformers.optimization import get_wsd_schedule
+
+    module = load_script()
+    for epochs in (module.EPOCHS, module.LONGER_EPOCHS):
+        flags = module.schedule_flags(epochs)
+        assert flags[:2] == ["--lr_scheduler_type", "warmup_stable_decay"]
+        kwargs = json.loads(flags[3])
+        total = 50 * epochs  # 800 training scenes, batch 16
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        schedule = get_wsd_schedule(optimizer, num_warmup_steps=math.ceil(0.05 * total), **kwargs)
+        rates = []
+        for _ in range(total):
+            rates.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            schedule.step()
+        assert rates[total // 2 - 1] == 1.0 and rates[total // 2 + 5] < 1.0
+        assert rates[int(0.75 * total) - 1] > 0.05
+        assert all(rate == pytest.approx(0.05) for rate in rates[int(0.75 * total) :])
