@@ -123,7 +123,7 @@ def test_missing_comparisons_run_in_one_lane_per_seed(tmp_path, monkeypatch):
 
 
 def test_the_schedule_ends_flat_over_the_convergence_window():
-    """The verdict's schedule: full rate to half-way, cosine decay to 5% by three quarters, then 5% to the end."""
+    """The verdict's schedule: full rate to half-way, cosine decay to 1% by three quarters, then 1% to the end."""
     from transformers.optimization import get_wsd_schedule
 
     module = load_script()
@@ -140,5 +140,5 @@ def test_the_schedule_ends_flat_over_the_convergence_window():
             optimizer.step()
             schedule.step()
         assert rates[total // 2 - 1] == 1.0 and rates[total // 2 + 5] < 1.0
-        assert rates[int(0.75 * total) - 1] > 0.05
-        assert all(rate == pytest.approx(0.05) for rate in rates[int(0.75 * total) :])
+        assert rates[int(0.75 * total) - 1] > 0.01
+        assert all(rate == pytest.approx(0.01) for rate in rates[int(0.75 * total) :])
