@@ -53,11 +53,11 @@ def build_tree(tmp_path: Path, change: float, train_accuracy: float, longer=True
     module = load_script()
     out = tmp_path / "out"
     for seed in module.SEEDS:
-        write_comparison(out / f"default-seed{seed}", seed, LOSSES, train_accuracy, mismatch=mismatch)
+        write_comparison(out / module.default_name(seed), seed, LOSSES, train_accuracy, mismatch=mismatch)
         if longer:
             longer_mious = {loss: miou + change for loss, miou in LOSSES.items()}
-            write_comparison(out / f"longer-seed{seed}", seed, longer_mious, train_accuracy)
-    write_comparison(out / "sweep-seed0", 0, {"hem": 0.47}, train_accuracy, margin=0.5)
+            write_comparison(out / module.longer_name(seed), seed, longer_mious, train_accuracy)
+    write_comparison(out / module.SWEEP_NAME, 0, {"hem": 0.47}, train_accuracy, margin=0.5)
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "semantic_segmentation.md").write_text(f"# Page\n\n{module.PAGE_BEGIN}\nold\n{module.PAGE_END}\n\nEnd.\n")
@@ -93,7 +93,7 @@ def test_missing_rerun_is_named_and_not_a_verdict(tmp_path):
     module.write_segmentation_results(out, docs, reuse_only=True)
     page = " ".join(block_of(docs).split())
     assert "**Not a converged verdict**" in page
-    assert "**Not run** (out of time): longer-seed0, longer-seed1." in page
+    assert f"**Not run** (out of time): {module.longer_name(0)}, {module.longer_name(1)}." in page
 
 
 def test_fit_evaluation_must_reproduce_the_runs_pixel_accuracy(tmp_path):
@@ -106,14 +106,16 @@ def test_missing_comparisons_run_in_one_lane_per_seed(tmp_path, monkeypatch):
     """`--jobs 2` runs the seeds side by side; within a seed the plan's order holds, and finished folders are kept."""
     module = load_script()
     out = tmp_path / "out"
-    write_comparison(out / "default-seed0", 0, LOSSES, 0.97)
+    write_comparison(out / module.default_name(0), 0, LOSSES, 0.97)
     ran = []
     monkeypatch.setattr(module, "_run", lambda command: ran.append(command[command.index("--output_dir") + 1]))
     module._run_missing(module._Plan(out), jobs=2)
     names = [Path(folder).name for folder in ran]
-    assert "default-seed0" not in names
-    assert sorted(names) == ["default-seed1", "longer-seed0", "longer-seed1", "sweep-seed0"]
-    assert names.index("longer-seed0") < names.index("sweep-seed0")
+    assert module.default_name(0) not in names
+    assert sorted(names) == sorted(
+        [module.default_name(1), module.longer_name(0), module.longer_name(1), module.SWEEP_NAME]
+    )
+    assert names.index(module.longer_name(0)) < names.index(module.SWEEP_NAME)
     flags = " ".join(module._Plan(out).comparisons()[0][2])
     assert f"--config_name {module.MODEL_CONFIG} --min_scale 1 --max_scale 1" in flags
     assert "--lr_scheduler_type warmup_stable_decay" in flags
