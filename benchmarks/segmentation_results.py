@@ -481,6 +481,27 @@ comparison with 1.5x the epochs (seeds {", ".join(map(str, longer_seeds)) or "no
         f"the {EPOCHS}-epoch comparison {default_wall / 60:.1f} min, the "
         f"{LONGER_EPOCHS}-epoch rerun {longer_wall / 60:.1f} min, the margin sweep {sweep_wall / 60:.1f} min.",
     ]
+    paired = {
+        loss: [
+            longer_fit[(loss, seed)]["miou"] - default_fit[(loss, seed)]["miou"]
+            for seed in longer_seeds
+            if (loss, seed) in default_fit and (loss, seed) in longer_fit
+        ]
+        for loss in losses
+    }
+    if any(paired.values()):
+        seed_gaps = [
+            max(column(default_fit, loss, "miou", default_seeds))
+            - min(column(default_fit, loss, "miou", default_seeds))
+            for loss in losses
+        ]
+        findings.append(
+            f"* **Run-to-run noise against the 1.5x check**: per seed, the {LONGER_EPOCHS}-epoch rerun changed mIoU by "
+            + "; ".join(f"`{loss}` " + ", ".join(f"{change:+.3f}" for change in paired[loss]) for loss in losses)
+            + f". At {EPOCHS} epochs the seeds of one loss differ by up to {max(seed_gaps):.3f}. A change of the mean "
+            f"of {len(longer_seeds)} seeds is read against a tolerance of {tolerance:g}: where the per-seed changes "
+            "differ in sign or by several times the tolerance, the check measures this noise as much as learning."
+        )
     if missing:
         findings.append(f"* **Not run** (out of time): {', '.join(missing)}.")
     parts = [PAGE_BEGIN + "\n" + _wrap(intro), "\n".join(rows), "\n".join(_wrap_item(item) for item in findings)]
