@@ -188,9 +188,11 @@ def training_pixel_accuracy(run_dir: Path, seed: int) -> tuple[float, float]:
 
     from hf_hem.data import load_digits_segmentation_dataset
     from hf_hem.data.transforms import build_segmentation_transforms
+    from hf_hem.heads import head_named
     from hf_hem.pipelines.semantic_segmentation import upsample_and_argmax
 
     model = AutoModelForSemanticSegmentation.from_pretrained(run_dir).eval()
+    ignore_index = head_named("semantic-segmentation").config_ignore_index(model.config)  # each segmenter's own field
     processor = AutoImageProcessor.from_pretrained(run_dir)
     scenes = load_digits_segmentation_dataset(seed=seed, **_TRAIN_SCENES)
     accuracies = []
@@ -202,7 +204,7 @@ def training_pixel_accuracy(run_dir: Path, seed: int) -> tuple[float, float]:
                 train=False,
                 num_labels=model.config.num_labels,
                 do_reduce_labels=True,
-                ignore_index=model.config.semantic_loss_ignore_index,
+                ignore_index=ignore_index,
                 size=_TRAIN_SCENES["image_size"],
                 index_column=None,
             )
@@ -213,7 +215,7 @@ def training_pixel_accuracy(run_dir: Path, seed: int) -> tuple[float, float]:
             pixels = torch.as_tensor(np.stack(batch["pixel_values"]))
             labels = torch.as_tensor(np.stack(batch["labels"]))
             predictions = upsample_and_argmax(model(pixel_values=pixels).logits, labels)
-            keep = labels != model.config.semantic_loss_ignore_index
+            keep = labels != ignore_index
             correct += int((predictions[keep] == labels[keep]).sum())
             labelled += int(keep.sum())
         accuracies.append(correct / labelled)
@@ -448,7 +450,7 @@ Produced by `python benchmarks/make_results.py --segmentation --output_dir DIR` 
 on {platform.machine()}, torch {torch.__version__}, CPU only, one thread per run. Setting, the same for every loss: a
 small UperNet on a ConvNeXt backbone whose stem keeps the full resolution (`{MODEL_CONFIG}`), trained from scratch
 on the 32-pixel scenes (800 training, 200 validation images per seed) without random rescaling, for {EPOCHS} epochs
-of AdamW at 5e-3 on a schedule that ends flat: the full rate until half-way, a cosine decay to {FINAL_LR_RATIO:g} of it by
+of AdamW at 5e-3 on a schedule that ends flat: the full rate until half-way, a cosine decay to {FINAL_LR_RATIO:.0%} of it by
 three quarters, then that rate to the end (transformers' `warmup_stable_decay`), so that the convergence window is
 the last drop's. mIoU and pixel
 accuracy are the final validation evaluation's, mean ± std over seeds {seeds_text}; *training pixel accuracy*: each
@@ -479,7 +481,8 @@ comparison with 1.5x the epochs (seeds {", ".join(map(str, longer_seeds)) or "no
         "* **Wall time** (sum of the runs' wall times, one thread each, on a 2-core machine shared with other jobs): "
         f"{(default_wall + longer_wall + sweep_wall) / 60:.1f} min in all: "
         f"the {EPOCHS}-epoch comparison {default_wall / 60:.1f} min, the "
-        f"{LONGER_EPOCHS}-epoch rerun {longer_wall / 60:.1f} min, the margin sweep {sweep_wall / 60:.1f} min.",
+        f"{LONGER_EPOCHS}-epoch rerun {longer_wall / 60:.1f} min, the margin sweep "
+        + (f"{sweep_wall / 60:.1f} min." if sweep is not None else "not run."),
     ]
     paired = {
         loss: [
