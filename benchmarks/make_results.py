@@ -29,6 +29,10 @@ from pathlib import Path
 import torch
 
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/: the segmentation results beside this script
+from segmentation_results import hf_hem_executable, write_segmentation_results  # noqa: E402
+
+
 REPO = Path(__file__).resolve().parents[1]
 TASK_LOSSES = {
     "ood": "ce,hem,logitnorm",
@@ -58,14 +62,6 @@ CLAIM_METRICS = {
 }
 # The families of HEM, whose losses against the baseline are listed under "Where HEM loses".
 _HEM_LOSSES = ("hem", "hem+")
-
-
-def _hf_hem_executable() -> str:
-    """The `hf-hem` console script of this Python (its environment's `bin/`), else the first on `PATH`."""
-    found = shutil.which("hf-hem", path=str(Path(sys.executable).parent)) or shutil.which("hf-hem")
-    if found is None:
-        raise SystemExit("no `hf-hem` command found: install the package (`pip install -e .`) in this environment.")
-    return found
 
 
 def suite_command(task: str, seeds: int, output_dir, flags=SUITE_FLAGS) -> list[str]:
@@ -220,7 +216,7 @@ def _minutes(seconds: float) -> str:
 def _run_suite_task(task: str, seeds: int, output_dir: Path, flags=SUITE_FLAGS) -> tuple[dict, str, str]:
     """Runs (or resumes) one task's `hf-hem benchmark`; returns its results.json, its report.md and the command."""
     command = suite_command(task, seeds, output_dir, flags)
-    subprocess.run([_hf_hem_executable(), *command], check=True)
+    subprocess.run([hf_hem_executable(), *command], check=True)
     task_dir = output_dir / task
     results = json.loads((task_dir / "results.json").read_text())
     return results, (task_dir / "report.md").read_text(), shlex.join(["hf-hem", *command])
@@ -466,8 +462,6 @@ def main(argv=None) -> None:
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}.")
     if args.segmentation:
-        from segmentation_results import write_segmentation_results  # benchmarks/, this script's folder
-
         write_segmentation_results(
             Path(args.output_dir) / "segmentation", Path(args.docs_dir), args.reuse_only, jobs=args.jobs
         )

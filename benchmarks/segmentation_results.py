@@ -93,7 +93,8 @@ FIT_ACCURACY = 0.95
 _MARGIN_LOSSES = ("hem", "hem+")
 
 
-def _hf_hem() -> str:
+def hf_hem_executable() -> str:
+    """The `hf-hem` console script of this Python (its environment's `bin/`), else the first on `PATH`."""
     found = shutil.which("hf-hem", path=str(Path(sys.executable).parent)) or shutil.which("hf-hem")
     if found is None:
         raise SystemExit("no `hf-hem` command found: install the package (`pip install -e .`) in this environment.")
@@ -147,7 +148,7 @@ class _Plan:
 
 
 def _run(command: list[str]) -> None:
-    executable = {"python": sys.executable, "hf-hem": _hf_hem()}[command[0]]
+    executable = {"python": sys.executable, "hf-hem": hf_hem_executable()}[command[0]]
     print("running:", shlex.join(command), flush=True)
     subprocess.run([executable, *command[1:]], cwd=REPO, check=True)
 
